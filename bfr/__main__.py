@@ -1,0 +1,5 @@
+import sys
+
+from bfr.cli import main
+
+sys.exit(main())

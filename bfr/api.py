@@ -1,0 +1,159 @@
+"""The thin inference API that the command line and app.py call: load a method once, restore many.
+
+    >>> import bfr
+    >>> restorer = bfr.load("difface")            # compact tier, bundled weights, CPU or CUDA
+    >>> result = restorer.restore("photo.jpg")    # every face detected, restored, pasted back
+    >>> result.image                               # float32 HWC RGB in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bfr.errors import InputError, WeightsUnavailableError
+from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
+from bfr.imageio import from_tensor, load_image, to_tensor
+from bfr.methods.base import Progress, pick_device
+from bfr.methods.difface import DifFace
+from bfr.nets import SwinIR, UNetModel, build_net
+from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
+from bfr.weights import available, load_into, load_state_dict, read_metadata, resolve
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is and which weights each tier needs (catalog names)."""
+
+    name: str
+    title: str
+    paper: str
+    tiers: dict[str, tuple[str, ...]]
+    implemented: bool = True
+    knobs: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, MethodInfo] = {
+    "difface": MethodInfo(
+        "difface", "DifFace", "Yue & Loy, Blind Face Restoration with Diffused Error Contraction (TPAMI 2024)",
+        {"compact": ("prior64", "swinir64"), "paper": ("difface_unet_512", "difface_swinir_512")},
+        knobs=DifFace.defaults,
+    ),
+    "unsupervised": MethodInfo(
+        "unsupervised", "Unsupervised BFR (Kuai et al.)",
+        "Kuai et al., Towards Unsupervised Blind Face Restoration using Diffusion Prior (WACV 2025)",
+        {"compact": ("swinir64_adapted",), "paper": ("dtbfr_swinir_gan", "difface_unet_512")}, implemented=False,
+    ),
+    "idm": MethodInfo(
+        "idm", "IDM", "Zhao et al., Towards Authentic Face Restoration with Iterative Diffusion Models (ICCV 2023)",
+        {"compact": ("idm64",), "paper": ()}, implemented=False,
+    ),
+    "flipnet": MethodInfo(
+        "flipnet", "FLIPNET", "Miao et al., Unlocking the Potential of Diffusion Priors in BFR (ICCV 2025)",
+        {"compact": ("flipnet64",), "paper": ()}, implemented=False,
+    ),
+}
+
+
+def method_status(name: str, tier: str) -> tuple[bool, str]:
+    """Whether ``name`` can run on ``tier`` here, and why not (without downloading)."""
+    info = _info(name)
+    if not info.implemented:
+        return False, f"{info.title} is not implemented in this version of bfr yet"
+    if tier not in info.tiers:
+        return False, f"{info.title} has no {tier!r} tier (tiers: {', '.join(info.tiers)})"
+    for weights in info.tiers[tier]:
+        ok, why = available(weights)
+        if not ok:
+            return False, why
+    return True, "weights " + ", ".join(info.tiers[tier]) + " available"
+
+
+def _info(name: str) -> MethodInfo:
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
+    """A bfr-written network from its safetensors (config in the metadata), in float32."""
+    file = resolve(weights, path)
+    meta = read_metadata(file)
+    if "kind" not in meta or "config" not in meta:
+        raise WeightsUnavailableError(f"{file} has no bfr metadata (kind/config); was it written by bfr?")
+    net = build_net(meta["kind"], json.loads(meta["config"]))
+    load_into(net, {k: v.float() for k, v in load_state_dict(file).items()})
+    return net
+
+
+def load(method: str = "difface", tier: str = "compact", device: str | None = None,
+         weights: dict[str, str] | None = None, detector: str = "auto") -> "Restorer":
+    """Load a method's networks once; ``weights`` maps catalog names to local files."""
+    info = _info(method)
+    if not info.implemented:
+        raise InputError(f"{info.title} is not implemented in this version of bfr yet")
+    if tier not in info.tiers:
+        raise InputError(f"{info.title} has no {tier!r} tier; choose one of: {', '.join(info.tiers)}")
+    dev = pick_device(device)
+    weights = weights or {}
+    if method == "difface":
+        if tier == "compact":
+            prior, backbone = load_net("prior64", weights.get("prior64")), load_net("swinir64", weights.get("swinir64"))
+            model = DifFace(prior, backbone, resolution=prior.image_size, framing="lfw", tier=tier, device=dev)
+        else:
+            prior, backbone = UNetModel(**DIFFACE_UNET_512), SwinIR(**DIFFACE_SWINIR_512)
+            load_into(prior, load_state_dict(resolve("difface_unet_512", weights.get("difface_unet_512"))))
+            load_into(backbone, load_state_dict(resolve("difface_swinir_512", weights.get("difface_swinir_512"))))
+            model = DifFace(prior, backbone, resolution=512, framing="ffhq", tier=tier, device=dev)
+    return Restorer(model, detector=detector)
+
+
+@dataclass
+class RestoreResult:
+    """A restored image with its faces (input crop, restored crop), and what happened."""
+
+    image: np.ndarray
+    faces: list[tuple[np.ndarray, np.ndarray]]
+    detector: str
+    message: str
+    seconds: float
+    method: str
+    tier: str
+
+
+class Restorer:
+    """A method plus the face pipeline around it: whole photos in, restored photos out."""
+
+    def __init__(self, model, detector: str = "auto"):
+        self.model = model
+        self.detector = detector
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def restore_crops(self, crops: list[np.ndarray], progress: Progress | None = None, **options) -> list[np.ndarray]:
+        """Restore aligned crops (the model's framing), as one batch."""
+        batch = torch.cat([to_tensor(c) for c in crops])
+        out = self.model.restore(batch, progress=progress, **options)
+        return [from_tensor(o[None]) for o in out]
+
+    def restore(self, image, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
+                min_face_size: float | None = None, progress: Progress | None = None, **options) -> RestoreResult:
+        """Restore every face in ``image`` (path, bytes, PIL, or array); ``aligned`` = an FFHQ-aligned crop."""
+        img = load_image(image)
+        pipeline = FacePipeline(detector=self.detector, template=self.model.framing, crop_size=self.model.resolution,
+                                upscale=upscale, only_center_face=only_center_face, min_face_size=min_face_size)
+        t0 = time.perf_counter()
+        result: FaceRestoreResult = pipeline.restore_faces(
+            img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned)
+        return RestoreResult(
+            image=result.output, faces=[(f.input_crop, f.restored_crop) for f in result.faces],
+            detector=result.detector, message=result.message, seconds=time.perf_counter() - t0,
+            method=self.model.name, tier=self.model.tier,
+        )

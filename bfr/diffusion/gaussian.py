@@ -1,0 +1,269 @@
+"""Gaussian diffusion math: schedules, respacing, q_sample, posterior, learned variance, losses.
+
+Pure tensor math with no network inside (the "scheduler" layer). One implementation serves
+the four methods. Conventions follow improved-DDPM / guided-diffusion, which DifFace and
+Kuai et al. build on: a re-spaced chain keeps the base chain's alpha_bar at the kept
+timesteps, and the network is always given the *original* timestep (0…T−1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
+    """Linear (DDPM, scaled to T) or cosine (improved DDPM) betas, float64."""
+    if name == "linear":
+        scale = 1000 / num_timesteps
+        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    if name == "cosine":
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
+                 for i in range(num_timesteps)]
+        return np.array(betas, dtype=np.float64)
+    raise ValueError(f"unknown beta schedule {name!r}; use 'linear' or 'cosine'")
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int]) -> list[int]:
+    """Original timesteps kept by a respacing, sorted ascending.
+
+    ``"ddimN"`` keeps every (T // N)-th step starting at 0 (0, 4, 8, … for ddim250 of 1000);
+    ``"250"`` or ``"10,15,20"`` split the chain into equal sections and space that many steps
+    evenly inside each (both ends included), as in improved-DDPM.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired = int(section_counts[len("ddim"):])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return list(range(0, num_timesteps, stride))
+            raise ValueError(f"cannot create exactly {desired} steps with an integer stride from {num_timesteps}")
+        section_counts = [int(x) for x in section_counts.split(",")]
+    elif isinstance(section_counts, int):
+        section_counts = [section_counts]
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps: list[int] = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < section_count:
+            raise ValueError(f"cannot divide a section of {size} steps into {section_count}")
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur = 0.0
+        for _ in range(section_count):
+            all_steps.append(start_idx + round(cur))
+            cur += frac_stride
+        start_idx += size
+    return sorted(set(all_steps))
+
+
+def _extract(arr: np.ndarray, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """arr[idx] as a float32 tensor broadcastable to ``shape`` (the schedule lives in float64)."""
+    out = torch.from_numpy(arr).to(idx.device)[idx].float()
+    return out.reshape(-1, *([1] * (len(shape) - 1)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N1 || N2) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood of 8-bit images in [-1,1] under a Gaussian discretised into 256 bins."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _approx_std_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(
+        x < -0.999, log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
+    )
+
+
+class GaussianDiffusion:
+    """A (possibly re-spaced) diffusion chain over indices 0…num_timesteps−1.
+
+    ``timestep_map[i]`` is the original timestep of index i; model functions receive it.
+    ``learn_sigma`` means the network outputs 2×C channels (ε, v) with the learned-range
+    variance exp(v'·log β + (1−v')·log β̃), v' = (v+1)/2.
+    """
+
+    def __init__(self, betas: np.ndarray, timestep_map: Sequence[int] | None = None, learn_sigma: bool = True):
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError("betas must be a 1-D array in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        self.timestep_map = np.asarray(timestep_map if timestep_map is not None else range(len(betas)), dtype=np.int64)
+        self.learn_sigma = learn_sigma
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # log of the posterior variance, with the t=0 entry (zero) replaced by the t=1 value.
+        pv1 = self.posterior_variance[1] if len(betas) > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(pv1, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, steps: int = 1000, schedule: str = "linear", respacing: str | int | Sequence[int] | None = None,
+        learn_sigma: bool = True,
+    ) -> "GaussianDiffusion":
+        """A base chain of ``steps`` steps, re-spaced if asked (e.g. "ddim250", "250", 100)."""
+        base = cls(get_named_beta_schedule(schedule, steps), learn_sigma=learn_sigma)
+        if respacing is None or respacing == "" or respacing == steps:
+            return base
+        return base.respace(space_timesteps(steps, respacing))
+
+    def respace(self, use_timesteps: Sequence[int]) -> "GaussianDiffusion":
+        """Keep only ``use_timesteps`` of this chain; betas are rebuilt from alpha_bar."""
+        keep = sorted(set(int(t) for t in use_timesteps))
+        if not keep or keep[0] < 0 or keep[-1] >= self.num_timesteps:
+            raise ValueError("respacing timesteps must lie in [0, num_timesteps)")
+        last = 1.0
+        new_betas = []
+        for t in keep:
+            new_betas.append(1 - self.alphas_cumprod[t] / last)
+            last = self.alphas_cumprod[t]
+        return GaussianDiffusion(np.array(new_betas), self.timestep_map[keep], learn_sigma=self.learn_sigma)
+
+    def original_timestep(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.timestep_map).to(index.device)[index]
+
+    # -- forward process ----------------------------------------------------------------------
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Diffuse x_start to index t: sqrt(ab)·x0 + sqrt(1−ab)·ε."""
+        t = self._as_index(t, x_start)
+        if noise is None:
+            noise = randn_like(x_start, generator)
+        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = (_extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
+                + _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        return (mean, _extract(self.posterior_variance, t, x_t.shape),
+                _extract(self.posterior_log_variance_clipped, t, x_t.shape))
+
+    def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+                - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+
+    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
+        return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
+                / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+
+    # -- reverse process ----------------------------------------------------------------------
+    def p_mean_variance(self, model: ModelFn, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
+                        model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+        """Run the model at index t (given the original timestep) and form p(x_{t-1} | x_t)."""
+        out = model(x, self.original_timestep(t), **(model_kwargs or {})).float()
+        c = x.shape[1]
+        if self.learn_sigma:
+            if out.shape[1] != 2 * c:
+                raise ValueError(f"learned-variance model must output {2 * c} channels, got {out.shape[1]}")
+            eps, v = out[:, :c], out[:, c:]
+            min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
+            max_log = _extract(np.log(self.betas), t, x.shape)
+            frac = (v + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+        else:
+            eps = out[:, :c]
+            log_variance = _extract(self.posterior_log_variance_clipped, t, x.shape).expand_as(x)
+        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart, "eps": eps}
+
+    def ddim_step(self, out: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eta: float,
+                  noise: torch.Tensor) -> torch.Tensor:
+        """DDIM update from index t to t−1 given p_mean_variance's output (η=0: deterministic)."""
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        ab = _extract(self.alphas_cumprod, t, x.shape)
+        ab_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
+        sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
+        mean = out["pred_xstart"] * torch.sqrt(ab_prev) + torch.sqrt((1 - ab_prev - sigma ** 2).clamp(min=0)) * eps
+        nonzero = (t != 0).float().reshape(-1, *([1] * (x.dim() - 1)))
+        return mean + nonzero * sigma * noise
+
+    def ancestral_step(self, out: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+        """Ancestral update x_{t-1} ~ p(x_{t-1} | x_t) with the model's (learned) variance."""
+        nonzero = (t != 0).float().reshape(-1, *([1] * (x.dim() - 1)))
+        return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+
+    # -- training -----------------------------------------------------------------------------
+    def training_losses(self, model: ModelFn, x_start: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor | None = None, model_kwargs: dict | None = None,
+                        min_snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample losses: ε-MSE (optionally min-SNR weighted) + the VLB term when learning σ.
+
+        The hybrid objective of improved-DDPM: the VLB term trains only the variance (the
+        mean is detached) and is scaled by T/1000.
+        """
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise)
+        out = model(x_t, self.original_timestep(t), **(model_kwargs or {})).float()
+        c = x_start.shape[1]
+        mse = (out[:, :c] - noise).pow(2).mean(dim=(1, 2, 3))
+        if min_snr_gamma:
+            snr = _extract(self.alphas_cumprod / (1 - self.alphas_cumprod), t, x_start.shape).flatten()
+            mse = mse * torch.clamp(snr, max=min_snr_gamma) / snr
+        losses = {"mse": mse}
+        if self.learn_sigma:
+            frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1)
+            vb = self._vb_terms_bpd(lambda *_: frozen, x_start, x_t, t)
+            losses["vb"] = vb * self.num_timesteps / 1000.0
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def _vb_terms_bpd(self, model: ModelFn, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, clip_denoised=False)
+        kl = normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]).mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
+        nll = nll.mean(dim=(1, 2, 3)) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _as_index(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, int):
+            if not 0 <= t < self.num_timesteps:
+                raise ValueError(f"index {t} outside the chain [0, {self.num_timesteps})")
+            return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
+        return t.to(like.device).long()
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn from ``generator`` when given (seeded runs)."""
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)

@@ -1,0 +1,57 @@
+"""What every restoration method shares: input checks, resizing to the model's size, devices, seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from bfr.errors import InputError
+
+Progress = Callable[[int, int], None]
+
+
+def check_batch(x: torch.Tensor) -> None:
+    """Methods take (B, 3, H, W) float tensors in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise InputError(f"expected a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"expected a float tensor in [0, 1], got {x.dtype}")
+    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        raise InputError(f"expected values in [0, 1], got [{x.min().item():.3f}, {x.max().item():.3f}]")
+
+
+def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize (the authors' preprocessing); a no-op at the same size."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Half precision on CUDA (bf16 where supported, else fp16); fp32 on CPU (usability first)."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise on CPU and GPU."""
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g

@@ -1,0 +1,60 @@
+"""Model cards for the bundled compact weights: what was trained, on what, how long, how well.
+
+Numbers come from the run's own log and metadata, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from bfr.training.common import JsonlLog
+
+DATA_NOTE = (
+    "Trained on the LFW train split (`lfw150-splits/train.txt`, 6,945 deep-funneled 150×150 crops of "
+    "4,281 people; the 756 test images of 428 other people were never used for training), resized to "
+    "the model resolution with area resampling, random horizontal flips. LFW has no formal licence: "
+    "these weights are for research and demonstration only."
+)
+
+
+def _fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: str, extra_sections: dict[str, str],
+               samples_png: str | None = None) -> Path:
+    """Copy ``weights`` (and a sample grid) to ``dest`` and write ``<name>.md`` beside them."""
+    from bfr.weights import read_metadata
+
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / weights.name
+    if weights.resolve() != target.resolve():
+        shutil.copyfile(weights, target)
+    meta = read_metadata(target)
+    config = json.loads((run_dir / "config.json").read_text())
+    log = JsonlLog(run_dir / "log.jsonl").read()
+    lines = [f"# {title}", "", summary, "", "## Training", "",
+             f"- steps: {json.loads(meta['steps'])}, batch {config['batch_size']}, AdamW lr {config['lr']} "
+             f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up",
+             f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
+             f"training time: {_fmt_minutes(json.loads(meta['train_seconds']))}",
+             f"- network config: `{meta['config']}`",
+             f"- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
+             "weights with `--init-from`.", "", "## Data", "", DATA_NOTE, ""]
+    if log:
+        keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]
+        lines += ["## Log (every evaluation)", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for rec in log[:: max(1, len(log) // 12)] + ([log[-1]] if len(log) > 1 else []):
+            lines.append("| " + " | ".join(f"{rec[k]:.4g}" if isinstance(rec[k], float) else str(rec[k])
+                                            for k in keys) + " |")
+        lines.append("")
+    for heading, text in extra_sections.items():
+        lines += [f"## {heading}", "", text, ""]
+    if samples_png:
+        shutil.copyfile(run_dir / samples_png, dest / f"{target.stem}_samples.png")
+        lines += ["## Samples", "", f"![samples]({target.stem}_samples.png)", ""]
+    card = dest / f"{target.stem}.md"
+    card.write_text("\n".join(lines))
+    return card

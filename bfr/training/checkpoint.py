@@ -1,0 +1,66 @@
+"""Resumable training state in safetensors: model, EMA and AdamW moments, plus JSON metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               meta: dict) -> None:
+    """Write everything a resumed run needs to one .safetensors file (atomic rename)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {"meta": json.dumps(meta), "param_groups": json.dumps(opt["param_groups"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
+               optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore a state written by :func:`save_state`; returns its metadata dict."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    if optimizer is not None:
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    return json.loads(metadata["meta"])
+
+
+def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   init_from: str | None = None) -> tuple[int, float]:
+    """Resume a run from its state file, else start from inference weights (e.g. the bundled
+    ones, so CPU sessions can continue each other), else from scratch. Returns (step, seconds)."""
+    if state_path.exists():
+        meta = load_state(state_path, model, ema, optimizer)
+        print(f"resumed from {state_path} at step {meta['step']}")
+        return meta["step"], meta["seconds"]
+    if init_from:
+        weights = {k: v.float() for k, v in load_file(init_from).items()}
+        model.load_state_dict(weights)
+        ema.load_state_dict(weights)
+        print(f"initialised from {init_from}")
+    return 0, 0.0
+
+
+def ema_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The EMA network of a training state (what gets exported), e.g. for a mid-run snapshot."""
+    return {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("ema.")}

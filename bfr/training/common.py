@@ -1,0 +1,85 @@
+"""Small pieces every training loop uses: image grids, JSON-lines logs, learning-rate warm-up, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Save a (N,3,H,W) batch in [-1, 1] as one PNG grid."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=2, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+class JsonlLog:
+    """Append-only metrics log, one JSON object per line (easy to plot, survives crashes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record) -> None:
+        record.setdefault("time", time.time())
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def warmup_cosine(step: int, base_lr: float, warmup: int, total: int, final_frac: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``final_frac`` of the base rate at ``total`` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export_weights(model: torch.nn.Module, config: dict, path: Path, kind: str, extra: dict | None = None) -> Path:
+    """Write inference weights in fp16 safetensors with the network config in the metadata."""
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"kind": kind, "config": json.dumps(config), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def hardware() -> str:
+    """A one-line description of where a run happened, for model cards."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    import os
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+class StopSignal:
+    """Stop a loop cleanly on SIGINT/SIGTERM or after ``max_minutes`` (so the last state is saved)."""
+
+    def __init__(self, max_minutes: float | None = None):
+        import signal
+
+        self.deadline = time.time() + max_minutes * 60 if max_minutes else None
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._request)
+
+    def _request(self, *_) -> None:
+        self.requested = True
+
+    def __bool__(self) -> bool:
+        return self.requested or (self.deadline is not None and time.time() >= self.deadline)

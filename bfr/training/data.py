@@ -1,0 +1,62 @@
+"""The LFW face crops of ../shared/data, held in memory as uint8 tensors at the model's size.
+
+LFW crops are deep-funneled and centre-cropped, so a plain resize of the 150×150 crop is
+already the compact template (the LFW 5-point template scaled by size/150).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from bfr.errors import InputError
+from bfr.paths import data_dir
+
+
+def split_files(split: str, root: Path | None = None) -> list[Path]:
+    """Image paths of the LFW ``train`` or ``test`` split (train only for training)."""
+    root = Path(root) if root is not None else data_dir()
+    listing = root / "lfw150-splits" / f"{split}.txt"
+    if not listing.is_file():
+        raise InputError(
+            f"LFW split list not found at {listing}. The training data lives in ../shared/data beside the "
+            "repository (or set BFR_DATA to its path)."
+        )
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    return [root / "lfw150" / n for n in names]
+
+
+def load_faces(paths: list[Path], size: int) -> torch.Tensor:
+    """Read and resize faces to (N, 3, size, size) uint8 RGB (area resampling, antialiased)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InputError(f"cannot read training image {p}")
+        interp = cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_CUBIC
+        out[i] = cv2.resize(bgr, (size, size), interpolation=interp)[:, :, ::-1]
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+class FaceBatches:
+    """Random batches in [-1, 1] with horizontal flips, drawn from an in-memory uint8 set."""
+
+    def __init__(self, faces: torch.Tensor, batch_size: int, seed: int = 0, flip: bool = True):
+        self.faces = faces
+        self.batch_size = batch_size
+        self.flip = flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def next(self) -> torch.Tensor:
+        idx = torch.randint(len(self.faces), (self.batch_size,), generator=self.generator)
+        x = self.faces[idx].float() / 127.5 - 1.0
+        if self.flip:
+            mask = torch.rand(self.batch_size, generator=self.generator) < 0.5
+            x[mask] = x[mask].flip(-1)
+        return x

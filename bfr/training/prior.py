@@ -1,0 +1,141 @@
+"""Train the compact face prior: an unconditional ADM UNet on LFW train faces.
+
+data → model → loop → save card. Hybrid loss (ε-MSE with min-SNR weighting + VLB for the
+learned variance), AdamW with warm-up, EMA with warm-up, bf16 autocast through accelerate,
+resumable state, held-out loss on the test split (to catch memorisation), sample grids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bfr.diffusion import GaussianDiffusion, noise_like, sample
+from bfr.nets.configs import COMPACT_PRIOR_64
+from bfr.nets.unet import UNetModel
+from bfr.training.checkpoint import resume_or_init, save_state
+from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
+from bfr.training.data import FaceBatches, load_faces, split_files
+from bfr.training.ema import EMA
+
+
+@dataclass
+class PriorConfig:
+    out_dir: str = "runs/prior64"
+    net: dict = field(default_factory=lambda: dict(COMPACT_PRIOR_64))
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    total_steps: int = 60_000  # length of the cosine schedule; a run may stop earlier
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    min_snr_gamma: float = 5.0
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    sample_every: int = 1000
+    save_every: int = 250
+    init_from: str | None = None  # inference weights (e.g. the bundled prior) to continue from
+    mixed_precision: str = "bf16"
+    seed: int = 0
+    train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
+
+
+def held_out_loss(diffusion: GaussianDiffusion, model: torch.nn.Module, faces: torch.Tensor, seed: int = 1234,
+                  batch: int = 32) -> float:
+    """Mean hybrid loss on fixed images, fixed timesteps and fixed noise: comparable across steps."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = faces.float() / 127.5 - 1.0
+    t = torch.linspace(0, diffusion.num_timesteps - 1, len(x0)).round().long()
+    noise = torch.randn(x0.shape, generator=g)
+    device = next(model.parameters()).device
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x0), batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = diffusion.training_losses(model, x0[i:i + batch].to(device), t[i:i + batch].to(device),
+                                                   noise[i:i + batch].to(device))
+            total += losses["loss"].sum().item()
+    return total / len(x0)
+
+
+def train_prior(cfg: PriorConfig) -> Path:
+    """Run (or resume) training; returns the path of the exported EMA weights."""
+    from accelerate import Accelerator
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else "no")
+    torch.manual_seed(cfg.seed)
+    size = cfg.net["image_size"]
+    print(f"loading LFW train/test faces at {size} px …")
+    train_faces = load_faces(split_files("train")[:cfg.train_images], size)
+    test_faces = load_faces(split_files("test")[:256:2], size)
+    batches = FaceBatches(train_faces, cfg.batch_size, seed=cfg.seed)
+    diffusion = GaussianDiffusion.create(1000, "linear", learn_sigma=True)
+
+    model = UNetModel(**cfg.net)
+    ema = EMA(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    state_path = out / "state.safetensors"
+    log = JsonlLog(out / "log.jsonl")
+    step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.model.to(accelerator.device)
+
+    stop = StopSignal(cfg.max_minutes)
+    last_steps = cfg.max_steps or cfg.total_steps
+    bar = tqdm(total=last_steps, initial=step, desc="prior", dynamic_ncols=True)
+    running = None
+    while step < last_steps and not stop:
+        t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+        x0 = batches.next().to(accelerator.device)
+        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        with accelerator.autocast():
+            losses = diffusion.training_losses(model, x0, t, min_snr_gamma=cfg.min_snr_gamma)
+        loss = losses["loss"].mean()
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        ema.update(accelerator.unwrap_model(model), step)
+        seconds += time.time() - t0
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % cfg.eval_every == 0:
+            log.write(step=step, seconds=seconds, train_loss=running,
+                      heldout_loss=held_out_loss(diffusion, ema.model, test_faces),
+                      train_fixed_loss=held_out_loss(diffusion, ema.model, train_faces[:128]),
+                      lr=optimizer.param_groups[0]["lr"], ema_decay=ema.decay(step))
+        if step % cfg.sample_every == 0:
+            save_grid(sample_faces(ema.model, 16, seed=0), out / f"samples_{step:06d}.png", nrow=8)
+        if step % cfg.save_every == 0:
+            save_state(state_path, accelerator.unwrap_model(model), ema.model, optimizer,
+                       {"step": step, "seconds": seconds})
+    bar.close()
+    save_state(state_path, accelerator.unwrap_model(model), ema.model, optimizer, {"step": step, "seconds": seconds})
+    save_grid(sample_faces(ema.model, 16, seed=0), out / "samples_final.png", nrow=8)
+    weights = export_weights(ema.model, cfg.net, out / "prior64.safetensors", kind="prior",
+                             extra={"steps": step, "train_seconds": round(seconds), "hardware": hardware()})
+    print(f"step {step}: exported {weights}")
+    return weights
+
+
+@torch.no_grad()
+def sample_faces(model: torch.nn.Module, n: int, seed: int = 0, steps: int = 50) -> torch.Tensor:
+    """Unconditional samples (DDIM, η=0) for the periodic grids and the model card."""
+    size = model.image_size
+    device = next(model.parameters()).device
+    diffusion = GaussianDiffusion.create(1000, "linear", respacing=f"ddim{steps}")
+    x = noise_like((n, 3, size, size), torch.Generator().manual_seed(seed)).to(device)
+    return sample(diffusion, model, x, sampler="ddim", eta=0.0)

@@ -1,0 +1,90 @@
+"""Every set of weights bfr knows: where each comes from, under which license, and what it is.
+
+One flat table instead of URLs scattered through the methods, so `python -m bfr methods`,
+the error messages and the model cards all read the same facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bfr.errors import InputError
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weights file and its sources; a field is None where the fact is unknown."""
+
+    name: str
+    filename: str
+    url: str | None = None
+    hub_repo: str | None = None
+    hub_filename: str | None = None
+    hub_revision: str | None = None
+    sha256: str | None = None
+    license: str = "unknown"
+    description: str = ""
+    bundled: bool = False  # shipped inside the package, in bfr/weights/compact/
+
+    @property
+    def remote(self) -> str | None:
+        """Where the file can be fetched from, in words (hub first), or None."""
+        if self.hub_repo:
+            rev = f"@{self.hub_revision}" if self.hub_revision else ""
+            return f"https://huggingface.co/{self.hub_repo}{rev} ({self.hub_filename or self.filename})"
+        return self.url
+
+
+_DIFFACE_RELEASE = "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/"
+_DIFFACE_LICENSE = "NTU S-Lab License 1.0 (non-commercial)"
+
+CATALOG: dict[str, WeightSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightSpec(
+            name="difface_unet_512",
+            filename="iddpm_ffhq512_ema500000.pth",
+            url=_DIFFACE_RELEASE + "iddpm_ffhq512_ema500000.pth",
+            license=_DIFFACE_LICENSE,
+            description="DifFace's unconditional FFHQ-512 diffusion prior (improved-DDPM UNet, EMA weights).",
+        ),
+        WeightSpec(
+            name="difface_swinir_512",
+            filename="swinir_restoration512_L1.pth",
+            url=_DIFFACE_RELEASE + "swinir_restoration512_L1.pth",
+            license=_DIFFACE_LICENSE,
+            description="DifFace's restoration backbone: SwinIR trained with L1 on synthetic degradations, 512 px.",
+        ),
+        WeightSpec(
+            name="dtbfr_swinir_gan",
+            filename="swinir_gan_v1.pth",
+            # From the authors' misc/download_weights.sh (SamsungLabs/DT-BFR).
+            url="https://github.com/SamsungLabs/DT-BFR/releases/download/v1.0.0/swinir_gan_v1.pth",
+            license="CC BY-NC-SA 4.0",
+            description="Kuai et al.'s baseline restorer: SwinIR-GAN in DifFace's SwinIR layout, 512 px.",
+        ),
+        WeightSpec(
+            name="prior64",
+            filename="prior64.safetensors",
+            bundled=True,
+            license="see bfr/weights/compact/prior64.md",
+            description="Compact tier: 64 px face diffusion prior trained by bfr.",
+        ),
+        WeightSpec(
+            name="swinir64",
+            filename="swinir64.safetensors",
+            bundled=True,
+            license="see bfr/weights/compact/swinir64.md",
+            description="Compact tier: 64 px SwinIR restorer trained by bfr.",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> WeightSpec:
+    """The catalog entry called `name`; an unknown name lists the known ones."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        known = ", ".join(sorted(CATALOG))
+        raise InputError(f"unknown weights {name!r}; known: {known}") from None

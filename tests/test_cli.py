@@ -1,0 +1,76 @@
+"""`python -m bfr`: subcommands work end to end and bad input is one line on stderr with exit code 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bfr.api import method_status
+from bfr.cli import main
+from bfr.paths import REPO_DIR, data_dir
+
+LFW = data_dir() / "lfw150"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "bfr", *args], cwd=REPO_DIR, capture_output=True, text=True,
+                          timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+
+
+def test_help_lists_subcommands():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("methods", "degrade", "restore", "train"):
+        assert cmd in out.stdout
+
+
+def test_methods_reports_each_method_and_tier(capsys):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    for name in ("difface", "unsupervised", "idm", "flipnet"):
+        assert name in text
+    assert "paper" in text and "compact" in text
+    assert "downloads are off" in text or "not downloaded" in text or "ready" in text
+
+
+@pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data (LFW) is not here")
+def test_degrade_writes_seeded_variants(tmp_path):
+    face = LFW / "Aaron_Sorkin_0001.jpg"
+    assert main(["degrade", str(face), "-o", str(tmp_path / "a"), "--variants", "2", "--seed", "5"]) == 0
+    assert main(["degrade", str(face), "-o", str(tmp_path / "b"), "--variants", "2", "--seed", "5"]) == 0
+    a = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "a").glob("*.png"))]
+    b = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "b").glob("*.png"))]
+    assert len(a) == 2 and a[0].shape == (150, 150, 3)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], a[1])
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not an image")
+    out = run("degrade", str(bogus), "-o", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
+    out = run("restore", str(tmp_path / "missing.jpg"), "-o", str(tmp_path), "--method", "nope")
+    assert out.returncode == 2 and "unknown method" in out.stderr
+
+
+def test_paper_tier_offline_fails_fast_with_instructions(tmp_path):
+    img = tmp_path / "face.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img)
+    out = run("restore", str(img), "-o", str(tmp_path), "--tier", "paper", "--aligned")
+    assert out.returncode == 2
+    assert "iddpm_ffhq512_ema500000.pth" in out.stderr and "BFR_WEIGHTS_DIR" in out.stderr
+
+
+@pytest.mark.skipif(not method_status("difface", "compact")[0], reason="compact DifFace weights are not bundled")
+@pytest.mark.skipif(not (data_dir() / "real-lq").is_dir(), reason="../shared/data (real-lq) is not here")
+def test_restore_real_photo_writes_output_and_faces(tmp_path):
+    photo = data_dir() / "real-lq" / "whole_imgs" / "00.jpg"
+    out = run("restore", str(photo), "-o", str(tmp_path), "--steps", "50", "--start-step", "20", "--save-faces")
+    assert out.returncode == 0, out.stderr
+    restored = np.asarray(Image.open(tmp_path / "00_difface.png"))
+    assert restored.shape == np.asarray(Image.open(photo)).shape
+    assert len(list((tmp_path / "faces").glob("*_difface.png"))) >= 1
+    assert "restored 2 faces" in out.stdout.lower()

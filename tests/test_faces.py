@@ -1,0 +1,470 @@
+"""bfr.faces: templates, alignment, detection on real photos, paste-back and the pipeline.
+
+Real-image tests read ../shared/data (skipped with a message when it is absent); tests
+of the Haar detector need OpenCV's cascade files from opencv-python<5 (skipped, saying so).
+Images are kept small so the detector tests stay well under a second each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from bfr.errors import InputError, WeightsUnavailableError  # noqa: E402
+from bfr.faces import (  # noqa: E402
+    Face,
+    FacePipeline,
+    estimate_similarity,
+    ffhq_to_lfw,
+    framing_affine,
+    get_detector,
+    inverse_affine,
+    lfw_to_ffhq,
+    paste_faces,
+    template,
+    transform_points,
+    warp_face,
+)
+from bfr.faces import detect as detect_mod  # noqa: E402
+from bfr.faces.align import compose, warp_image  # noqa: E402
+from bfr.faces.detect import EYE_CASCADE, FACE_CASCADE, HOW_TO_GET_CASCADES, find_cascade  # noqa: E402
+from bfr.faces.paste import FaceParser, output_to_crop_affine, square_soft_mask  # noqa: E402
+from bfr.faces.templates import FFHQ_512, LFW_150, ffhq_to_lfw_affine  # noqa: E402
+from bfr.paths import data_dir  # noqa: E402
+
+REAL = data_dir() / "real-lq"
+LFW = data_dir() / "lfw150"
+HAVE_CASCADES = find_cascade(FACE_CASCADE) is not None and find_cascade(EYE_CASCADE) is not None
+needs_cascades = pytest.mark.skipif(not HAVE_CASCADES, reason=f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+
+
+def load_rgb(path, max_side: int | None = None) -> np.ndarray:
+    """A test image as float32 RGB in [0, 1] (cv2 directly: bfr.imageio is not needed here)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, f"cannot read {path}"
+    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    if max_side and max(img.shape[:2]) > max_side:
+        k = max_side / max(img.shape[:2])
+        img = cv2.resize(img, (round(img.shape[1] * k), round(img.shape[0] * k)), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def need(path):
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set BFR_DATA or check out ../shared beside the repo)")
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def synthetic_image(h: int = 160, w: int = 200, seed: int = 0) -> np.ndarray:
+    """Smooth random colours: a stand-in photo when only the mechanics are tested."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((h // 8, w // 8, 3)).astype(np.float32)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+class StubDetector:
+    """Returns fixed faces, so pipeline tests need neither cascades nor weights."""
+
+    name = "stub"
+    reason = ""
+    min_eye_distance = 0.0
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect(self, img, *, only_center_face=False, max_faces=None, order="size"):
+        return detect_mod.select_faces(list(self.faces), img.shape[:2], 0.0, only_center_face, max_faces, order)
+
+
+def face_at(cx: float, cy: float, eye_distance: float, roll_deg: float = 0.0) -> Face:
+    """A Face whose landmarks are the FFHQ template placed at (cx, cy) with this size and roll."""
+    pts = FFHQ_512 - FFHQ_512[:2].mean(0)
+    k = eye_distance / (FFHQ_512[1, 0] - FFHQ_512[0, 0])
+    t = np.deg2rad(roll_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    lm = pts @ (k * rot).T + (cx, cy)
+    half = 1.2 * eye_distance
+    return Face(box=(cx - half, cy - half, cx + half, cy + 1.5 * half), landmarks=lm, score=1.0)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_templates_scale_with_crop_size():
+    np.testing.assert_allclose(template("ffhq", 256), FFHQ_512 / 2)
+    np.testing.assert_allclose(template("lfw", 150), LFW_150)
+    np.testing.assert_allclose(template("lfw", 64), LFW_150 * 64 / 150)
+    with pytest.raises(InputError):
+        template("celeba", 512)
+
+
+def test_framings_are_inverse_and_lfw_fits_inside_ffhq():
+    a = framing_affine("ffhq", 512, "lfw", 64)
+    b = framing_affine("lfw", 64, "ffhq", 512)
+    np.testing.assert_allclose(compose(b, a), [[1, 0, 0], [0, 1, 0]], atol=1e-9)
+    # The two templates agree to within a pixel at 150 px once one is mapped onto the other.
+    mapped = transform_points(FFHQ_512, framing_affine("ffhq", 512, "lfw", 150))
+    assert np.abs(mapped - LFW_150).max() < 1.0
+    # Every corner of the LFW crop lands inside the FFHQ crop: ffhq→lfw needs no padding.
+    corners = transform_points(np.array([[0, 0], [63, 0], [0, 63], [63, 63]]), b)
+    assert corners.min() > 0 and corners.max() < 511
+    # The face is larger in LFW framing (the README's "about 11 % smaller" in FFHQ).
+    scale = np.sqrt(np.linalg.det(framing_affine("ffhq", 150, "lfw", 150)[:, :2]))
+    assert 1.08 < scale < 1.16
+
+
+def test_estimate_similarity_recovers_a_known_transform():
+    t = np.deg2rad(17)
+    true = np.array([[0.7 * np.cos(t), -0.7 * np.sin(t), 31.0], [0.7 * np.sin(t), 0.7 * np.cos(t), -12.0]])
+    src = FFHQ_512
+    dst = transform_points(src, true)
+    for method in ("lmeds", "lstsq"):
+        np.testing.assert_allclose(estimate_similarity(src, dst, method=method), true, atol=1e-4)
+    np.testing.assert_allclose(compose(inverse_affine(true), true), [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+
+
+def test_lfw_crop_warped_with_its_template_is_identity():
+    path = need(LFW / "Aaron_Eckhart_0001.jpg")
+    img = load_rgb(path)
+    lm = template("lfw", 150)
+    crop, affine = warp_face(img, lm, template("lfw", 150), 150)
+    np.testing.assert_allclose(affine, [[1, 0, 0], [0, 1, 0]], atol=1e-6)
+    assert crop.shape == img.shape
+    assert np.abs(crop - img).max() < 1e-3
+
+
+def test_ffhq_lfw_round_trip():
+    path = need(REAL / "cropped_faces" / "Adele_crop.png")
+    ffhq = load_rgb(path)
+    lfw = ffhq_to_lfw(ffhq, 256)
+    assert lfw.shape == (256, 256, 3)
+    # The landmarks follow the framing: FFHQ template → LFW template (within the fit residual).
+    pts = transform_points(template("ffhq", 512), ffhq_to_lfw_affine(512, 512, 256))
+    assert np.abs(pts - template("lfw", 256)).max() < 2.0
+    back = lfw_to_ffhq(lfw, background=ffhq)
+    assert back.shape == ffhq.shape
+    # Inside the LFW frame the face comes back (softened by two resamplings)...
+    a = ffhq_to_lfw_affine(512, 512, 256)
+    inside = (
+        warp_image(np.ones((256, 256), np.float32), inverse_affine(a), (512, 512), border="constant", border_value=0.0)
+        > 0.999
+    )
+    assert psnr(back[inside], ffhq[inside]) > 30
+    # ...and outside it the original input is untouched.
+    outside = (
+        warp_image(np.ones((256, 256), np.float32), inverse_affine(a), (512, 512), border="constant", border_value=0.0)
+        == 0
+    )
+    assert outside.sum() > 10_000
+    np.testing.assert_array_equal(back[outside], ffhq[outside])
+    # Without a background the border is made up from the crop's edge, at the asked size.
+    assert lfw_to_ffhq(lfw, size=128).shape == (128, 128, 3)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@pytest.fixture(scope="module")
+def haar():
+    if not HAVE_CASCADES:
+        pytest.skip(f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+    return detect_mod.HaarDetector()
+
+
+WHOLE = ["00.jpg", "10045.png", "Blake_Lively.jpg"]
+
+
+@needs_cascades
+@pytest.mark.parametrize("name", WHOLE)
+def test_haar_finds_faces_in_whole_images(haar, name):
+    img = load_rgb(need(REAL / "whole_imgs" / name))
+    faces = haar.detect(img)
+    # Counts at the time of writing: 00.jpg 2, 10045.png 3, Blake_Lively.jpg 2 (all faces, no false ones).
+    print(f"{name}: {len(faces)} faces, eye distances {[round(f.eye_distance) for f in faces]}")
+    assert 1 <= len(faces) <= 4
+    h, w = img.shape[:2]
+    for f in faces:
+        assert f.landmarks.shape == (5, 2)
+        assert f.eye_distance >= haar.min_eye_distance
+        x0, y0, x1, y1 = f.box
+        assert -0.5 * (x1 - x0) < x0 < w and -0.5 * (y1 - y0) < y0 < h
+        # Eyes above the mouth, left eye on the image's left.
+        assert f.landmarks[0, 0] < f.landmarks[1, 0]
+        assert f.landmarks[:2, 1].mean() < f.landmarks[3:, 1].mean()
+    sizes = [f.eye_distance for f in faces]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+@needs_cascades
+@pytest.mark.parametrize(
+    "name", ["Adele_crop.png", "Julia_Roberts_crop.png", "Justin_Timberlake_crop.png", "Paris_Hilton_crop.png"]
+)
+def test_haar_landmarks_on_ffhq_aligned_crops(haar, name):
+    # Downscaled to 256 for speed; errors are reported in 512-px units. Measured: mean
+    # 4–9 px, worst point 16 px; tolerances leave a factor of 2.
+    img = load_rgb(need(REAL / "cropped_faces" / name), max_side=256)
+    faces = haar.detect(img)
+    assert len(faces) == 1, f"{name}: {len(faces)} faces"
+    err = np.linalg.norm(faces[0].landmarks - template("ffhq", 256), axis=1) * 2
+    print(f"{name}: landmark error (px at 512) {np.round(err, 1)}")
+    assert err.mean() < 20
+    assert err.max() < 32
+
+
+def test_select_faces_orders_filters_and_picks_the_centre():
+    faces = [face_at(40, 50, 20), face_at(150, 60, 40), face_at(100, 80, 8)]
+    by_size = detect_mod.select_faces(faces, (160, 200), min_eye_distance=10)
+    assert [round(f.eye_distance) for f in by_size] == [40, 20]
+    ltr = detect_mod.select_faces(faces, (160, 200), order="left_to_right")
+    assert [round(f.center[0]) for f in ltr] == sorted(round(f.center[0]) for f in faces)
+    centre = detect_mod.select_faces(faces, (160, 200), only_center_face=True)
+    assert len(centre) == 1 and round(centre[0].eye_distance) == 8
+    assert len(detect_mod.select_faces(faces, (160, 200), max_faces=1)) == 1
+
+
+def test_missing_cascade_says_to_install_opencv_4(monkeypatch, tmp_path):
+    monkeypatch.setenv("BFR_HAAR_DIR", str(tmp_path))  # an empty folder: no cascade files
+    assert find_cascade(FACE_CASCADE) is None
+    with pytest.raises(WeightsUnavailableError, match="opencv-python<5"):
+        detect_mod.HaarDetector()
+
+
+def test_get_detector_says_why_retinaface_was_not_used(monkeypatch):
+    monkeypatch.setattr(detect_mod, "find_facexlib_weights", lambda *a, **k: None)
+    with pytest.raises(WeightsUnavailableError, match="RetinaFace"):
+        get_detector("retinaface")
+    with pytest.raises(InputError):
+        get_detector("mtcnn")
+    if not HAVE_CASCADES:
+        with pytest.raises(WeightsUnavailableError, match="opencv-python<5"):
+            get_detector("auto")
+        return
+    det = get_detector("auto")
+    assert det.name == "haar"
+    assert "RetinaFace" in det.reason and "download" in det.reason
+    assert get_detector("haar").reason == ""
+
+
+def test_retinaface_output_is_parsed_into_faces():
+    """The facexlib call is replaced; checks the conversion, score order and size filter."""
+
+    class FakeNet:
+        def detect_faces(self, bgr, conf_threshold=0.8):
+            assert bgr.max() > 1.5  # facexlib wants 0–255 BGR
+            lm_big = (FFHQ_512 * 0.2 + 10).ravel()
+            lm_tiny = (FFHQ_512 * 0.02 + 100).ravel()  # eye distance 2.5 px
+            return np.array([[5, 5, 110, 110, 0.99, *lm_big], [90, 90, 112, 112, 0.95, *lm_tiny]])
+
+    det = object.__new__(detect_mod.RetinaFaceDetector)
+    det.net, det.score_threshold, det.min_eye_distance = FakeNet(), 0.8, 5.0
+    faces = det.detect(synthetic_image(128, 128))
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].landmarks, FFHQ_512 * 0.2 + 10)
+    assert faces[0].score == pytest.approx(0.99)
+
+
+def test_images_are_checked():
+    det = StubDetector([])
+    pipe = FacePipeline(detector=det, crop_size=64)
+    with pytest.raises(InputError, match="float"):
+        pipe.crops((synthetic_image() * 255).astype(np.uint8))
+    with pytest.raises(InputError, match="RGB"):
+        pipe.crops(synthetic_image()[..., 0])
+
+
+# --------------------------------------------------------------------------- paste / pipeline
+
+
+def test_soft_mask_is_one_inside_zero_at_the_border():
+    m = square_soft_mask(128)
+    assert m[64, 64] == pytest.approx(1.0, abs=1e-4)
+    assert m[0].max() < 0.01 and m[:, -1].max() < 0.01
+    assert 0.2 < m[64, 6] < 0.8  # feathered, not a hard edge
+
+
+def test_output_to_crop_affine_keeps_pixel_centres():
+    a = np.array([[2.0, 0, -10], [0, 2.0, -20]])
+    # ×2 output and a restored crop twice the crop size: output pixel p ↔ crop (a·(p+0.5)/2 - 0.5)...
+    m = output_to_crop_affine(a, upscale=2, crop_size=64, restored_size=128)
+    p_out = np.array([[41.0, 63.0]])
+    p_in = (p_out + 0.5) / 2 - 0.5
+    p_crop = transform_points(p_in, a)
+    np.testing.assert_allclose(transform_points(p_out, m), (p_crop + 0.5) * 2 - 0.5)
+
+
+def test_stub_pipeline_overlapping_faces_and_border_faces():
+    img = synthetic_image(160, 200)
+    faces = [face_at(70, 80, 30), face_at(95, 85, 24, roll_deg=20), face_at(8, 150, 26)]  # last one half outside
+    pipe = FacePipeline(detector=StubDetector(faces), crop_size=128, use_parse=False)
+    crops = pipe.crops(img)
+    assert [c.crop.shape for c in crops] == [(128, 128, 3)] * 3
+    # A crop's landmarks sit on the template.
+    for c in crops:
+        np.testing.assert_allclose(transform_points(c.face.landmarks, c.affine), template("ffhq", 128), atol=1e-6)
+    same = pipe.restore_faces(img, lambda cs: cs)
+    assert same.n_faces == 3 and psnr(same.output, img) > 35
+    grey = pipe.restore_faces(img, lambda cs: [np.full_like(c, 0.5) for c in cs])
+    footprint = np.zeros(img.shape[:2], bool)
+    for c in crops:
+        footprint |= (
+            warp_image(
+                np.ones((128, 128), np.float32),
+                inverse_affine(c.affine),
+                (200, 160),
+                border="constant",
+                border_value=0.0,
+            )
+            > 0
+        )
+    np.testing.assert_array_equal(grey.output[~footprint], img[~footprint])
+    # Where faces overlap the larger one is pasted last, so its grey wins at its centre.
+    assert np.allclose(grey.output[80, 70], 0.5, atol=0.02)
+
+
+def test_restore_fn_must_return_one_square_crop_per_face():
+    img = synthetic_image()
+    pipe = FacePipeline(detector=StubDetector([face_at(100, 80, 30)]), crop_size=64, use_parse=False)
+    with pytest.raises(InputError, match="returned 0 crops"):
+        pipe.restore_faces(img, lambda cs: [])
+    with pytest.raises(InputError, match="square"):
+        pipe.restore_faces(img, lambda cs: [c[:, :32] for c in cs])
+    # A restorer that returns larger crops (×2) is fine: the paste scales its affine.
+    out = pipe.restore_faces(img, lambda cs: [cv2.resize(c, (128, 128)) for c in cs])
+    assert out.output.shape == img.shape
+
+
+def test_parse_mask_is_intersected_with_the_square_mask():
+    import torch
+
+    class FakeParseNet(torch.nn.Module):
+        def forward(self, x):  # label everything "background" (0) except a centre block "skin" (1)
+            logits = torch.zeros(1, 19, 512, 512)
+            logits[:, 0] = 1
+            logits[:, 1, 200:312, 200:312] = 2
+            return logits, x
+
+    parser = object.__new__(FaceParser)
+    parser.net, parser.device = FakeParseNet(), "cpu"
+    mask = parser(np.zeros((128, 128, 3), np.float32))
+    assert mask.shape == (128, 128) and mask[64, 64] > 0.5 and mask[5, 5] == 0
+    img = synthetic_image()
+    face = face_at(100, 80, 30)
+    crop, affine = warp_face(img, face.landmarks, template("ffhq", 128), 128)
+    grey = np.full_like(crop, 0.5)
+    with_parse = paste_faces(img, [grey], [affine], parser=parser)
+    without = paste_faces(img, [grey], [affine])
+    assert (np.abs(with_parse - img) > 1e-6).sum() < (np.abs(without - img) > 1e-6).sum()
+
+
+def test_no_face_returns_the_input_with_a_message():
+    rng = np.random.default_rng(0)
+    noise = rng.random((96, 128, 3)).astype(np.float32)
+    pipe = FacePipeline(detector=StubDetector([]), crop_size=64)
+    res = pipe.restore_faces(noise, lambda cs: cs)
+    assert res.n_faces == 0 and res.faces == []
+    assert "No face" in res.message
+    np.testing.assert_array_equal(res.output, noise)
+    up = FacePipeline(detector=StubDetector([]), crop_size=64, upscale=2).restore_faces(noise, lambda cs: cs)
+    assert up.output.shape == (192, 256, 3) and "×2" in up.message
+
+
+@needs_cascades
+def test_no_face_in_noise_with_the_real_detector(haar):
+    noise = np.random.default_rng(1).random((120, 160, 3)).astype(np.float32)
+    flat = np.full((120, 160, 3), 0.4, np.float32)
+    for img in (noise, flat):
+        res = FacePipeline(detector=haar, crop_size=64).restore_faces(img, lambda cs: cs)
+        assert res.n_faces == 0 and "No face" in res.message
+        np.testing.assert_array_equal(res.output, img)
+
+
+@pytest.fixture(scope="module")
+def blake():
+    """A small real photo with two faces (one rolled), and the faces Haar finds in it."""
+    if not HAVE_CASCADES:
+        pytest.skip(f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+    img = load_rgb(need(REAL / "whole_imgs" / "Blake_Lively.jpg"), max_side=420)
+    faces = detect_mod.HaarDetector().detect(img)
+    assert len(faces) >= 1
+    return img, faces
+
+
+def test_paste_back_identity_and_grey_on_a_real_photo(blake):
+    img, faces = blake
+    pipe = FacePipeline(detector=StubDetector(faces), crop_size=256, use_parse=False)
+    same = pipe.restore_faces(img, lambda cs: cs)
+    assert same.n_faces == len(faces)
+    assert psnr(same.output, img) > 35
+    grey = pipe.restore_faces(img, lambda cs: [np.full_like(c, 0.5) for c in cs])
+    footprint = np.zeros(img.shape[:2], bool)
+    for f in grey.faces:
+        _, affine = warp_face(img, f.face.landmarks, template("ffhq", 256), 256)
+        footprint |= (
+            warp_image(
+                np.ones((256, 256), np.float32),
+                inverse_affine(affine),
+                img.shape[1::-1],
+                border="constant",
+                border_value=0.0,
+            )
+            > 0
+        )
+    changed = np.any(grey.output != img, axis=2)
+    assert not (changed & ~footprint).any(), "pixels outside every face's crop changed"
+    assert changed[footprint].mean() > 0.5
+    # Around the first face's landmarks the output is the grey crop.
+    cx, cy = faces[0].landmarks.mean(0).round().astype(int)
+    assert np.allclose(grey.output[cy, cx], 0.5, atol=0.02)
+
+
+def test_upscale_two_pastes_at_twice_the_coordinates(blake):
+    img, faces = blake
+    one = FacePipeline(detector=StubDetector(faces), crop_size=128, use_parse=False)
+    two = FacePipeline(detector=StubDetector(faces), crop_size=128, upscale=2, use_parse=False)
+
+    def grey(cs):
+        return [np.full_like(c, 0.5) for c in cs]
+
+    r1, r2 = one.restore_faces(img, grey), two.restore_faces(img, grey)
+    h, w = img.shape[:2]
+    assert r2.output.shape == (2 * h, 2 * w, 3)
+    m1 = np.all(np.abs(r1.output - 0.5) < 1e-3, axis=2)
+    m2 = np.all(np.abs(r2.output - 0.5) < 1e-3, axis=2)
+    c1 = np.argwhere(m1).mean(0)
+    c2 = np.argwhere(m2).mean(0)
+    np.testing.assert_allclose(c2, 2 * c1 + 0.5, atol=1.5)
+    assert m2.sum() == pytest.approx(4 * m1.sum(), rel=0.05)
+
+
+def test_aligned_mode_keeps_the_size():
+    path = need(REAL / "cropped_faces" / "Julia_Roberts_crop.png")
+    img = load_rgb(path, max_side=256)
+    ffhq = FacePipeline(detector=StubDetector([]), crop_size=256).restore_faces(img, lambda cs: cs, aligned=True)
+    assert ffhq.output.shape == img.shape and ffhq.n_faces == 1
+    assert psnr(ffhq.output, img) > 60
+    lfw = FacePipeline(detector=StubDetector([]), template="lfw", crop_size=64)
+    res = lfw.restore_faces(img, lambda cs: [np.full_like(c, 0.5) for c in cs], aligned=True)
+    assert res.output.shape == img.shape and res.faces[0].input_crop.shape == (64, 64, 3)
+    # The LFW frame is inside the FFHQ one: the image corners keep the original pixels.
+    np.testing.assert_array_equal(res.output[:8, :8], img[:8, :8])
+    assert np.allclose(res.output[128, 128], 0.5, atol=0.02)
+    up = FacePipeline(detector=StubDetector([]), crop_size=128, upscale=2).restore_faces(
+        img, lambda cs: cs, aligned=True
+    )
+    assert up.output.shape == (512, 512, 3)
+
+
+@needs_cascades
+def test_restore_faces_end_to_end_with_haar(blake):
+    img, faces = blake
+    res = FacePipeline(detector="haar", crop_size=64, template="lfw").restore_faces(img, lambda cs: cs)
+    assert res.detector == "haar" and res.n_faces == len(faces)
+    assert res.faces[0].input_crop.shape == (64, 64, 3)
+    assert res.output.shape == img.shape and psnr(res.output, img) > 25
