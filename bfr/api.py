@@ -21,6 +21,8 @@ from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
 from bfr.methods.difface import DifFace
+from bfr.methods.idm import IDM, paper_net
+from bfr.methods.unsupervised import Unsupervised
 from bfr.nets import SwinIR, UNetModel, build_net
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
 from bfr.weights import available, load_into, load_state_dict, read_metadata, resolve
@@ -47,11 +49,12 @@ METHODS: dict[str, MethodInfo] = {
     "unsupervised": MethodInfo(
         "unsupervised", "Unsupervised BFR (Kuai et al.)",
         "Kuai et al., Towards Unsupervised Blind Face Restoration using Diffusion Prior (WACV 2025)",
-        {"compact": ("swinir64_adapted",), "paper": ("dtbfr_swinir_gan", "difface_unet_512")}, implemented=False,
+        {"compact": ("swinir64_adapted",), "paper": ("dtbfr_swinir_gan",)},
+        knobs=Unsupervised.defaults,
     ),
     "idm": MethodInfo(
         "idm", "IDM", "Zhao et al., Towards Authentic Face Restoration with Iterative Diffusion Models (ICCV 2023)",
-        {"compact": ("idm64",), "paper": ()}, implemented=False,
+        {"compact": ("idm64",), "paper": ("idm_unet_512",)}, knobs=IDM.defaults,
     ),
     "flipnet": MethodInfo(
         "flipnet", "FLIPNET", "Miao et al., Unlocking the Potential of Diffusion Priors in BFR (ICCV 2025)",
@@ -110,6 +113,23 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
             load_into(prior, load_state_dict(resolve("difface_unet_512", weights.get("difface_unet_512"))))
             load_into(backbone, load_state_dict(resolve("difface_swinir_512", weights.get("difface_swinir_512"))))
             model = DifFace(prior, backbone, resolution=512, framing="ffhq", tier=tier, device=dev)
+    elif method == "idm":
+        if tier == "compact":
+            net = load_net("idm64", weights.get("idm64"))
+            model = IDM(net, resolution=net.image_size, framing="lfw", tier=tier, device=dev)
+        else:
+            model = IDM(paper_net(weights.get("idm_unet_512")), resolution=512, framing="ffhq", tier=tier, device=dev)
+    elif method == "unsupervised":
+        # One forward pass of a restorer adapted by `python -m bfr adapt` (the prior is needed only there).
+        if tier == "compact":
+            file = resolve("swinir64_adapted", weights.get("swinir64_adapted"))
+            resolution = int(json.loads(read_metadata(file).get("resolution", "64")))
+            model = Unsupervised(load_net("swinir64_adapted", file), resolution=resolution, framing="lfw",
+                                 tier=tier, device=dev)
+        else:  # DT-BFR's SwinIR-GAN; adapted weights via weights={"dtbfr_swinir_gan": "runs/…/adapted.safetensors"}
+            net = SwinIR(**DIFFACE_SWINIR_512)
+            load_into(net, load_state_dict(resolve("dtbfr_swinir_gan", weights.get("dtbfr_swinir_gan"))))
+            model = Unsupervised(net, resolution=512, framing="ffhq", tier=tier, device=dev)
     return Restorer(model, detector=detector)
 
 

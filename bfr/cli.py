@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -55,10 +56,14 @@ def cmd_restore(args: argparse.Namespace) -> None:
     import bfr
     from bfr.imageio import save_image
 
-    options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta,
-                                      seed=args.seed).items() if v is not None}
+    options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta, seed=args.seed,
+                                      sampler=args.sampler).items() if v is not None}
     weights = dict(w.split("=", 1) for w in args.weights or [])
     restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector)
+    accepted = inspect.signature(restorer.model.restore).parameters
+    for name in options:
+        if name not in accepted:
+            raise BfrError(f"--{name.replace('_', '-')} does not apply to {args.method}")
     out_dir = Path(args.output)
     for path in _inputs(args.inputs):
         bar = tqdm(desc=path.name, unit="step", leave=False)
@@ -94,6 +99,42 @@ def cmd_train(args: argparse.Namespace) -> None:
                              max_steps=args.steps, max_minutes=args.minutes, init_from=args.init_from,
                              mixed_precision=args.precision)
         train_backbone(cfg)
+    elif args.what == "idm":
+        from bfr.training.idm import IDMConfig, train_idm
+
+        if args.steps is not None:
+            raise BfrError("idm trains in rounds: use --steps-per-round (round 0) and --refine-steps (later rounds)")
+        cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds, batch_size=args.batch_size,
+                        max_minutes=args.minutes, init_from=args.init_from, mixed_precision=args.precision)
+        if args.steps_per_round is not None:
+            cfg.steps_per_round = args.steps_per_round
+        if args.refine_steps is not None:
+            cfg.refine_steps = args.refine_steps
+        if train_idm(cfg) is None:
+            print("stopped before the last round finished; run the same command again to resume")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from bfr.training.adapt import AdaptConfig, adapt, write_card
+
+    cfg = AdaptConfig(lq_dir=args.lq_dir, out_dir=args.output, tier=args.tier, restorer=args.restorer,
+                      prior=args.prior, references_dir=args.references, clean_dir=args.clean_dir,
+                      eval_dir=args.eval_dir, total_steps=args.iters, max_minutes=args.minutes,
+                      batch_size=args.batch_size, lr=args.lr, regenerate_every=args.regenerate_every,
+                      factor=args.factor, gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
+                      seed=args.seed)
+    if adapt(cfg) is None:
+        print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
+    elif args.bundle:
+        print(f"weights and card copied: {write_card(args.output, dest=args.bundle, name=args.bundle_name)}")
+
+
+def cmd_demo_set(args: argparse.Namespace) -> None:
+    from bfr.training.adapt import make_demo_set
+
+    m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed)
+    print(f"{args.output}: {m['counts']['adapt']} degraded faces in adapt/, {m['counts']['holdout']} held out in "
+          "holdout/ (ground truth in holdout_gt/, for evaluation only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,14 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore every face in photos (or aligned face crops)")
     p.add_argument("inputs", nargs="+", help="images or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--method", default="difface", help="difface (others as they land: see `methods`)")
+    p.add_argument("--method", default="difface", help="difface | idm | unsupervised (see `methods`)")
     p.add_argument("--tier", default="compact", choices=["compact", "paper"])
     p.add_argument("--aligned", action="store_true", help="inputs are FFHQ-aligned face crops: skip detection")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1, help="output scale of the whole image (1, 2, 4)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM chain length (DifFace default 250)")
+    p.add_argument("--steps", type=int, default=None, help="sampling chain length (DifFace default 250, IDM 100)")
     p.add_argument("--start-step", type=int, default=None, help="DifFace's started step N (default 100)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0)")
+    p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
+                   help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"])
@@ -133,14 +176,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split)")
-    p.add_argument("what", choices=["prior", "backbone"])
+    p.add_argument("what", choices=["prior", "backbone", "idm"])
     p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--rounds", type=int, default=3,
+                   help="idm: training rounds; each after the first cleans the training faces with the previous one")
+    p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="idm: steps of each later round, from the previous weights (default a quarter of round 0)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("adapt", help="adapt a restorer to degraded faces without ground truth (Kuai et al.)")
+    p.add_argument("lq_dir", help="folder of degraded, aligned faces (the model's framing)")
+    p.add_argument("-o", "--output", required=True, help="run folder (resumes if it holds a state)")
+    p.add_argument("--tier", default="compact", choices=["compact", "paper"])
+    p.add_argument("--iters", type=int, default=20_000, help="fine-tuning iterations (cosine lr schedule length)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-5, help="start of the cosine schedule (ends at 5e-6)")
+    p.add_argument("--regenerate-every", type=int, default=None, metavar="K",
+                   help="regenerate pseudo-targets with the improved restorer every K iterations")
+    p.add_argument("--restorer", default=None, help="starting restorer weights (default: swinir64 / swinir_gan_v1)")
+    p.add_argument("--prior", default=None, help="face prior weights (default: prior64 / iddpm_ffhq512_ema500000)")
+    p.add_argument("--references", default=None, help="general path: folder of fixed references (same file names)")
+    p.add_argument("--clean-dir", default=None, help="clean aligned faces for the discriminator (paper tier: FFHQ)")
+    p.add_argument("--eval-dir", default=None, help="a demo-set folder: holdout PSNR/SSIM logged while adapting")
+    p.add_argument("--factor", type=int, default=None, help="low-pass factor (default: 16 at 512 px, 2 at 64 px)")
+    p.add_argument("--gen-batch-size", type=int, default=16, help="batch of the pseudo-target sampler")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")
+    p.add_argument("--bundle-name", default="swinir64_adapted")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("demo-set", help="LFW test faces under an unseen degradation, split adapt / holdout")
+    p.add_argument("output", help="folder for adapt/, holdout/, holdout_gt/ and manifest.json")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--preset", default="camera", help="degradation preset (default camera: unseen in training)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_set)
     return parser
 
 

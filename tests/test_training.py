@@ -37,6 +37,8 @@ def test_prior_trains_resumes_and_exports(tmp_path):
     net = load_net("prior64", weights)
     assert net.image_size == 32
     assert (tmp_path / "prior" / "samples_final.png").stat().st_size > 1000
+    card = (tmp_path / "prior" / "prior64.md").read_text()
+    assert "steps: 5" in card and "LFW train split" in card and "held-out" in card.lower()
 
 
 def test_backbone_training_lowers_l1(tmp_path):
@@ -49,6 +51,7 @@ def test_backbone_training_lowers_l1(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "bb" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["val_psnr"] > log[0]["val_psnr"]
     assert read_metadata(tmp_path / "bb" / "swinir64.safetensors")["kind"] == "swinir"
+    assert f"{log[-1]['val_psnr']:.2f} dB" in (tmp_path / "bb" / "swinir64.md").read_text()
 
 
 def test_state_round_trip_restores_optimizer_moments(tmp_path):

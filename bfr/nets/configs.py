@@ -85,3 +85,7 @@ COMPACT_SWINIR_64 = dict(
     unshuffle_scale=2,
     num_feat=32,
 )
+
+# The compact tier's IDM (64 px, LFW framing): COMPACT_PRIOR_64's UNet with the LQ face as 3
+# extra input channels (SR3-style concatenation) and ε only (fixed variance): 6 in, 3 out.
+COMPACT_IDM_64 = {**COMPACT_PRIOR_64, "in_channels": 6, "out_channels": 3}

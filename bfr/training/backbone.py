@@ -20,6 +20,7 @@ from bfr.metrics import psnr
 from bfr.nets.configs import COMPACT_SWINIR_64
 from bfr.nets.swinir import SwinIR
 from bfr.training.checkpoint import resume_or_init, save_state
+from bfr.training.cards import write_card
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
@@ -133,7 +134,24 @@ def train_backbone(cfg: BackboneConfig) -> Path:
                              extra={"steps": step, "train_seconds": round(seconds), "hardware": hardware(),
                                     "val": metrics})
     print(f"step {step}: val PSNR {metrics['psnr']:.2f} dB (input {metrics['psnr_input']:.2f}); exported {weights}")
+    write_backbone_card(out, weights, out, metrics)
     return weights
+
+
+def write_backbone_card(run_dir: Path, weights: Path, dest: Path, metrics: dict[str, float]) -> Path:
+    """The backbone's model card (in ``dest``, beside a copy of the weights and a preview grid)."""
+    return write_card(
+        run_dir, weights, dest, "Compact restoration backbone (swinir64)",
+        "A small SwinIR (pixel-unshuffle ×2 stem, 4 residual Swin groups of depth 4, width 64, window 8, "
+        "nearest+conv upsampler; 0.78 M parameters) for 64×64 faces in the LFW framing, trained with L1 on "
+        "DifFace's training degradations scaled to 64 px (σ ∈ [0.1, 1.9], r ∈ [0.8, 4], noise ≤ 20, "
+        "JPEG 30–100, 1% gray). It is DifFace's backbone recipe at small scale and gives x̂0 to the "
+        "compact DifFace tier.",
+        {"Validation": f"PSNR on 64 seeded degraded LFW test faces: {metrics['psnr']:.2f} dB restored vs "
+                       f"{metrics['psnr_input']:.2f} dB for the degraded input.",
+         "Limitations": "Regression to the mean: outputs are smooth (that is DifFace's premise). 64 px only."},
+        samples_png="samples_final.png",
+    )
 
 
 @torch.no_grad()

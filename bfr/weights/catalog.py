@@ -71,6 +71,27 @@ CATALOG: dict[str, WeightSpec] = {
             description="Compact tier: 64 px face diffusion prior trained by bfr.",
         ),
         WeightSpec(
+            name="idm64",
+            filename="idm64.safetensors",
+            bundled=True,
+            license="see bfr/weights/compact/idm64.md",
+            description="Compact tier: 64 px IDM (conditional diffusion restorer, extrinsic rounds) trained by bfr.",
+        ),
+        WeightSpec(
+            name="idm_unet_512",
+            filename="idm_unet_512.safetensors",
+            license="none published (no public weights; bring your own)",
+            description="IDM at paper scale (IDM_UNET_512): untrained in bfr; Zhao et al. released no code or weights.",
+        ),
+        WeightSpec(
+            name="swinir64_adapted",
+            filename="swinir64_adapted.safetensors",
+            bundled=True,
+            license="see bfr/weights/compact/swinir64_adapted.md",
+            description="Compact tier: swinir64 adapted without ground truth to the 'camera' degradation "
+            "(Kuai et al.'s unsupervised fine-tuning on prior64 pseudo-targets).",
+        ),
+        WeightSpec(
             name="swinir64",
             filename="swinir64.safetensors",
             bundled=True,

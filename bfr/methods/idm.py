@@ -1,0 +1,105 @@
+"""IDM (Zhao et al., ICCV 2023): a conditional diffusion model that restores the face.
+
+No code or weights are public; what is built here follows METHODS.md §4 ([choice] items):
+an SR3-style pixel model whose UNet sees [x_t, LQ resized to the output size] (6 channels,
+both in [-1, 1]), predicts ε with a fixed variance, on a linear schedule of T = 1000. A
+restoration samples from pure noise down a re-spaced chain ("intrinsic iterative
+refinement": every step sees the LQ again). The training side ("extrinsic iterative
+enhancement": the model cleans its own training set, then is retrained) is in
+``bfr/training/idm.py``.
+
+Tiers: "compact" is COMPACT_IDM_64 trained by bfr (catalog ``idm64``); "paper" is
+IDM_UNET_512, untrained here: it runs only from a local file (catalog ``idm_unet_512``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bfr.diffusion import GaussianDiffusion, noise_like, sample
+from bfr.errors import InputError, WeightsUnavailableError
+from bfr.methods.base import Progress, autocast, check_batch, generator, resize
+from bfr.nets.configs import IDM_UNET_512
+from bfr.nets.unet import UNetModel
+
+COMPACT_WEIGHTS = "idm64"
+PAPER_WEIGHTS = "idm_unet_512"
+SAMPLERS = ("ddim", "ancestral")
+
+
+class IDM:
+    name = "idm"
+    title = "IDM"
+    defaults = dict(steps=100, eta=0.0, seed=0)
+
+    def __init__(self, net: torch.nn.Module, *, resolution: int, framing: str, tier: str, device: torch.device):
+        if getattr(net, "in_channels", 6) != 6:
+            raise InputError(f"IDM needs a UNet with 6 input channels ([x_t, LQ]), got {net.in_channels}")
+        self.net = net.eval().requires_grad_(False).to(device)
+        self.resolution = resolution
+        self.framing = framing
+        self.tier = tier
+        self.device = device
+
+    def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+        """ε for x_t at original-scale timesteps t, given the LQ in [-1, 1] at the model size."""
+        with autocast(self.device):
+            return self.net(x_t, t, lq=lq).float()
+
+    @torch.no_grad()
+    def restore(self, lq: torch.Tensor, *, steps: int = 100, eta: float = 0.0, sampler: str = "ddim",
+                seed: int | None = 0, progress: Progress | None = None) -> torch.Tensor:
+        """Restore aligned faces (B,3,H,W) in [0,1]; returns the same size, on the CPU.
+
+        steps: length of the re-spaced chain (evenly spaced over 0…999, both ends kept);
+        sampler: "ddim" (η in [0, 1]; 0 = deterministic) or "ancestral" (fixed variance β̃,
+        η unused); seed: the starting noise (and the ancestral/DDIM noise), None = random.
+        """
+        check_batch(lq)
+        if not 1 <= int(steps) <= 1000:
+            raise InputError(f"steps must lie in [1, 1000], got {steps}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
+        if not 0.0 <= eta <= 1.0:
+            raise InputError(f"eta must lie in [0, 1], got {eta}")
+        size = tuple(lq.shape[-2:])
+        cond = resize(lq.to(self.device), self.resolution) * 2 - 1
+        diffusion = GaussianDiffusion.create(1000, "linear", respacing=int(steps), learn_sigma=False)
+        g = generator(seed)
+        x = noise_like(tuple(cond.shape), g, device=self.device)
+        out = sample(diffusion, self.denoiser, x, sampler=sampler, eta=eta, generator=g,
+                     model_kwargs={"lq": cond}, progress=progress)
+        return resize((out * 0.5 + 0.5).clamp(0, 1), size).cpu()
+
+
+def paper_net(path: str | Path | None = None) -> UNetModel:
+    """IDM_UNET_512 with weights from a local file; without one, a WeightsUnavailableError.
+
+    ``path`` is a state dict for IDM_UNET_512 (.safetensors, or .pth read with
+    weights_only); without it, the catalog's usual local places ($BFR_WEIGHTS_DIR, the
+    cache) are looked at. Nothing is ever downloaded: no public weights exist.
+    """
+    from bfr.weights import CATALOG, load_into, load_state_dict
+    from bfr.weights.hub import find_local
+
+    if path is not None:
+        file = Path(path).expanduser()
+        if file.is_dir():
+            file = file / f"{PAPER_WEIGHTS}.safetensors"
+        if not file.is_file():
+            raise WeightsUnavailableError(f"IDM paper-tier weights file {file} does not exist.")
+    else:
+        spec = CATALOG.get(PAPER_WEIGHTS)
+        file = find_local(spec) if spec is not None else None
+        if file is None:
+            raise WeightsUnavailableError(
+                f"IDM's paper tier has no weights: Zhao et al. released neither code nor weights, and bfr ships "
+                f"IDM_UNET_512 (DifFace's 512-px UNet with 6 input channels) untrained. Train one and pass it as "
+                f"weights={{'{PAPER_WEIGHTS}': PATH}} (command line: --weights {PAPER_WEIGHTS}=PATH), or put it at "
+                f"$BFR_WEIGHTS_DIR/{PAPER_WEIGHTS}.safetensors; or use the compact tier ({COMPACT_WEIGHTS})."
+            )
+    net = UNetModel(**IDM_UNET_512)
+    load_into(net, {k: v.float() for k, v in load_state_dict(file).items()})
+    return net

@@ -1,0 +1,187 @@
+"""IDM: the conditional sampler on tiny random networks, its LQ wiring checked with an oracle, and the
+extrinsic rounds (clean the training set, retrain) on a few LFW faces."""
+
+import json
+
+import pytest
+import torch
+
+from bfr.diffusion import GaussianDiffusion
+from bfr.errors import InputError, WeightsUnavailableError
+from bfr.methods.idm import IDM, paper_net
+from bfr.nets import UNetModel
+from bfr.paths import data_dir
+from bfr.weights import read_metadata
+
+TINY = dict(image_size=16, in_channels=6, model_channels=32, out_channels=3, num_res_blocks=1,
+            attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=32, use_scale_shift_norm=True)
+
+
+def tiny_net(seed=0, **overrides):
+    """Non-zero random weights everywhere (the UNet zero-initialises its output conv)."""
+    torch.manual_seed(seed)
+    net = UNetModel(**{**TINY, **overrides})
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def make(net=None, resolution=16):
+    return IDM(net or tiny_net(), resolution=resolution, framing="lfw", tier="compact", device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_output_depends_on_the_lq_and_is_reproducible(sampler):
+    model = make()
+    a, b = torch.rand(2, 1, 3, 16, 16)
+    out_a = model.restore(a, steps=8, sampler=sampler, seed=5)
+    torch.testing.assert_close(model.restore(a, steps=8, sampler=sampler, seed=5), out_a)
+    out_b = model.restore(b, steps=8, sampler=sampler, seed=5)
+    assert (out_a - out_b).abs().mean() > 1e-3
+
+
+def test_restore_returns_the_input_size_in_unit_range():
+    out = make().restore(torch.rand(2, 3, 24, 20), steps=5, seed=0)
+    assert out.shape == (2, 3, 24, 20) and out.device.type == "cpu"
+    assert out.min() >= 0 and out.max() <= 1
+
+
+class OracleNet(torch.nn.Module):
+    """Knows that the answer is the LQ itself: predicts the exact ε of x_t around it, and records its calls."""
+
+    in_channels = 6
+
+    def __init__(self):
+        super().__init__()
+        self.alphas_cumprod = torch.from_numpy(GaussianDiffusion.create(1000).alphas_cumprod).float()
+        self.calls = []
+
+    def forward(self, x, t, lq=None):
+        self.calls.append((t.clone(), None if lq is None else lq.clone()))
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * lq) / (1 - ab).sqrt()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_sampler_passes_the_resized_lq_to_every_step(sampler):
+    oracle = OracleNet()
+    model = make(oracle, resolution=16)
+    lq = torch.rand(2, 3, 16, 16)
+    out = model.restore(lq, steps=7, sampler=sampler, seed=1)
+    assert len(oracle.calls) == 7
+    ts = [int(t[0]) for t, _ in oracle.calls]
+    assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)  # original-scale timesteps
+    for _, seen in oracle.calls:
+        torch.testing.assert_close(seen, lq * 2 - 1)  # the LQ, in [-1, 1], at every step
+    torch.testing.assert_close(out, lq, atol=1e-5, rtol=0)  # an exact ε gives back the face it knows
+
+
+def test_lq_is_resized_to_the_model_size_and_back():
+    oracle = OracleNet()
+    lq = torch.rand(1, 3, 32, 32)
+    out = make(oracle, resolution=16).restore(lq, steps=3, seed=0)
+    assert oracle.calls[0][1].shape == (1, 3, 16, 16) and out.shape == (1, 3, 32, 32)
+
+
+def test_rejects_bad_inputs_and_knobs():
+    model = make()
+    for kwargs in (dict(steps=0), dict(steps=1001), dict(sampler="euler"), dict(eta=1.5)):
+        with pytest.raises(InputError):
+            model.restore(torch.rand(1, 3, 16, 16), **kwargs)
+    with pytest.raises(InputError):
+        model.restore(torch.rand(1, 3, 16, 16) * 255)
+    with pytest.raises(InputError, match="6 input channels"):
+        make(UNetModel(**{**TINY, "in_channels": 3}))
+
+
+def test_progress_reports_every_step():
+    calls = []
+    make().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 4) for i in range(1, 5)]
+
+
+def test_paper_tier_without_a_file_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="idm_unet_512") as err:
+        paper_net()
+    assert "no weights" in str(err.value) and "--weights idm_unet_512=PATH" in str(err.value)
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        paper_net(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here")
+def test_two_rounds_clean_the_data_and_record_metrics(tmp_path):
+    from bfr.training.idm import IDMConfig, load_idm_net, train_idm
+
+    net = dict(TINY, image_size=16)
+    cfg = IDMConfig(out_dir=str(tmp_path / "idm"), net=net, rounds=1, steps_per_round=3, refine_steps=2,
+                    batch_size=4, train_images=12, val_images=4, val_steps=3, clean_steps=2, clean_batch=8,
+                    eval_every=2, sample_every=100, save_every=100, preview_steps=2, mixed_precision="no",
+                    warmup_steps=1, lr=1e-3)
+    assert train_idm(cfg) is not None
+    run = tmp_path / "idm"
+    assert [r["round"] for r in json.loads((run / "rounds.json").read_text())] == [0]
+    cfg.rounds = 2  # round 0 is done: a rerun goes straight to cleaning and round 1
+    final = train_idm(cfg)
+
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert [r["steps"] for r in rounds] == [3, 2]
+    assert rounds[1]["targets"] == "cleaned by round 0"
+    for r in rounds:
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["psnr_input"] > 0
+        meta = read_metadata(run / f"round{r['round']}" / "idm64.safetensors")
+        assert meta["kind"] == "idm" and json.loads(meta["round"]) == r["round"]
+        assert (run / f"round{r['round']}" / "samples.png").stat().st_size > 200
+    log = [json.loads(line) for line in (run / "round1" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and log[-1]["heldout_loss"] > 0
+
+    from safetensors.torch import load_file
+
+    cleaned = load_file(str(run / "round1" / "cleaned.safetensors"))["faces"]
+    assert cleaned.dtype == torch.uint8 and cleaned.shape == (12, 3, 16, 16)
+    assert not (run / "round1" / "cleaned.safetensors.partial").exists()
+    assert read_metadata(run / "round1" / "cleaned.safetensors")["degradation"] == "mild"
+
+    assert final == run / "idm64.safetensors" and (run / "idm64.md").is_file()
+    card = (run / "idm64.md").read_text()
+    assert "| 0 | lfw | 3 |" in card and "| 1 | cleaned by round 0 | 2 |" in card
+    restored = make(load_idm_net(final)).restore(torch.rand(1, 3, 16, 16), steps=2)
+    assert restored.shape == (1, 3, 16, 16)
+
+
+@pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here")
+def test_training_lowers_the_held_out_conditional_loss(tmp_path):
+    from bfr.training.idm import IDMConfig, train_idm
+
+    cfg = IDMConfig(out_dir=str(tmp_path / "idm"), net=TINY, rounds=1, steps_per_round=40, batch_size=8,
+                    train_images=64, val_images=16, val_steps=2, eval_every=10, sample_every=1000, save_every=1000,
+                    mixed_precision="no", lr=2e-3, warmup_steps=5)
+    train_idm(cfg)
+    log = [json.loads(line) for line in (tmp_path / "idm" / "round0" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40]
+    assert log[-1]["heldout_loss"] < 0.6 * log[0]["heldout_loss"]
+
+
+def test_interrupted_cleaning_resumes_to_the_same_faces(tmp_path):
+    from bfr.training.idm import IDMConfig, clean_faces
+
+    class StopAfter:
+        def __init__(self, n):
+            self.n = n
+
+        def __bool__(self):
+            self.n -= 1
+            return self.n < 0
+
+    faces = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    cfg = IDMConfig(clean_batch=4, clean_steps=2)
+    whole = clean_faces(make(), faces, tmp_path / "a" / "cleaned.safetensors", cfg, StopAfter(10**6))
+    path = tmp_path / "b" / "cleaned.safetensors"
+    assert clean_faces(make(), faces, path, cfg, StopAfter(1)) is None  # stops after the second chunk
+    assert path.with_name(path.name + ".partial").is_file() and not path.exists()
+    resumed = clean_faces(make(), faces, path, cfg, StopAfter(10**6))
+    assert resumed.dtype == torch.uint8 and resumed.shape == faces.shape
+    torch.testing.assert_close(resumed, whole)
+    assert path.is_file() and not path.with_name(path.name + ".partial").exists()
