@@ -137,6 +137,29 @@ def cmd_demo_set(args: argparse.Namespace) -> None:
           "holdout/ (ground truth in holdout_gt/, for evaluation only)")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from bfr.evaluation import run_eval
+
+    report = run_eval(args.output, methods=tuple(args.methods), tiers=tuple(args.tiers), n_images=args.n_images,
+                      resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
+                      steps=args.steps, eta=args.eta, batch_size=args.batch_size, device=args.device)
+    for s in report["skipped"]:
+        print(f"skipped {s['method']}/{s['tier']}: {s['reason']}")
+    print(f"{Path(args.output) / 'results.md'}: {len(report['rows'])} rows in {report['seconds_total']:.0f} s")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from bfr.evaluation import run_bench
+
+    report = run_bench(args.output, methods=tuple(args.methods), tiers=tuple(args.tiers),
+                       devices=tuple(args.devices) if args.devices else None, precisions=tuple(args.precisions),
+                       batch_sizes=tuple(args.batch_sizes), start_steps=tuple(args.start_steps), steps=args.steps,
+                       repeats=args.repeats)
+    for s in report["skipped"]:
+        print(f"skipped {s['method']}/{s['tier']}: {s['reason']}")
+    print(f"{Path(args.output) / 'bench.md'}: {len(report['records'])} measurements")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bfr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="camera", help="degradation preset (default camera: unseen in training)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_set)
+    p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ LPIPS/ID/LMD/FID where their weights are here) on a "
+                                    "fixed synthetic LFW test set")
+    p.add_argument("-o", "--output", required=True, help="output folder: results.md/.json, figures, cached test set")
+    p.add_argument("--methods", nargs="+", default=["difface"],
+                   help="methods to evaluate (those without weights are skipped with the reason)")
+    p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
+    p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (at most 756)")
+    p.add_argument("--resolution", type=int, default=64, help="face size of the test set")
+    p.add_argument("--seed", type=int, default=0, help="picks the faces and the noise; same seed, same test set")
+    p.add_argument("--start-steps", type=int, nargs="+", default=[25, 50, 100, 150],
+                   help="DifFace's started steps N to evaluate (the fidelity–realism curve)")
+    p.add_argument("--steps", type=int, default=250, help="DDIM chain length (DifFace default 250)")
+    p.add_argument("--eta", type=float, default=0.5, help="DDIM η (DifFace default 0.5)")
+    p.add_argument("--batch-size", type=int, default=16, help="faces per call; batch k uses noise seed + k")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="seconds per face, peak memory, fp32 vs bf16, scaling with batch and steps")
+    p.add_argument("-o", "--output", required=True, help="output folder: bench.md, bench.json, bench.png")
+    p.add_argument("--methods", nargs="+", default=["difface"])
+    p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="faces per call")
+    p.add_argument("--start-steps", type=int, nargs="+", default=[25, 100],
+                   help="DifFace's started step N = network calls per face")
+    p.add_argument("--steps", type=int, default=250, help="DDIM chain length")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (the median is reported)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

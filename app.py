@@ -1,0 +1,624 @@
+"""The bfr demo: restore faces with every method that has weights here, and preview degradations.
+
+    python app.py            # http://127.0.0.1:7860
+
+Layout, event wiring and small handlers only; all model work happens in the bfr package.
+Two documented API endpoints (see the "Use via API" link, or the README):
+
+- ``/restore`` (image, methods, tier, steps, start_step, eta, seed, aligned, upscale,
+  only_center_face) → (PNG files, one per method; JSON summary)
+- ``/degrade`` (image, preset, seed, blur, downsample, noise, jpeg_quality)
+  → (degraded PNG; JSON of the parameters used)
+
+On a Hugging Face ZeroGPU Space the sampling runs inside ``@spaces.GPU`` with a duration
+estimated from the request; elsewhere that decorator does nothing and everything runs
+unchanged on the CPU (or a local GPU).
+"""
+
+import spaces  # noqa: I001 — first, before torch: ZeroGPU patches CUDA initialisation on import
+
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import torch
+
+import bfr
+from bfr.api import METHODS, Restorer, RestoreResult, method_status
+from bfr.degradations import PRESETS, DegradationParams, degrade as degrade_image
+from bfr.errors import BfrError
+from bfr.faces import FacePipeline
+from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+TIERS = tuple(dict.fromkeys(tier for info in METHODS.values() for tier in info.tiers))  # compact, paper
+ON_GPU = bool(getattr(spaces.config.Config, "zero_gpu", False)) or torch.cuda.is_available()
+
+# Every knob a method may declare in METHODS[name].knobs, and how the demo shows it. A new
+# method with these knobs needs no change here; a new knob needs one line here (and a
+# parameter of restore / restore_for_ui, which name the API's inputs).
+KNOBS = {
+    "steps": dict(label="Steps", minimum=1, maximum=1000, step=1,
+                  info="length of the DDIM chain the sampler runs on"),
+    "start_step": dict(label="Started step N", minimum=1, maximum=1000, step=1,
+                       info="where sampling starts on that chain (N ≤ steps): higher = more realism, less fidelity"),
+    "eta": dict(label="η (eta)", minimum=0.0, maximum=1.0, step=0.05,
+                info="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like"),
+    "seed": dict(label="Seed", minimum=0, maximum=2**31 - 1, step=1, info="same seed, same result"),
+}
+KNOB_FALLBACKS = dict(steps=250, start_step=100, eta=0.5, seed=0)  # used when no method declares a knob
+
+# GPU seconds per (face × sampling step), for @spaces.GPU's duration; generous on purpose.
+SECONDS_PER_FACE_STEP = {"compact": 0.02, "paper": 0.12}
+GPU_BASE_SECONDS, GPU_MAX_SECONDS = 20, 300
+RESTORER_CACHE_SIZE = 3  # (method, tier) pairs kept loaded; the paper tier is ~0.6 GB each
+DEGRADE_MAX_SIDE = 1024  # the degradation preview works on faces; bigger inputs are shrunk first
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
+LAUNCH = dict(max_file_size="64mb")  # uploads beyond this stop at the server; MAX_PIXELS is checked per image
+CUSTOM = "custom"
+
+
+# ---------------------------------------------------------------------------- inputs and errors
+
+
+def photo_input(**kwargs) -> gr.Image:
+    """A gr.Image (file path) whose upload errors read as sentences, not "cannot identify image file '/tmp/…'".
+
+    Wraps the instance's preprocess (a gr.Image subclass would make Gradio write an app.pyi stub).
+    """
+    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    preprocess = component.preprocess
+
+    def readable(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except PIL.Image.DecompressionBombError as e:
+            raise gr.Error(f"This image is far too large to open safely; downscale it below "
+                           f"{MAX_PIXELS / 1e6:.1f} MP first.") from e
+        except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            name = Path(getattr(payload, "orig_name", None) or "The file").name
+            raise gr.Error(f"{name} is not an image this demo can read; upload a PNG, JPEG, WebP, TIFF or BMP "
+                           "photo.") from e
+
+    component.preprocess = readable
+    return component
+
+
+@contextmanager
+def user_errors(path: str | None = None):
+    """bfr's InputError / WeightsUnavailableError → gr.Error, with temporary paths shortened to file names."""
+    try:
+        yield
+    except BfrError as e:
+        message = str(e).replace(path, Path(path).name) if path else str(e)
+        raise gr.Error(message) from e
+
+
+def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
+    """The upload as float32 RGB; the size cap (MAX_PIXELS) is checked from the header, before decoding."""
+    if not path:
+        raise gr.Error(f"Upload {what} first (or pick an example).")
+    with user_errors(path):
+        return load_image(path)
+
+
+def check_methods(methods: list[str] | str | None, tier: str) -> list[str]:
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not methods:
+        raise gr.Error("Choose at least one method.")
+    if tier not in TIERS:
+        raise gr.Error(f"Unknown tier {tier!r}; choose one of: {', '.join(TIERS)}.")
+    for name in methods:
+        if name not in METHODS:
+            raise gr.Error(f"Unknown method {name!r}; choose from: {', '.join(METHODS)}.")
+        ok, why = method_status(name, tier)
+        if not ok:
+            raise gr.Error(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.")
+    return list(dict.fromkeys(methods))
+
+
+def check_knobs(methods: list[str], values: dict) -> dict:
+    """Range-check the knobs the chosen methods use, before any model is loaded."""
+    used = {k for m in methods for k in METHODS[m].knobs}
+    knobs = {}
+    for name, value in values.items():
+        if name not in used:
+            continue
+        spec = KNOBS[name]
+        if value is None or not spec["minimum"] <= float(value) <= spec["maximum"]:
+            raise gr.Error(f"{spec['label']} must lie in [{spec['minimum']}, {spec['maximum']}], got {value}.")
+        knobs[name] = int(value) if isinstance(spec["step"], int) else float(value)
+    if "start_step" in knobs and "steps" in knobs and knobs["start_step"] > knobs["steps"]:
+        raise gr.Error(f"Started step N ({knobs['start_step']}) cannot exceed steps ({knobs['steps']}).")
+    return knobs
+
+
+# ---------------------------------------------------------------------------- running the methods
+
+
+_restorers: OrderedDict[tuple[str, str], Restorer] = OrderedDict()
+_restorers_lock = threading.Lock()
+
+
+def get_restorer(method: str, tier: str) -> Restorer:
+    """Each (method, tier) is loaded once and reused; the least recently used is dropped beyond the cache size."""
+    with _restorers_lock:
+        key = (method, tier)
+        if key not in _restorers:
+            _restorers[key] = bfr.load(method, tier)
+            while len(_restorers) > RESTORER_CACHE_SIZE:
+                _restorers.popitem(last=False)
+        _restorers.move_to_end(key)
+        return _restorers[key]
+
+
+_counter = FacePipeline(detector="auto", use_parse=False)
+
+
+def count_faces(img: np.ndarray, aligned: bool, only_center_face: bool) -> tuple[int, str]:
+    """Faces the restorer will see (to size the GPU request, and to skip photos without faces)."""
+    if aligned:
+        return 1, "none (aligned input)"
+    faces = _counter.detect(img)
+    return (min(len(faces), 1) if only_center_face else len(faces)), _counter.detector.name
+
+
+def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None) -> int:
+    """ZeroGPU duration for one request: faces × the sampling steps of each method (DifFace runs start_step)."""
+    steps = 0
+    for name in methods:
+        own = METHODS[name].knobs
+        steps += knobs["start_step"] if "start_step" in own else knobs["steps"] if "steps" in own else 100
+    return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP[tier] * steps * max(1, n_faces)))
+
+
+@spaces.GPU(duration=gpu_seconds)
+def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None
+                ) -> list[RestoreResult]:
+    """The only GPU work: each method restores the photo; results come back as CPU numpy arrays."""
+    results = []
+    for i, name in enumerate(methods, 1):
+        title = f"{METHODS[name].title} ({tier})" + (f", method {i} of {len(methods)}" if len(methods) > 1 else "")
+        if progress is not None:
+            progress(0, desc=f"Loading {title}")
+        restorer = get_restorer(name, tier)
+
+        def report(done: int, total: int, title: str = title) -> None:
+            if progress is not None:
+                progress((done, total), desc=f"Sampling: {title}", unit="steps")
+
+        options = {k: v for k, v in knobs.items() if k in METHODS[name].knobs}
+        results.append(restorer.restore(img, aligned=aligned, upscale=upscale, only_center_face=only_center_face,
+                                        progress=report, **options))
+    return results
+
+
+@dataclasses.dataclass
+class Run:
+    """One restore request: the input, what each method gave, and the files written."""
+
+    name: str
+    image: np.ndarray
+    tier: str
+    knobs: dict
+    results: list[RestoreResult]
+    files: list[str]
+    message: str
+    n_faces: int
+    detector: str
+
+
+def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                progress) -> Run:
+    """Check everything cheap first (image, methods, knobs, output size, faces), then sample."""
+    img = read_photo(image)
+    methods = check_methods(methods, tier)
+    knobs = check_knobs(methods, dict(steps=steps, start_step=start_step, eta=eta, seed=seed))
+    upscale = float(upscale or 1)
+    h, w = img.shape[:2]
+    if not 1 <= upscale <= 4:
+        raise gr.Error(f"Upscale must lie in [1, 4], got {upscale:g}.")
+    if round(w * upscale) * round(h * upscale) > MAX_PIXELS:
+        raise gr.Error(f"Upscaling this {w}×{h} photo ×{upscale:g} would exceed the {MAX_PIXELS / 1e6:.1f} MP "
+                       "output limit; choose a smaller upscale.")
+    name = _safe_stem(image)
+    with user_errors(image):
+        n_faces, detector = count_faces(img, bool(aligned), bool(only_center_face))
+    if n_faces == 0:
+        message = (f"No face found by the {detector} detector, so nothing was restored. If the photo is a single "
+                   "face crop filling the frame, tick “Input is an aligned face crop”.")
+        gr.Warning(message)
+        return Run(name, img, tier, knobs, [], [], message, 0, detector)
+    with user_errors(image):
+        results = run_methods(img, methods, tier, knobs, bool(aligned), upscale, bool(only_center_face), n_faces,
+                              progress)
+    out_dir = _new_output_dir()
+    files = [str(save_image(r.image, out_dir / f"{name}_{r.method}_{r.tier}.png")) for r in results]
+    return Run(name, img, tier, knobs, results, files, results[0].message, len(results[0].faces), detector)
+
+
+def summary(run: Run) -> dict:
+    h, w = run.image.shape[:2]
+    return {
+        "input": {"name": run.name, "width": w, "height": h},
+        "tier": run.tier,
+        "faces": run.n_faces,
+        "detector": run.results[0].detector if run.results else run.detector,
+        "message": run.message,
+        "options": run.knobs,
+        "results": [
+            {"method": r.method, "title": METHODS[r.method].title, "tier": r.tier, "seconds": round(r.seconds, 2),
+             "width": r.image.shape[1], "height": r.image.shape[0], "file": Path(f).name}
+            for r, f in zip(run.results, run.files, strict=True)
+        ],
+    }
+
+
+def _caption(r: RestoreResult) -> str:
+    return f"{METHODS[r.method].title} · {r.tier} · {r.seconds:.1f} s"
+
+
+def _safe_stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem)[:60] or "photo"
+
+
+def _new_output_dir() -> Path:
+    """A fresh folder for this request's PNGs; folders older than an hour are removed."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    for old in OUTPUT_DIR.iterdir():
+        if old.is_dir() and time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    out = OUTPUT_DIR / uuid.uuid4().hex[:12]
+    out.mkdir()
+    return out
+
+
+# ---------------------------------------------------------------------------- event handlers
+
+
+def restore(image: str, methods: list[str], tier: str, steps: int, start_step: int, eta: float, seed: int,
+            aligned: bool, upscale: float, only_center_face: bool,
+            progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+    """Restore every face in a photo with one or more methods.
+
+    Args:
+        image: the photo (any size up to MAX_PIXELS; faces are detected unless `aligned`).
+        methods: method names, e.g. ["difface"]; see the "methods" table in the app.
+        tier: "compact" (bundled 64-px models) or "paper" (the authors' 512-px weights).
+        steps, start_step, eta, seed: sampling knobs (each method uses those it has).
+        aligned: the photo is one FFHQ-aligned face crop (skip detection).
+        upscale: output size relative to the input (1–4).
+        only_center_face: restore only the face nearest the centre.
+
+    Returns:
+        The restored photos as PNG files (one per method, in order) and a JSON summary
+        (faces found, detector, seconds per method, file names).
+    """
+    run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                      progress)
+    return run.files, summary(run)
+
+
+def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                   progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+    """The Restore button: the same run as /restore, shown as sliders, a gallery and face crops.
+
+    Plain values only (no gr.update): Gradio 6.31's lazy example caching fails on property updates.
+    """
+    run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                      progress)
+    by_method = {r.method: r for r in run.results}
+    sliders = []
+    for name in METHODS:  # one slider per method; those that did not run are emptied
+        r = by_method.get(name)
+        before = run.image if r is None or r.image.shape == run.image.shape else resize(run.image, r.image.shape[:2])
+        sliders.append(None if r is None else (to_uint8(before), to_uint8(r.image)))
+    gallery = [(to_uint8(run.image), "Input")] + [(to_uint8(r.image), _caption(r)) for r in run.results]
+    faces = []
+    for i in range(run.n_faces):
+        faces.append((to_uint8(run.results[0].faces[i][0]), f"Face {i + 1} · input"))
+        faces += [(to_uint8(r.faces[i][1]), f"Face {i + 1} · {METHODS[r.method].title}") for r in run.results]
+    lines = [run.message] + [f"- {_caption(r)}" for r in run.results]
+    return "\n".join(lines), *sliders, gallery, faces or None, run.files or None, summary(run)
+
+
+def restore_example(image, progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+    """An example with every compact method and its default settings (what lazy caching stores on a GPU Space).
+
+    Returns the sliders of those methods only, all filled: Gradio 6.31 cannot read empty values back from its
+    example cache.
+    """
+    methods = compact_methods()
+    message, *rest = restore_for_ui(image, methods, "compact", *(_knob_default(k) for k in KNOBS), False, 1, False,
+                                    progress)
+    sliders = [value for name, value in zip(METHODS, rest, strict=False) if name in methods]
+    return message, *sliders, *rest[len(METHODS):]
+
+
+def compact_methods() -> list[str]:
+    return [name for name in METHODS if method_status(name, "compact")[0]]
+
+
+def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, noise: float, jpeg_quality: int):
+    """Synthetically degrade a clean face, as the training data and test sets are made.
+
+    Args:
+        image: a clean face photo (shrunk to at most 1024 px on its longer side first).
+        preset: "difface", "gfpgan", "mild" or "camera" (random settings within the preset's
+            ranges, relative to the face size), or "custom" (the four values below).
+        seed: random seed; the same seed gives the same degradation.
+        blur: Gaussian blur σ in pixels (custom only; 0 = none).
+        downsample: downsampling factor r ≥ 1 (custom only; 1 = none).
+        noise: Gaussian noise std on the 0–255 scale (custom only).
+        jpeg_quality: JPEG quality 1–100, or 0 for no compression (custom only).
+
+    Returns:
+        The degraded face (PNG, same size as the input) and the parameters actually used.
+    """
+    img = _clean_face(image)
+    lq, params = _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality)
+    return to_uint8(lq), _params_json(params, preset, seed, img)
+
+
+def compare_presets(image, seed, blur, downsample, noise, jpeg_quality):
+    """Every preset and the custom sliders, same seed, side by side; a table says what each one did."""
+    if not image:
+        return None, ""
+    img = _clean_face(image)
+    items, rows = [(to_uint8(img), "Clean input")], ["| preset | what it did |", "|---|---|"]
+    for preset in (*PRESETS, CUSTOM):
+        lq, params = _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality)
+        items.append((to_uint8(lq), preset))
+        rows.append(f"| {preset} | {describe(params)} |")
+    return items, "\n".join(rows)
+
+
+def _clean_face(image: str) -> np.ndarray:
+    img = read_photo(image, "a clean face")
+    if max(img.shape[:2]) > DEGRADE_MAX_SIDE:
+        h, w = img.shape[:2]
+        s = DEGRADE_MAX_SIDE / max(h, w)
+        img = resize(img, (max(1, round(h * s)), max(1, round(w * s))))
+        gr.Info(f"The face was shrunk from {w}×{h} to {img.shape[1]}×{img.shape[0]} for the preview.")
+    return img
+
+
+def _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality):
+    if preset not in (*PRESETS, CUSTOM):
+        raise gr.Error(f"Unknown preset {preset!r}; choose one of: {', '.join((*PRESETS, CUSTOM))}.")
+    if seed is None or seed < 0:
+        raise gr.Error(f"Seed must be a whole number ≥ 0, got {seed}.")
+    config = preset
+    if preset == CUSTOM:
+        if not (0 <= blur <= 50 and 1 <= downsample <= 64 and 0 <= noise <= 255 and 0 <= jpeg_quality <= 100):
+            raise gr.Error("Custom settings must satisfy 0 ≤ blur ≤ 50, 1 ≤ downsample ≤ 64, 0 ≤ noise ≤ 255 and "
+                           "0 ≤ JPEG quality ≤ 100 (0 = no JPEG).")
+        kernel = 2 * max(3, int(np.ceil(3 * blur))) + 1  # ±3σ
+        config = DegradationParams(sigma_x=float(blur), sigma_y=float(blur), scale=float(downsample),
+                                   noise=float(noise), jpeg_quality=int(jpeg_quality) or None, kernel_size=kernel)
+    with user_errors():
+        return degrade_image(img, config, seed=int(seed))
+
+
+def describe(params) -> str:
+    """One line for a caption: what the degradation did."""
+    if not isinstance(params, DegradationParams):  # the camera pipeline
+        return (f"camera, ↓{params.scale:.1f}, shot {params.shot_noise:.1e}, read {params.read_noise:.1e}, "
+                f"{params.demosaic} demosaic, JPEG {params.jpeg_quality}")
+    sigma = f"{params.sigma_x:.1f}"
+    if params.sigma_y != params.sigma_x:
+        sigma += f"×{params.sigma_y:.1f}"
+    jpeg = f"JPEG {params.jpeg_quality}" if params.jpeg_quality else "no JPEG"
+    gray = ", gray" if params.gray else ""
+    return f"blur σ {sigma}, ↓{params.scale:.1f}, noise {params.noise:.1f}, {jpeg}{gray}"
+
+
+def _params_json(params, preset, seed, img) -> dict:
+    values = {k: round(v, 6) if isinstance(v, float) else v for k, v in dataclasses.asdict(params).items()}
+    return {"preset": preset, "seed": int(seed), "width": img.shape[1], "height": img.shape[0],
+            "pipeline": "synthetic" if isinstance(params, DegradationParams) else "camera",
+            "summary": describe(params), "params": values}
+
+
+def send_to_restore(degraded: str | None):
+    if not degraded:
+        raise gr.Error("Degrade a face first, then send it to the restoration tab.")
+    return degraded, False, gr.Tabs(selected="restore")
+
+
+def pick_methods(methods: list[str], tier: str):
+    """Drop methods that cannot run on this tier, saying why (the checkbox list shows them all)."""
+    keep = []
+    for name in methods:
+        ok, why = method_status(name, tier)
+        if ok:
+            keep.append(name)
+        else:
+            gr.Warning(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.")
+    return keep
+
+
+def change_tier(tier: str, methods: list[str]):
+    return gr.update(choices=method_choices(tier), value=pick_methods(methods, tier))
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def method_choices(tier: str) -> list[tuple[str, str]]:
+    return [(info.title if method_status(name, tier)[0] else f"{info.title} (unavailable)", name)
+            for name, info in METHODS.items()]
+
+
+def status_list() -> str:
+    """One line per method: which tiers can run here, and why the others cannot (from bfr.method_status)."""
+    lines = []
+    for name, info in METHODS.items():
+        status = {tier: method_status(name, tier) for tier in TIERS}
+        reasons = {why.removeprefix(f"{info.title} is ") for ok, why in status.values() if not ok}
+        if not any(ok for ok, _ in status.values()) and len(reasons) == 1:
+            lines.append(f"- **{info.title}**: unavailable: {reasons.pop()}.")
+            continue
+        tiers = [f"{tier} ready" if ok else f"{tier} unavailable ({why})" for tier, (ok, why) in status.items()]
+        lines.append(f"- **{info.title}**: " + "; ".join(tiers) + ".")
+    return "\n".join(lines)
+
+
+def _knob_default(name: str):
+    for info in METHODS.values():
+        if name in info.knobs:
+            return info.knobs[name]
+    return KNOB_FALLBACKS[name]
+
+
+def _knob_widget(name: str) -> gr.components.Component:
+    spec = dict(KNOBS[name])
+    users = [info.title for info in METHODS.values() if name in info.knobs]
+    spec["info"] = spec["info"] + (f" (used by {', '.join(users)})" if users else "")
+    if name == "seed":
+        return gr.Number(value=_knob_default(name), precision=0, elem_id=f"knob-{name}", **spec)
+    return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", **spec)
+
+
+def _examples() -> dict:
+    """examples/examples.json as written by examples/make_examples.py (empty when not made yet)."""
+    index = EXAMPLES_DIR / "examples.json"
+    if not index.is_file():
+        return {"restore": [], "degrade": []}
+    data = json.loads(index.read_text())
+    return {tab: [[str(EXAMPLES_DIR / e["file"])] for e in data.get(tab, []) if (EXAMPLES_DIR / e["file"]).is_file()]
+            for tab in ("restore", "degrade")}
+
+
+INTRO = """# bfr — blind face restoration with diffusion priors
+Upload a photo with faces (or pick an example), choose one or more methods and press **Restore**. Each face
+is detected, aligned, restored and pasted back. The **compact** tier runs small 64-px models trained by this
+project (a demonstration, fast on a CPU); the **paper** tier runs the authors' 512-px weights where they are
+available. Results are PNG (lossless). Programs can call the `/restore` and `/degrade` endpoints
+(“Use via API” at the bottom of the page).
+"""
+
+
+def build_demo() -> gr.Blocks:
+    examples = _examples()
+    ready = [m for m in METHODS if any(method_status(m, tier)[0] for tier in TIERS)]  # get a result slider
+    first_ready = compact_methods()[:1]
+    flipnet_ok, flipnet_why = method_status("flipnet", "compact")
+    with gr.Blocks(title="bfr — blind face restoration", delete_cache=(3600, 7200)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Restore", id="restore"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=320) as inputs_column:
+                        image = photo_input(label="Photo", height=300, elem_id="photo")
+                        methods = gr.CheckboxGroup(method_choices("compact"), value=first_ready, label="Methods",
+                                                   info="one or several; unavailable ones are explained below",
+                                                   elem_id="methods")
+                        tier = gr.Radio(list(TIERS), value="compact", label="Tier",
+                                        info="compact: bundled 64-px models · paper: the authors' 512-px weights")
+                        with gr.Accordion("Sampling", open=True):
+                            knobs = [_knob_widget(name) for name in KNOBS]
+                        with gr.Accordion("Faces", open=False):
+                            aligned = gr.Checkbox(False, label="Input is an aligned face crop",
+                                                  info="FFHQ-aligned, e.g. 512×512: skip detection")
+                            upscale = gr.Slider(1, 4, value=1, step=0.5, label="Upscale",
+                                                info="output size relative to the input")
+                            only_center = gr.Checkbox(False, label="Only the centre face")
+                        run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                    with gr.Column(scale=3, min_width=360):
+                        message = gr.Markdown("Results appear here.", elem_id="message")
+                        sliders = [gr.ImageSlider(label=f"{info.title} — before / after (drag the handle)",
+                                                  format="png", visible=name in ready, max_height=520,
+                                                  elem_id=f"slider-{name}")
+                                   for name, info in METHODS.items()]
+                        gallery = gr.Gallery(label="All methods side by side", format="png",
+                                             columns=max(2, min(5, 1 + len(ready))), object_fit="contain",
+                                             elem_id="gallery")
+                        per_face = 1 + len(ready)  # each face's input, then each method: two faces a row if narrow
+                        faces = gr.Gallery(label="Faces: input and each method", format="png", height=250,
+                                           columns=per_face * 2 if per_face <= 3 else per_face,
+                                           object_fit="contain", elem_id="faces")
+                        files = gr.File(label="Download (PNG)", file_count="multiple", elem_id="files")
+                        with gr.Accordion("Summary (JSON)", open=False):
+                            summary_box = gr.JSON(label="Summary")
+                ui_outputs = [message, *sliders, gallery, faces, files, summary_box]
+                example_outputs = [message, *(s for name, s in zip(METHODS, sliders, strict=True)
+                                              if name in compact_methods()), gallery, faces, files, summary_box]
+                with inputs_column:  # examples under the button; they are built once the outputs exist
+                    if examples["restore"]:  # on a GPU, each example's result is cached on its first click
+                        gr.Examples(examples["restore"], inputs=[image], label="Examples (made by this project)",
+                                    fn=restore_example if ON_GPU else None,
+                                    outputs=example_outputs if ON_GPU else None, cache_examples=ON_GPU,
+                                    cache_mode="lazy" if ON_GPU else None, examples_per_page=6)
+                    with gr.Accordion("Methods on this machine", open=True):
+                        gr.Markdown(status_list())
+                api_only = gr.Button(visible=False)  # carries the /restore endpoint: files + summary, no display
+
+            with gr.Tab("Degradation preview", id="degrade"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=320):
+                        clean = photo_input(label="Clean face", height=300, elem_id="clean")
+                        preset = gr.Dropdown([*PRESETS, CUSTOM], value="mild", label="Preset",
+                                             info="random settings within a preset's ranges, or custom below")
+                        deg_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                        with gr.Accordion("Custom settings (moving one selects “custom”)", open=True):
+                            blur = gr.Slider(0, 10, value=2, step=0.1, label="Blur σ (px)")
+                            downsample = gr.Slider(1, 16, value=4, step=0.5, label="Downsample ×")
+                            noise = gr.Slider(0, 50, value=10, step=1, label="Noise (0–255 scale)")
+                            quality = gr.Slider(0, 100, value=60, step=1, label="JPEG quality (0 = none)")
+                        deg_run = gr.Button("Degrade", variant="primary", elem_id="degrade-button")
+                        if examples["degrade"]:
+                            gr.Examples(examples["degrade"], inputs=[clean],
+                                        label="Clean faces (made by this project)")
+                    with gr.Column(scale=3, min_width=360):
+                        with gr.Row():
+                            degraded = gr.Image(label="Degraded", type="filepath", format="png", height=300,
+                                                interactive=False, elem_id="degraded")
+                            params = gr.JSON(label="Parameters used")
+                        send = gr.Button("Restore this →", elem_id="send-to-restore")
+                        presets = gr.Gallery(label="Every preset at this seed", format="png", columns=3,
+                                             object_fit="contain", elem_id="presets")
+                        presets_table = gr.Markdown(elem_id="presets-table")
+                        gr.Markdown("**FLIPNET degradation mode** (FLIPNET's network run as a learned degrader): "
+                                    + ("FLIPNET is installed; its degradation mode is not shown in this demo yet."
+                                       if flipnet_ok else f"not available yet — {flipnet_why}."))
+
+        restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center]
+        # The UI's own events are private: programs use /restore and /degrade.
+        run.click(restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
+                  concurrency_id="gpu")
+        api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
+        methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private")
+        tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private")
+
+        custom_inputs = [blur, downsample, noise, quality]
+        deg_run.click(degrade, [clean, preset, deg_seed, *custom_inputs], [degraded, params], api_name="degrade",
+                      concurrency_limit=4).then(
+            compare_presets, [clean, deg_seed, *custom_inputs], [presets, presets_table], api_name="compare_presets",
+            api_visibility="private", concurrency_limit=4)
+        for slider in custom_inputs:
+            slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
+        send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",
+                   api_visibility="private", queue=False)
+    demo.queue(default_concurrency_limit=1, max_size=16)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch(**LAUNCH)

@@ -1,0 +1,374 @@
+"""The Gradio demo through its public API (gradio_client against the app served in-process).
+
+Restoration tests need the compact DifFace weights (bfr/weights/compact/) and the LFW faces
+in ../shared/data; each skips with the reason when they are absent. Requests stay small
+(20-step chain, started at step 8) so the file runs in about a minute on two CPU cores.
+"""
+
+import ast
+import os
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+import app  # noqa: E402
+from bfr.api import method_status  # noqa: E402
+from bfr.degradations import DegradationParams, degrade  # noqa: E402
+from bfr.imageio import MAX_PIXELS, load_image, resize, save_image  # noqa: E402
+from bfr.paths import data_dir  # noqa: E402
+from bfr.weights import offline  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW = data_dir() / "lfw150"
+FAST = dict(steps=20, start_step=8, eta=0.5, seed=0)
+READY, WHY_NOT = method_status("difface", "compact")
+needs_weights = pytest.mark.skipif(not READY, reason=f"compact DifFace weights are not here: {WHY_NOT}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    demo = app.build_demo()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.LAUNCH)
+    try:
+        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def clean_face() -> Path:
+    """A held-out LFW face (test split), 150×150."""
+    path = LFW / "Abbas_Kiarostami_0001.jpg"
+    if not path.is_file():
+        pytest.skip(f"LFW faces not found at {LFW} (set BFR_DATA or place ../shared/data beside the checkout)")
+    return path
+
+
+def restore(client, image, methods=("difface",), tier="compact", aligned=False, upscale=1, only_center_face=False,
+            **knobs):
+    knobs = {**FAST, **knobs}
+    return client.predict(gradio_client.handle_file(str(image)), list(methods), tier, knobs["steps"],
+                          knobs["start_step"], knobs["eta"], knobs["seed"], aligned, upscale, only_center_face,
+                          api_name="/restore")
+
+
+def app_error(call) -> str:
+    with pytest.raises(gradio_client.exceptions.AppError) as info:
+        call()
+    return str(info.value)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+# ---------------------------------------------------------------------------- the app as a program
+
+
+def test_spaces_is_imported_before_torch_and_gradio():
+    """ZeroGPU needs `import spaces` before CUDA is touched: it must be app.py's first import."""
+    tree = ast.parse((ROOT / "app.py").read_text())
+    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert isinstance(imports[0], ast.Import) and imports[0].names[0].name == "spaces"
+
+
+def test_endpoints_are_named_and_documented(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(api) == {"/restore", "/degrade"}  # the UI's own events are private
+    names = lambda endpoint: [p["parameter_name"] for p in api[endpoint]["parameters"]]  # noqa: E731
+    assert names("/restore") == ["image", "methods", "tier", "steps", "start_step", "eta", "seed", "aligned",
+                                 "upscale", "only_center_face"]
+    assert names("/degrade") == ["image", "preset", "seed", "blur", "downsample", "noise", "jpeg_quality"]
+
+
+def test_gpu_duration_grows_with_methods_faces_and_steps():
+    img = np.zeros((64, 64, 3), np.float32)
+    knobs = dict(steps=250, start_step=100, eta=0.5, seed=0)
+    seconds = lambda methods=("difface",), faces=1, **kw: app.gpu_seconds(  # noqa: E731
+        img, list(methods), "paper", {**knobs, **kw}, False, 1, False, faces)
+    base = seconds()
+    assert seconds(faces=3) > base
+    assert seconds(start_step=50) < base  # DifFace samples start_step steps, not all of them
+    assert seconds(methods=("difface", "difface")) > base
+    assert seconds(steps=1000, start_step=1000, faces=50) == app.GPU_MAX_SECONDS
+    for name, info in app.METHODS.items():  # every method: its own steps count
+        if info.implemented and "steps" in info.knobs and "start_step" not in info.knobs:
+            assert seconds(methods=(name,), steps=200) > seconds(methods=(name,), steps=100)
+
+
+def test_every_method_is_listed_with_its_status():
+    listing = app.status_list()
+    for name, info in app.METHODS.items():
+        assert info.title in listing
+        for tier in app.TIERS:
+            ok, why = method_status(name, tier)
+            assert ok or why.removeprefix(f"{info.title} is ") in listing
+    labels = dict((value, label) for label, value in app.method_choices("compact"))
+    assert set(labels) == set(app.METHODS)
+    for name in app.METHODS:
+        assert labels[name].endswith("(unavailable)") != method_status(name, "compact")[0]
+
+
+# ---------------------------------------------------------------------------- /degrade
+
+
+def test_degrade_endpoint(client, clean_face, tmp_path):
+    hq = load_image(clean_face)
+    out, params = client.predict(gradio_client.handle_file(str(clean_face)), "difface", 3, 0, 1, 0, 0,
+                                 api_name="/degrade")
+    lq = load_image(out)
+    assert lq.shape == hq.shape
+    assert np.abs(lq - hq).mean() > 2 / 255
+    assert params["preset"] == "difface" and params["seed"] == 3 and params["pipeline"] == "synthetic"
+    expected, used = degrade(hq, "difface", seed=3)  # the same as the library, value for value
+    assert params["params"]["sigma_x"] == pytest.approx(used.sigma_x, abs=1e-6)
+    assert np.abs(lq - expected).max() <= 1 / 255 + 1e-6  # PNG is lossless: only 8-bit rounding
+
+    again, _ = client.predict(gradio_client.handle_file(str(clean_face)), "difface", 3, 0, 1, 0, 0,
+                              api_name="/degrade")
+    np.testing.assert_array_equal(load_image(again), lq)
+
+
+def test_degrade_custom_settings(client, clean_face):
+    hq = load_image(clean_face)
+    out, params = client.predict(gradio_client.handle_file(str(clean_face)), "custom", 0, 0, 1, 0, 0,
+                                 api_name="/degrade")
+    np.testing.assert_allclose(load_image(out), hq, atol=1 / 255 + 1e-6)  # all four off: the input back
+    assert params["params"]["jpeg_quality"] is None
+
+    out, params = client.predict(gradio_client.handle_file(str(clean_face)), "custom", 0, 2.0, 4, 10, 50,
+                                 api_name="/degrade")
+    assert params["params"]["sigma_x"] == 2.0 and params["params"]["scale"] == 4.0
+    assert params["params"]["noise"] == 10.0 and params["params"]["jpeg_quality"] == 50
+    assert psnr(load_image(out), hq) < 30
+
+
+def test_compare_presets_shows_every_preset(clean_face):
+    items, table = app.compare_presets(str(clean_face), 0, 2.0, 4, 10, 50)
+    assert [caption for _, caption in items] == ["Clean input", *app.PRESETS, "custom"]
+    assert all(img.shape == (150, 150, 3) for img, _ in items)
+    assert "| custom | blur σ 2.0, ↓4.0, noise 10.0, JPEG 50 |" in table
+    assert "| camera | camera, ↓" in table
+
+
+# ---------------------------------------------------------------------------- errors a visitor can act on
+
+
+def test_not_an_image_is_a_clear_error(client, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    message = app_error(lambda: restore(client, text))
+    assert "notes.txt is not an image" in message
+    message = app_error(lambda: client.predict(gradio_client.handle_file(str(text)), "mild", 0, 0, 1, 0, 0,
+                                               api_name="/degrade"))
+    assert "not an image" in message
+
+
+def test_too_large_image_is_refused_before_decoding(client, tmp_path):
+    side = int(MAX_PIXELS**0.5) + 8
+    big = tmp_path / "huge.png"
+    save_image(np.zeros((side, side, 3), np.uint8), big)  # a few kB on disk, 17 MP decoded
+    message = app_error(lambda: restore(client, big))
+    assert f"{side}×{side}" in message and "limit" in message and "downscale" in message
+    assert "/tmp" not in message  # the upload's temporary path is not shown, only its name
+
+
+def test_unavailable_method_says_why(client, clean_face):
+    status = {name: method_status(name, "compact") for name in app.METHODS}
+    missing = [(name, why) for name, (ok, why) in status.items() if not ok]
+    if not missing:
+        pytest.skip("every method can run on the compact tier here")
+    name, why = missing[0]
+    message = app_error(lambda: restore(client, clean_face, methods=[name]))
+    assert app.METHODS[name].title in message and why in message
+
+
+@pytest.mark.skipif(not offline()[0], reason="checks the offline message; with downloads on it would download")
+def test_missing_paper_weights_say_why(client, clean_face):
+    ok, why = method_status("difface", "paper")
+    if ok:
+        pytest.skip("the paper weights are on this machine")
+    message = app_error(lambda: restore(client, clean_face, tier="paper"))
+    assert "paper tier" in message and why in message
+
+
+def test_missing_image_and_method(client, clean_face):
+    message = app_error(lambda: client.predict(None, ["difface"], "compact", 20, 8, 0.5, 0, False, 1, False,
+                                               api_name="/restore"))
+    assert "Upload a photo" in message
+    assert "at least one method" in app_error(lambda: restore(client, clean_face, methods=[]))
+
+
+@needs_weights
+def test_bad_knobs_are_refused_before_sampling(client, clean_face):
+    message = app_error(lambda: restore(client, clean_face, steps=20, start_step=30))
+    assert "Started step N (30) cannot exceed steps (20)" in message
+    message = app_error(lambda: restore(client, clean_face, upscale=8))  # Gradio's slider bounds say so
+    assert "greater than maximum value 4" in message
+
+
+# ---------------------------------------------------------------------------- /restore on real faces
+
+
+@pytest.fixture(scope="module")
+def degraded_face(clean_face, tmp_path_factory) -> Path:
+    hq = load_image(clean_face)
+    lq, _ = degrade(hq, DegradationParams(sigma_x=1.5, sigma_y=1.5, scale=3.0, noise=8.0, jpeg_quality=50), seed=0)
+    path = tmp_path_factory.mktemp("faces") / "lq.png"
+    save_image(lq, path)
+    return path
+
+
+@needs_weights
+def test_restore_endpoint_on_a_real_face(client, clean_face, degraded_face):
+    """A held-out LFW face, degraded, restored: right size, changed, and still this person's face.
+
+    What the compact tier can honestly promise on every snapshot of its weights: the face is
+    found, restored and pasted back in place with its colours (at the 16-px scale the result
+    matches its own clean face, and matches it better than another person's); sharper detail
+    is a matter of training, measured in the model cards, not here.
+    """
+    hq, lq = load_image(clean_face), load_image(degraded_face)
+    files, info = restore(client, degraded_face)
+    assert len(files) == 1 and Path(files[0]).name == "lq_difface_compact.png"
+    out = load_image(files[0])
+    assert out.shape == hq.shape
+    assert np.abs(out - lq).mean() > 1 / 255
+    assert info["faces"] == 1 and info["results"][0]["method"] == "difface"
+    assert info["results"][0]["seconds"] > 0 and info["options"] == FAST
+    small = lambda img: resize(img, 16)  # noqa: E731
+    other = load_image(LFW / "Abel_Pacheco_0001.jpg")
+    assert psnr(small(out), small(hq)) > 20
+    assert psnr(small(out), small(hq)) > psnr(small(out), small(other)) + 3
+
+
+@needs_weights
+def test_restore_seed_is_reproducible_and_matters(client, degraded_face):
+    first, _ = restore(client, degraded_face, seed=1)
+    again, _ = restore(client, degraded_face, seed=1)
+    other, _ = restore(client, degraded_face, seed=2)
+    np.testing.assert_array_equal(load_image(first[0]), load_image(again[0]))
+    assert np.abs(load_image(first[0]) - load_image(other[0])).mean() > 1 / 255
+
+
+@needs_weights
+def test_restore_aligned_with_upscale(client, clean_face):
+    files, info = restore(client, clean_face, aligned=True, upscale=2)
+    assert load_image(files[0]).shape == (300, 300, 3)
+    assert info["detector"] == "none (aligned input)" and info["faces"] == 1
+
+
+@needs_weights
+def test_no_face_is_a_message_not_an_error(client, tmp_path):
+    flat = tmp_path / "wall.png"
+    save_image(np.full((96, 128, 3), 0.6, np.float32), flat)
+    files, info = restore(client, flat)
+    assert not files and info["faces"] == 0
+    assert info["message"].startswith("No face found")
+
+
+@needs_weights
+def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path):
+    """The Restore button's handler, called directly: two faces → a slider, a gallery and 2×2 face crops."""
+    other = LFW / "Abel_Pacheco_0001.jpg"
+    pair = np.concatenate([load_image(clean_face), load_image(other)], axis=1)
+    save_image(pair, tmp_path / "pair.png")
+    message, *rest = app.restore_for_ui(str(tmp_path / "pair.png"), ["difface"], "compact", *FAST.values(), False,
+                                        1, False, progress=None)
+    sliders, (gallery, faces, files, _summary) = rest[:len(app.METHODS)], rest[len(app.METHODS):]
+    shown = {name: value for name, value in zip(app.METHODS, sliders, strict=True) if value is not None}
+    assert list(shown) == ["difface"]
+    before, after = shown["difface"]
+    assert before.shape == after.shape == (150, 300, 3)
+    assert "2 faces" in message
+    captions = [c for _, c in gallery]
+    assert captions[0] == "Input" and len(captions) == 2
+    assert re.fullmatch(r"DifFace · compact · \d+\.\d s", captions[1])  # method, tier, time taken
+    assert [c for _, c in faces] == ["Face 1 · input", "Face 1 · DifFace", "Face 2 · input", "Face 2 · DifFace"]
+    assert len(files) == 1 and Path(files[0]).is_file()
+
+
+@needs_weights
+def test_restorers_are_loaded_once():
+    assert app.get_restorer("difface", "compact") is app.get_restorer("difface", "compact")
+
+
+def test_send_to_restore_needs_a_degraded_face():
+    with pytest.raises(gr.Error):
+        app.send_to_restore(None)
+    image, aligned, tabs = app.send_to_restore("/tmp/x.png")
+    assert image == "/tmp/x.png" and aligned is False
+
+
+# ---------------------------------------------------------------------------- examples/
+
+
+def test_examples_index_matches_the_files():
+    index = ROOT / "examples" / "examples.json"
+    if not index.is_file():
+        pytest.skip("examples not made yet: run `python examples/make_examples.py`")
+    import json
+
+    data = json.loads(index.read_text())
+    for item in data["restore"]:
+        assert (ROOT / "examples" / item["file"]).is_file() and (ROOT / "examples" / item["clean"]).is_file()
+        assert item["preset"] in app.PRESETS and isinstance(item["seed"], int)
+    assert any("group" in item["file"] for item in data["restore"])
+    for item in data["degrade"]:
+        assert (ROOT / "examples" / item["file"]).is_file()
+    assert app._examples()["restore"] and app._examples()["degrade"]
+
+
+def test_group_photo_blends_faces_onto_a_plain_background():
+    make = pytest.importorskip("examples.make_examples")
+    faces = [np.full((64, 64, 3), v, np.float32) for v in (0.0, 0.5, 1.0)]
+    img = make.group_photo(faces, face_size=40, gap=10, background=(0.8, 0.8, 0.8))
+    assert img.shape == (60, 3 * 50 + 10, 3)
+    np.testing.assert_allclose(img[0], 0.8)  # border rows: background only
+    np.testing.assert_allclose(img[30, 30], 0.0, atol=1e-6)  # centre of face 1
+    np.testing.assert_allclose(img[30, 130], 1.0, atol=1e-6)  # centre of face 3
+
+
+def test_the_app_builds_with_lazy_example_caching(monkeypatch):
+    """What a GPU Space gets: restore examples cached lazily (on first click), not at start-up; none on a CPU."""
+    if not app._examples()["restore"]:
+        pytest.skip("examples not made yet: run `python examples/make_examples.py`")
+    seen, real = [], gr.Examples
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("cache_examples"), kwargs.get("cache_mode")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gr, "Examples", spy)
+    monkeypatch.setattr(app, "ON_GPU", True)
+    app.build_demo()
+    assert seen == [(True, "lazy"), (None, None)]  # restore examples, then the clean faces (inputs only)
+    seen.clear()
+    monkeypatch.setattr(app, "ON_GPU", False)
+    app.build_demo()
+    assert seen == [(False, None), (None, None)]
+
+
+@needs_weights
+def test_example_outputs_are_all_filled(monkeypatch, clean_face, tmp_path):
+    """Gradio 6.31's example cache cannot read back empty outputs: an example fills every output it lists."""
+    monkeypatch.setattr(app, "_knob_default", lambda name: FAST[name])
+    out = app.restore_example(str(clean_face), progress=None)
+    assert len(out) == 1 + len(app.compact_methods()) + 4
+    assert all(value is not None for value in out)

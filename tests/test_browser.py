@@ -1,0 +1,118 @@
+"""The demo in a real browser: upload a photo, restore it, see the before/after slider and the gallery.
+
+Drives Debian's Chromium (/usr/bin/chromium) through Playwright; never downloads a browser.
+Saves screenshots to test-artifacts/ (git-ignored) for a person to look at.
+"""
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+import app  # noqa: E402
+from bfr.api import method_status  # noqa: E402
+from bfr.paths import data_dir  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PHOTO = data_dir() / "real-lq" / "whole_imgs" / "00.jpg"  # two children: several faces, the face-crop gallery
+READY, WHY_NOT = method_status("difface", "compact")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+    pytest.mark.skipif(not READY, reason=f"compact DifFace weights are not here: {WHY_NOT}"),
+    pytest.mark.skipif(not PHOTO.is_file(), reason=f"test photo not found: {PHOTO} (set BFR_DATA)"),
+]
+
+
+@pytest.fixture(scope="module")
+def url():
+    demo = app.build_demo()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.LAUNCH)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="networkidle")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def set_number(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_upload_restore_and_see_the_results(page, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = tmp_path / "two_children.jpg"
+    shutil.copy(PHOTO, photo)
+    page.locator("#photo input[type=file]").set_input_files(str(photo))
+    page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
+    set_number(page, "knob-steps", "20")
+    set_number(page, "knob-start_step", "8")
+
+    t0 = time.perf_counter()
+    page.locator("#restore-button").click()
+    slider = page.locator("#slider-difface")
+    slider.locator("img").first.wait_for(state="visible", timeout=120_000)
+    page.locator("#gallery img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#faces img").first.wait_for(state="visible", timeout=30_000)
+    seconds = time.perf_counter() - t0
+
+    # before/after slider: two PNG images (lossless, not WebP)
+    sources = [img.get_attribute("src") for img in slider.locator("img").all()]
+    assert len(sources) >= 2 and all(src.split("?")[0].endswith(".png") for src in sources), sources
+    # the gallery: the input and one result, captioned with method, tier and time
+    page.locator("#gallery").get_by_text("Input", exact=True).wait_for()
+    assert page.locator("#gallery").get_by_text("DifFace · compact ·").count() >= 1
+    assert page.locator("#faces").get_by_text("Face 2 · DifFace").count() >= 1
+    assert "faces found" in page.locator("#message").inner_text()
+    page.locator("#files").get_by_text("two_children_difface_compact").wait_for()  # name and suffix in two spans
+    assert page.locator("#slider-unsupervised").count() == 0 or not page.locator("#slider-unsupervised").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "app_restore.png"), full_page=True)
+    assert seconds < 120
+
+
+def test_degradation_preview_and_restore_this(page):
+    page.get_by_role("tab", name="Degradation preview").click()
+    face = data_dir() / "lfw150" / "Abbas_Kiarostami_0001.jpg"
+    if not face.is_file():
+        pytest.skip(f"LFW face not found: {face}")
+    page.locator("#clean input[type=file]").set_input_files(str(face))
+    page.locator("#clean img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#degrade-button").click()
+    page.locator("#degraded img").first.wait_for(state="visible", timeout=60_000)
+    page.locator("#presets").get_by_text("Clean input", exact=True).wait_for(timeout=60_000)
+    assert page.locator("#presets-table").get_by_text("camera, ↓").count() >= 1
+    assert page.get_by_text("FLIPNET degradation mode").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "app_degrade.png"), full_page=True)
+
+    page.locator("#send-to-restore").click()
+    page.locator("#restore-button").wait_for(state="visible", timeout=30_000)
+    page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
