@@ -46,7 +46,8 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
     if log:
         keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]
         lines += ["## Log (every evaluation)", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        for rec in log[:: max(1, len(log) // 12)] + ([log[-1]] if len(log) > 1 else []):
+        rows = log[:: max(1, len(log) // 12)]
+        for rec in rows + ([log[-1]] if rows[-1] is not log[-1] else []):
             lines.append("| " + " | ".join(f"{rec[k]:.4g}" if isinstance(rec[k], float) else str(rec[k])
                                             for k in keys) + " |")
         lines.append("")
