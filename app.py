@@ -36,7 +36,8 @@ import torch
 
 import bfr
 from bfr.api import METHODS, Restorer, RestoreResult, method_status
-from bfr.degradations import PRESETS, DegradationParams, degrade as degrade_image
+from bfr.degradations import PRESETS, DegradationParams, describe
+from bfr.degradations import degrade as degrade_image
 from bfr.errors import BfrError
 from bfr.faces import FacePipeline
 from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8
@@ -412,19 +413,6 @@ def _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality):
                                    noise=float(noise), jpeg_quality=int(jpeg_quality) or None, kernel_size=kernel)
     with user_errors():
         return degrade_image(img, config, seed=int(seed))
-
-
-def describe(params) -> str:
-    """One line for a caption: what the degradation did."""
-    if not isinstance(params, DegradationParams):  # the camera pipeline
-        return (f"camera, ↓{params.scale:.1f}, shot {params.shot_noise:.1e}, read {params.read_noise:.1e}, "
-                f"{params.demosaic} demosaic, JPEG {params.jpeg_quality}")
-    sigma = f"{params.sigma_x:.1f}"
-    if params.sigma_y != params.sigma_x:
-        sigma += f"×{params.sigma_y:.1f}"
-    jpeg = f"JPEG {params.jpeg_quality}" if params.jpeg_quality else "no JPEG"
-    gray = ", gray" if params.gray else ""
-    return f"blur σ {sigma}, ↓{params.scale:.1f}, noise {params.noise:.1f}, {jpeg}{gray}"
 
 
 def _params_json(params, preset, seed, img) -> dict:

@@ -36,7 +36,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_degrade(args: argparse.Namespace) -> None:
-    from bfr.degradations import degrade, preset
+    from bfr.degradations import degrade, describe, preset
     from bfr.imageio import load_image, save_image
 
     out_dir = Path(args.output)
@@ -47,7 +47,7 @@ def cmd_degrade(args: argparse.Namespace) -> None:
             lq, params = degrade(img, preset(args.preset, args.resolution or max(img.shape[:2])), seed=seed)
             name = f"{path.stem}_{args.preset}" + (f"_{k}" if args.variants > 1 else "") + ".png"
             save_image(lq, out_dir / name)
-            print(f"{out_dir / name}: {params}")
+            print(f"{out_dir / name}: {describe(params)}")
 
 
 def cmd_restore(args: argparse.Namespace) -> None:

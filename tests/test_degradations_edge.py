@@ -338,3 +338,12 @@ def test_degrade_batch_rejects_bad_shapes():
     for bad in (torch.rand(3, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 4, 16, 16)):
         with pytest.raises(InputError, match=r"\(B, 3, H, W\)"):
             degrade_batch(bad, DegradationConfig())
+
+
+def test_describe_says_what_was_applied():
+    from bfr.degradations import describe
+
+    text = describe(DegradationParams(sigma_x=2.0, sigma_y=1.0, scale=4.0, noise=10.0, jpeg_quality=60, gray=True))
+    assert text == "blur σ 2.0×1.0, ↓4.0, noise 10.0, JPEG 60, gray"
+    assert "no JPEG" in describe(DegradationParams())
+    assert describe(CameraParams(scale=2.0)).startswith("camera, ↓2.0")

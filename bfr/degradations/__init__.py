@@ -16,6 +16,7 @@ from bfr.degradations.synth import (
     camera_pipeline,
     degrade,
     degrade_batch,
+    describe,
     gaussian_kernel,
     jpeg,
     sample_params,

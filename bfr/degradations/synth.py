@@ -407,3 +407,16 @@ def degrade_batch(
     lq = torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2) * (hi - lo) + lo
     lq = lq.to(device=hq.device, dtype=hq.dtype if hq.is_floating_point() else torch.float32).contiguous()
     return (lq, used) if return_params else lq
+
+
+def describe(params) -> str:
+    """One line saying what a degradation did (captions, CLI output)."""
+    if not isinstance(params, DegradationParams):  # the camera pipeline
+        return (f"camera, ↓{params.scale:.1f}, shot {params.shot_noise:.1e}, read {params.read_noise:.1e}, "
+                f"{params.demosaic} demosaic, JPEG {params.jpeg_quality}")
+    sigma = f"{params.sigma_x:.1f}"
+    if params.sigma_y != params.sigma_x:
+        sigma += f"×{params.sigma_y:.1f}"
+    jpeg = f"JPEG {params.jpeg_quality}" if params.jpeg_quality else "no JPEG"
+    gray = ", gray" if params.gray else ""
+    return f"blur σ {sigma}, ↓{params.scale:.1f}, noise {params.noise:.1f}, {jpeg}{gray}"

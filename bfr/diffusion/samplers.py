@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from bfr.diffusion.gaussian import GaussianDiffusion, ModelFn, randn_like
+from bfr.errors import InputError
 
 # hook(x, index, out) -> x, called after the step at ``index``; x is then at level index−1.
 StepHook = Callable[[torch.Tensor, int, dict], torch.Tensor]
@@ -40,12 +41,12 @@ def sample(
     sampler: "ddim" (η in [0, 1]) or "ancestral" (the model's learned variance).
     """
     if sampler not in ("ddim", "ancestral"):
-        raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
+        raise InputError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        raise InputError(f"eta must lie in [0, 1], got {eta}")
     start = diffusion.num_timesteps if start is None else int(start)
     if not 1 <= start <= diffusion.num_timesteps:
-        raise ValueError(f"start must lie in [1, {diffusion.num_timesteps}], got {start}")
+        raise InputError(f"start must lie in [1, {diffusion.num_timesteps}], got {start}")
     indices = list(range(start - 1, -1, -1))
     for done, i in enumerate(indices, 1):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
