@@ -19,7 +19,7 @@ DATA_NOTE = (
 )
 
 
-def _fmt_minutes(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -39,7 +39,7 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
              f"- steps: {json.loads(meta['steps'])}, batch {config['batch_size']}, AdamW lr {config['lr']} "
              f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up",
              f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
-             f"training time: {_fmt_minutes(json.loads(meta['train_seconds']))}",
+             f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",
              f"- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
              "weights with `--init-from`.", "", "## Data", "", DATA_NOTE, ""]

@@ -45,7 +45,7 @@ from bfr.metrics import psnr, ssim
 from bfr.nets.configs import COMPACT_IDM_64
 from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
-from bfr.training.cards import DATA_NOTE, _fmt_minutes
+from bfr.training.cards import DATA_NOTE, format_duration
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
@@ -308,7 +308,7 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
 
     rows = ["| round | trained on | steps | train time | test PSNR (dB) | test SSIM |", "|---|---|---|---|---|---|"]
     for r in records:
-        rows.append(f"| {r['round']} | {r['targets']} | {r['steps']} | {_fmt_minutes(r['train_seconds'])} | "
+        rows.append(f"| {r['round']} | {r['targets']} | {r['steps']} | {format_duration(r['train_seconds'])} | "
                     f"{r['psnr']:.2f} | {r['ssim']:.4f} |")
     first = records[0]
     lines = [
@@ -335,7 +335,7 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         f"(max 0.999), LQ from the `{config['degradation']}` preset (GFPGAN/CodeFormer ranges scaled to the face), "
         f"min-SNR γ {config['min_snr_gamma']}.",
         f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; total training "
-        f"time: {_fmt_minutes(sum(r['train_seconds'] for r in records))}",
+        f"time: {format_duration(sum(r['train_seconds'] for r in records))}",
         f"- network config: `{meta['config']}`",
         "- reproduce: `python -m bfr train idm --rounds K` (see README); resumable within a round.", "",
         "## Data", "", DATA_NOTE, "Rounds ≥ 1 train on the same faces as restored by the previous round (cached in "
