@@ -9,6 +9,8 @@ Two documented API endpoints (see the "Use via API" link, or the README):
   only_center_face) → (PNG files, one per method; JSON summary)
 - ``/degrade`` (image, preset, seed, blur, downsample, noise, jpeg_quality)
   → (degraded PNG; JSON of the parameters used)
+- ``/degrade_flipnet`` (image, variants, seed, aligned) → (gallery of FLIPNET degradation-mode
+  variants; a note)
 
 On a Hugging Face ZeroGPU Space the sampling runs inside ``@spaces.GPU`` with a duration
 estimated from the request; elsewhere that decorator does nothing and everything runs
@@ -375,6 +377,52 @@ def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, 
     return to_uint8(lq), _params_json(params, preset, seed, img)
 
 
+def flipnet_seconds(img, variants, seed, aligned, progress=None) -> int:
+    """ZeroGPU duration of a FLIPNET degradation request: one 50-step chain for all variants at once."""
+    return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP["compact"] * 50 * variants))
+
+
+@spaces.GPU(duration=flipnet_seconds)
+def flipnet_variants(img, variants, seed, aligned, progress=None) -> list[np.ndarray]:
+    restorer = get_restorer("flipnet", "compact")
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress((done, total), desc="FLIPNET degradation mode", unit="steps")
+
+    return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
+
+
+def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
+                    progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+    """Realistic degraded versions of a clean face from FLIPNET's degradation mode (compact tier).
+
+    Args:
+        image: a clean face: an aligned crop (LFW-like framing), or a photo whose largest face is
+            detected and aligned first (`aligned` = False).
+        variants: how many degraded versions (1–8); each starts from different noise.
+        seed: random seed of the whole set; the same seed gives the same variants.
+        aligned: the image is already an aligned face crop.
+
+    Returns:
+        A gallery of the degraded variants (PNG, at the crop's size) and a one-line note.
+    """
+    img = _clean_face(image)
+    ok, why = method_status("flipnet", "compact")
+    if not ok:
+        raise gr.Error(f"FLIPNET cannot run here: {why}.")
+    if variants is None or not 1 <= int(variants) <= 8:
+        raise gr.Error(f"Variants must lie in [1, 8], got {variants}.")
+    if seed is None or seed < 0:
+        raise gr.Error(f"Seed must be a whole number ≥ 0, got {seed}.")
+    t0 = time.perf_counter()
+    with user_errors(image):
+        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress)
+    note = (f"{len(outs)} variants from FLIPNET's degradation mode (seed {int(seed)}, 50 DDIM steps, "
+            f"{time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it was trained.")
+    return [(to_uint8(o), f"variant {k + 1}") for k, o in enumerate(outs)], note
+
+
 def compare_presets(image, seed, blur, downsample, noise, jpeg_quality):
     """Every preset and the custom sliders, same seed, side by side; a table says what each one did."""
     if not image:
@@ -581,9 +629,20 @@ def build_demo() -> gr.Blocks:
                         presets = gr.Gallery(label="Every preset at this seed", format="png", columns=3,
                                              object_fit="contain", elem_id="presets")
                         presets_table = gr.Markdown(elem_id="presets-table")
-                        gr.Markdown("**FLIPNET degradation mode** (FLIPNET's network run as a learned degrader): "
-                                    + ("FLIPNET is installed; its degradation mode is not shown in this demo yet."
-                                       if flipnet_ok else f"not available yet — {flipnet_why}."))
+                        with gr.Group():
+                            gr.Markdown("**FLIPNET degradation mode**: the FLIPNET network with its roles flipped "
+                                        "(the clean face is the condition) generates realistic degraded versions, "
+                                        "a different one per noise seed. "
+                                        + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
+                            with gr.Row():
+                                flip_variants = gr.Slider(1, 8, value=4, step=1, label="Variants")
+                                flip_aligned = gr.Checkbox(True, label="Input is an aligned face crop",
+                                                           info="otherwise the largest face is aligned first")
+                            flip_run = gr.Button("Degrade with FLIPNET", interactive=flipnet_ok,
+                                                 elem_id="flipnet-button")
+                            flip_gallery = gr.Gallery(label="FLIPNET degraded variants", format="png", columns=4,
+                                                      object_fit="contain", elem_id="flipnet-variants")
+                            flip_note = gr.Markdown(elem_id="flipnet-note")
 
         restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center]
         # The UI's own events are private: programs use /restore and /degrade.
@@ -598,6 +657,8 @@ def build_demo() -> gr.Blocks:
                       concurrency_limit=4).then(
             compare_presets, [clean, deg_seed, *custom_inputs], [presets, presets_table], api_name="compare_presets",
             api_visibility="private", concurrency_limit=4)
+        flip_run.click(degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],
+                       api_name="degrade_flipnet", concurrency_id="gpu")
         for slider in custom_inputs:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
         send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",

@@ -21,10 +21,11 @@ from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
 from bfr.methods.difface import DifFace
+from bfr.methods.flipnet import FLIPNET, adapters_metadata, attach_adapters, paper_networks
 from bfr.methods.idm import IDM, paper_net
 from bfr.methods.unsupervised import Unsupervised
 from bfr.nets import SwinIR, UNetModel, build_net
-from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
+from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512, SD_VAE_SCALING
 from bfr.weights import available, load_into, load_state_dict, read_metadata, resolve
 
 
@@ -58,7 +59,8 @@ METHODS: dict[str, MethodInfo] = {
     ),
     "flipnet": MethodInfo(
         "flipnet", "FLIPNET", "Miao et al., Unlocking the Potential of Diffusion Priors in BFR (ICCV 2025)",
-        {"compact": ("flipnet64",), "paper": ()}, implemented=False,
+        {"compact": ("prior64", "flipnet64"), "paper": ("flipnet_sd21", "sd21_unet", "sd21_vae")},
+        knobs=FLIPNET.defaults,
     ),
 }
 
@@ -113,6 +115,16 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
             load_into(prior, load_state_dict(resolve("difface_unet_512", weights.get("difface_unet_512"))))
             load_into(backbone, load_state_dict(resolve("difface_swinir_512", weights.get("difface_swinir_512"))))
             model = DifFace(prior, backbone, resolution=512, framing="ffhq", tier=tier, device=dev)
+    elif method == "flipnet":
+        if tier == "compact":
+            prior_file, adapters = resolve("prior64", weights.get("prior64")), resolve("flipnet64", weights.get("flipnet64"))
+            net = attach_adapters(load_net("prior64", prior_file), adapters, prior_file)
+            model = FLIPNET(net, resolution=adapters_metadata(adapters)["resolution"], framing="lfw", tier=tier,
+                            device=dev)
+        else:
+            net, vae = paper_networks(weights.get("flipnet_sd21"), weights.get("sd21_unet"), weights.get("sd21_vae"))
+            model = FLIPNET(net, resolution=512, framing="ffhq", tier=tier, device=dev, vae=vae,
+                            vae_scale=SD_VAE_SCALING, schedule="scaled_linear", learn_sigma=False)
     elif method == "idm":
         if tier == "compact":
             net = load_net("idm64", weights.get("idm64"))
@@ -162,6 +174,26 @@ class Restorer:
         batch = torch.cat([to_tensor(c) for c in crops])
         out = self.model.restore(batch, progress=progress, **options)
         return [from_tensor(o[None]) for o in out]
+
+    def degrade(self, image, *, variants: int = 4, aligned: bool = True, progress: Progress | None = None,
+                **options) -> list[np.ndarray]:
+        """FLIPNET's degradation mode: ``variants`` realistic degraded versions of a clean face.
+
+        ``aligned``: the image is a face crop in the model's framing (degraded at its own size);
+        otherwise the largest detected face is aligned first and its crop is degraded.
+        """
+        if not hasattr(self.model, "degrade"):
+            raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")
+        img = load_image(image)
+        if not aligned:
+            pipeline = FacePipeline(detector=self.detector, template=self.model.framing,
+                                    crop_size=self.model.resolution)
+            found = pipeline.crops(img)
+            if not found:
+                raise InputError(f"no face found by the {pipeline.detector.name} detector; pass an aligned face crop")
+            img = max(found, key=lambda f: 0.0 if f.face is None else f.face.eye_distance).crop
+        out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
+        return [from_tensor(v[None]) for v in out[0]]
 
     def restore(self, image, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
                 min_face_size: float | None = None, progress: Progress | None = None, **options) -> RestoreResult:

@@ -40,6 +40,20 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     from bfr.imageio import load_image, save_image
 
     out_dir = Path(args.output)
+    if args.method == "flipnet":
+        import bfr
+
+        weights = dict(w.split("=", 1) for w in args.weights or [])
+        restorer = bfr.load("flipnet", tier=args.tier, device=args.device, weights=weights)
+        for path in _inputs(args.inputs):
+            variants = restorer.degrade(path, variants=args.variants, seed=args.seed)
+            for k, lq in enumerate(variants):
+                name = f"{path.stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
+                save_image(lq, out_dir / name)
+                print(f"{out_dir / name}: FLIPNET degradation mode, seed {args.seed}, variant {k}")
+        return
+    if args.method != "synthetic":
+        raise BfrError(f"unknown degradation method {args.method!r}; use synthetic or flipnet")
     for path in _inputs(args.inputs):
         img = load_image(path)
         for k in range(args.variants):
@@ -57,7 +71,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
     from bfr.imageio import save_image
 
     options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta, seed=args.seed,
-                                      sampler=args.sampler).items() if v is not None}
+                                      sampler=args.sampler, phi=args.phi).items() if v is not None}
     weights = dict(w.split("=", 1) for w in args.weights or [])
     restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector)
     accepted = inspect.signature(restorer.model.restore).parameters
@@ -99,6 +113,18 @@ def cmd_train(args: argparse.Namespace) -> None:
                              max_steps=args.steps, max_minutes=args.minutes, init_from=args.init_from,
                              mixed_precision=args.precision)
         train_backbone(cfg)
+    elif args.what == "flipnet":
+        from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+
+        if args.init_from:
+            raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
+        cfg = FlipNetTrainConfig(out_dir=args.output or "runs/flipnet64", prior=args.prior, batch_size=args.batch_size,
+                                 max_steps=args.steps, max_minutes=args.minutes, mixed_precision=args.precision)
+        for name in ("embed_steps", "degrade_steps", "restore_steps", "offline_faces", "lr"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
+        path = train_flipnet(cfg)
+        print(f"adapters: {path}; card: {write_flipnet_card(cfg.out_dir)}")
     elif args.what == "idm":
         from bfr.training.idm import IDMConfig, train_idm
 
@@ -175,12 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="face size the preset's ranges are scaled to (default: the image size)")
     p.add_argument("--variants", type=int, default=1, help="degraded variants per image")
     p.add_argument("--seed", type=int, default=0, help="seed of the first variant (the k-th uses seed+k)")
+    p.add_argument("--method", default="synthetic",
+                   help="synthetic (the --preset pipeline) | flipnet (FLIPNET's degradation mode on aligned faces)")
+    p.add_argument("--tier", default="compact", choices=["compact", "paper"], help="flipnet: weights tier")
+    p.add_argument("--device", default=None, help="flipnet: cpu | cuda (default: cuda when present)")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="flipnet: local weights for a catalog entry")
     p.set_defaults(func=cmd_degrade)
 
     p = sub.add_parser("restore", help="restore every face in photos (or aligned face crops)")
     p.add_argument("inputs", nargs="+", help="images or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--method", default="difface", help="difface | idm | unsupervised (see `methods`)")
+    p.add_argument("--method", default="difface", help="difface | flipnet | idm | unsupervised (see `methods`)")
     p.add_argument("--tier", default="compact", choices=["compact", "paper"])
     p.add_argument("--aligned", action="store_true", help="inputs are FFHQ-aligned face crops: skip detection")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
@@ -190,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0)")
     p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
+    p.add_argument("--phi", type=float, default=None, help="FLIPNET's BoostHub scale φ (default 1; 0 = no condition)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"])
@@ -199,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split)")
-    p.add_argument("what", choices=["prior", "backbone", "idm"])
+    p.add_argument("what", choices=["prior", "backbone", "idm", "flipnet"])
     p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
@@ -211,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")
     p.add_argument("--refine-steps", type=int, default=None,
                    help="idm: steps of each later round, from the previous weights (default a quarter of round 0)")
+    p.add_argument("--lr", type=float, default=None, help="flipnet: adapters' learning rate (default 1e-4)")
+    p.add_argument("--prior", default=None, help="flipnet: the frozen prior's weights (default: the bundled prior64)")
+    p.add_argument("--embed-steps", type=int, default=None, help="flipnet: face-embedding stage (default 2000)")
+    p.add_argument("--degrade-steps", type=int, default=None, help="flipnet: degradation-mode stage (default 4000)")
+    p.add_argument("--restore-steps", type=int, default=None, help="flipnet: restoration-mode stage (default 12000)")
+    p.add_argument("--offline-faces", type=int, default=None,
+                   help="flipnet: train faces the degradation mode degrades for the restoration stage (default 512)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="adapt a restorer to degraded faces without ground truth (Kuai et al.)")

@@ -6,6 +6,7 @@ in ../shared/data; each skips with the reason when they are absent. Requests sta
 """
 
 import ast
+import itertools
 import os
 import re
 import socket
@@ -90,11 +91,12 @@ def test_spaces_is_imported_before_torch_and_gradio():
 
 def test_endpoints_are_named_and_documented(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/restore", "/degrade"}  # the UI's own events are private
+    assert set(api) == {"/restore", "/degrade", "/degrade_flipnet"}  # the UI's own events are private
     names = lambda endpoint: [p["parameter_name"] for p in api[endpoint]["parameters"]]  # noqa: E731
     assert names("/restore") == ["image", "methods", "tier", "steps", "start_step", "eta", "seed", "aligned",
                                  "upscale", "only_center_face"]
     assert names("/degrade") == ["image", "preset", "seed", "blur", "downsample", "noise", "jpeg_quality"]
+    assert names("/degrade_flipnet") == ["image", "variants", "seed", "aligned"]
 
 
 def test_gpu_duration_grows_with_methods_faces_and_steps():
@@ -143,6 +145,28 @@ def test_degrade_endpoint(client, clean_face, tmp_path):
     again, _ = client.predict(gradio_client.handle_file(str(clean_face)), "difface", 3, 0, 1, 0, 0,
                               api_name="/degrade")
     np.testing.assert_array_equal(load_image(again), lq)
+
+
+def test_flipnet_degradation_mode_endpoint(client, clean_face):
+    """FLIPNET's degradation mode on a real LFW face: K different degraded crops, the same again for the same seed.
+    Where the compact FLIPNET weights are not bundled, the endpoint says so instead."""
+    ok, why = method_status("flipnet", "compact")
+    if not ok:
+        message = app_error(lambda: client.predict(gradio_client.handle_file(str(clean_face)), 3, 7, True,
+                                                    api_name="/degrade_flipnet"))
+        assert "FLIPNET cannot run here" in message and "flipnet64" in message
+        return
+    gallery, note = client.predict(gradio_client.handle_file(str(clean_face)), 3, 7, True,
+                                   api_name="/degrade_flipnet")
+    images = [load_image(item["image"]) for item in gallery]
+    assert len(images) == 3 and "3 variants" in note
+    hq = load_image(clean_face)
+    assert all(im.shape == hq.shape for im in images)
+    assert min(np.abs(a - b).mean() for a, b in itertools.combinations(images, 2)) > 0.005
+    again, _ = client.predict(gradio_client.handle_file(str(clean_face)), 3, 7, True, api_name="/degrade_flipnet")
+    np.testing.assert_allclose(load_image(again[0]["image"]), images[0], atol=2 / 255)
+    assert "Variants must lie" in app_error(lambda: client.predict(
+        gradio_client.handle_file(str(clean_face)), 0, 7, True, api_name="/degrade_flipnet"))
 
 
 def test_degrade_custom_settings(client, clean_face):

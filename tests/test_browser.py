@@ -111,6 +111,14 @@ def test_degradation_preview_and_restore_this(page):
     page.locator("#presets").get_by_text("Clean input", exact=True).wait_for(timeout=60_000)
     assert page.locator("#presets-table").get_by_text("camera, ↓").count() >= 1
     assert page.get_by_text("FLIPNET degradation mode").count() == 1
+    if method_status("flipnet", "compact")[0]:
+        page.locator("#flipnet-button").click()
+        page.locator("#flipnet-variants img").first.wait_for(state="visible", timeout=120_000)
+        page.locator("#flipnet-note").get_by_text("variants from FLIPNET").wait_for(timeout=30_000)
+        assert page.locator("#flipnet-variants img").count() >= 4
+    else:  # no bundled weights: the section says why and its button is disabled
+        assert page.locator("#flipnet-button").is_disabled()
+        assert page.get_by_text("Unavailable here").count() == 1
     page.screenshot(path=str(ARTIFACTS / "app_degrade.png"), full_page=True)
 
     page.locator("#send-to-restore").click()

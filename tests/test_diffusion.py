@@ -161,8 +161,12 @@ def test_training_losses_hybrid_and_min_snr():
     t = torch.tensor([0, 10, 500, 999])
     model = lambda x, tt: torch.zeros(x.shape[0], 6, *x.shape[2:])  # noqa: E731
     losses = d.training_losses(model, x0, t, noise=torch.ones_like(x0))
-    assert set(losses) == {"mse", "vb", "loss"}
+    assert set(losses) == {"mse", "vb", "loss", "pred_xstart"}
     torch.testing.assert_close(losses["mse"], torch.ones(4))
+    torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
+    # ε predicted as 0, so x̂0 = x_t / sqrt(ᾱ) = x0 + sqrt((1 − ᾱ) / ᾱ)·ε
+    ab = torch.from_numpy(d.alphas_cumprod[t.numpy()]).float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(losses["pred_xstart"], x0 + ((1 - ab) / ab).sqrt(), rtol=1e-4, atol=1e-4)
     weighted = d.training_losses(model, x0, t, noise=torch.ones_like(x0), min_snr_gamma=5.0)["mse"]
     snr = d.alphas_cumprod[t.numpy()] / (1 - d.alphas_cumprod[t.numpy()])
     np.testing.assert_allclose(weighted.numpy(), np.minimum(snr, 5.0) / snr, rtol=1e-5)

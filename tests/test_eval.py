@@ -323,7 +323,7 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "results.md" in out and "skipped idm/compact" in out
     # the bench's measurements are tested above through run_bench: here only the wiring
-    assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "flipnet", "--devices", "cpu"]) == 0
-    assert "skipped flipnet/compact" in capsys.readouterr().out
+    assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu"]) == 0
+    assert "skipped unsupervised/compact" in capsys.readouterr().out
     assert (tmp_path / "b" / "bench.md").is_file()
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--start-steps", "300"]) == 2

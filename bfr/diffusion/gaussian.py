@@ -18,10 +18,12 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
-    """Linear (DDPM, scaled to T) or cosine (improved DDPM) betas, float64."""
+    """Linear (DDPM, scaled to T), cosine (improved DDPM) or scaled-linear (Stable Diffusion) betas, float64."""
     if name == "linear":
         scale = 1000 / num_timesteps
         return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    if name == "scaled_linear":
+        return np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, num_timesteps, dtype=np.float64) ** 2
     if name == "cosine":
         def alpha_bar(t: float) -> float:
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -29,7 +31,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
         betas = [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
                  for i in range(num_timesteps)]
         return np.array(betas, dtype=np.float64)
-    raise ValueError(f"unknown beta schedule {name!r}; use 'linear' or 'cosine'")
+    raise ValueError(f"unknown beta schedule {name!r}; use 'linear', 'cosine' or 'scaled_linear'")
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int]) -> list[int]:
@@ -243,6 +245,7 @@ class GaussianDiffusion:
             vb = self._vb_terms_bpd(lambda *_: frozen, x_start, x_t, t)
             losses["vb"] = vb * self.num_timesteps / 1000.0
         losses["loss"] = sum(losses.values())
+        losses["pred_xstart"] = self.predict_xstart_from_eps(x_t, t, out[:, :c])  # for x0-space losses (FLIPNET)
         return losses
 
     def _vb_terms_bpd(self, model: ModelFn, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

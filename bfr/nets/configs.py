@@ -89,3 +89,30 @@ COMPACT_SWINIR_64 = dict(
 # The compact tier's IDM (64 px, LFW framing): COMPACT_PRIOR_64's UNet with the LQ face as 3
 # extra input channels (SR3-style concatenation) and ε only (fixed variance): 6 in, 3 out.
 COMPACT_IDM_64 = {**COMPACT_PRIOR_64, "in_channels": 6, "out_channels": 3}
+
+# FLIPNET's paper-tier prior: Stable Diffusion 2.1-base (512 px, ε-prediction), the UNet and the
+# VAE as in `stabilityai/stable-diffusion-2-1-base` (unet/config.json, vae/config.json), for
+# diffusers' UNet2DConditionModel and AutoencoderKL.
+SD21_BASE_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+)
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+)
+SD_VAE_SCALING = 0.18215

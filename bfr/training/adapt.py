@@ -157,11 +157,10 @@ def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | Non
     if weight <= 0:
         return None, "LPIPS weight is 0: not used"
     if importlib.util.find_spec("lpips") is None:
-        return None, "LPIPS not used: the `lpips` package is not installed; the loss is L1 + GAN only"
+        return None, "LPIPS not used: the `lpips` package is not installed"
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     if not (hub / VGG16_FILE).is_file():
-        return None, f"LPIPS not used: torchvision's VGG16 weights ({VGG16_FILE}) are not in {hub}; the loss is " \
-                     "L1 + GAN only"
+        return None, f"LPIPS not used: torchvision's VGG16 weights ({VGG16_FILE}) are not in {hub}"
     import lpips
 
     net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
@@ -384,6 +383,8 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
     lpips_fn, lpips_note = perceptual_loss(cfg.lpips_weight, device)
+    if lpips_fn is None:
+        lpips_note += "; the loss is L1 + GAN only"
     print(lpips_note)
 
     ema = EMA(restorer, max_decay=cfg.ema_decay)

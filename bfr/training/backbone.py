@@ -88,7 +88,8 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = out / "state.safetensors"
     log = JsonlLog(out / "log.jsonl")
-    step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from)
+    step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from,
+                                   continue_count=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from bfr.weights.load import read_metadata
+
 
 def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
                meta: dict) -> None:
@@ -46,9 +48,11 @@ def load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
 
 
 def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   init_from: str | None = None) -> tuple[int, float]:
+                   init_from: str | None = None, continue_count: bool = False) -> tuple[int, float]:
     """Resume a run from its state file, else start from inference weights (e.g. the bundled
-    ones, so CPU sessions can continue each other), else from scratch. Returns (step, seconds)."""
+    ones, so CPU sessions can continue each other), else from scratch. Returns (step, seconds);
+    with ``continue_count`` a start from weights carries on their recorded steps and seconds, so
+    schedules, EMA warm-up and the model card count the whole training, not the last session."""
     if state_path.exists():
         meta = load_state(state_path, model, ema, optimizer)
         print(f"resumed from {state_path} at step {meta['step']}")
@@ -58,6 +62,9 @@ def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Modul
         model.load_state_dict(weights)
         ema.load_state_dict(weights)
         print(f"initialised from {init_from}")
+        if continue_count:
+            meta = read_metadata(init_from)
+            return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
     return 0, 0.0
 
 

@@ -92,6 +92,37 @@ CATALOG: dict[str, WeightSpec] = {
             "(Kuai et al.'s unsupervised fine-tuning on prior64 pseudo-targets).",
         ),
         WeightSpec(
+            name="flipnet64",
+            filename="flipnet64.safetensors",
+            bundled=True,
+            license="see bfr/weights/compact/flipnet64.md",
+            description="Compact tier: FLIPNET adapters (LoRA, BoostHub, mode and face embedding) on prior64, "
+                        "trained by bfr.",
+        ),
+        WeightSpec(
+            name="flipnet_sd21",
+            filename="flipnet_sd21.safetensors",
+            license="none published (no public weights; bring your own)",
+            description="FLIPNET adapters for Stable Diffusion 2.1-base: untrained in bfr; Miao et al. released no "
+                        "code or weights.",
+        ),
+        WeightSpec(
+            name="sd21_unet",
+            filename="sd21_base_unet.safetensors",
+            hub_repo="stabilityai/stable-diffusion-2-1-base",
+            hub_filename="unet/diffusion_pytorch_model.safetensors",
+            license="CreativeML Open RAIL++-M",
+            description="Stable Diffusion 2.1-base UNet (512 px, ε-prediction): FLIPNET's frozen paper-tier prior.",
+        ),
+        WeightSpec(
+            name="sd21_vae",
+            filename="sd21_base_vae.safetensors",
+            hub_repo="stabilityai/stable-diffusion-2-1-base",
+            hub_filename="vae/diffusion_pytorch_model.safetensors",
+            license="CreativeML Open RAIL++-M",
+            description="Stable Diffusion 2.1-base VAE: FLIPNET's paper-tier latent space.",
+        ),
+        WeightSpec(
             name="swinir64",
             filename="swinir64.safetensors",
             bundled=True,

@@ -1,0 +1,375 @@
+"""FLIPNET: the add-on structure (BoostHub, LoRA, mode embedding, face tokens) on tiny random priors of
+both backbones, the sampler wiring, adapters files, and the staged training on a few LFW faces."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bfr.errors import InputError, WeightsUnavailableError
+from bfr.methods.flipnet import FLIPNET, attach_adapters
+from bfr.nets import UNetModel
+from bfr.nets.face_embed import pooled, two_way_contrastive
+from bfr.nets.flipnet import FlipNet
+from bfr.training.common import export_weights
+
+TINY_PRIOR = dict(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                  attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=32, use_scale_shift_norm=True)
+TINY_FLIP = dict(lora_rank=4, context_dim=32, embed=dict(image_size=16, grid=4, dim=32, base_channels=16))
+
+
+def tiny_prior(seed=0):
+    """Non-zero random weights everywhere (the UNet zero-initialises its output conv)."""
+    torch.manual_seed(seed)
+    net = UNetModel(**TINY_PRIOR)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def randomize(module, seed=1, std=0.05):
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        if p.requires_grad:
+            p.data = torch.randn(p.shape, generator=g) * std
+
+
+def frozen_copy(prior):
+    copy = UNetModel(**TINY_PRIOR)
+    copy.load_state_dict(prior.state_dict())
+    return copy.eval()
+
+
+X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+COND = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+T = torch.tensor([20, 700])
+
+
+def run(net, mode="restore", phi=1.0, cond=COND):
+    with torch.no_grad():
+        return net(X, T, net.condition(cond, cond, mode), phi=phi)
+
+
+def test_fresh_flipnet_is_exactly_the_frozen_prior():
+    prior = tiny_prior()
+    reference = frozen_copy(prior)
+    net = FlipNet(prior, TINY_FLIP)
+    with torch.no_grad():
+        expected = reference(X, T)
+    for mode in ("restore", "degrade"):
+        for phi in (0.0, 1.0, 2.0):
+            torch.testing.assert_close(run(net, mode, phi), expected, rtol=0, atol=0)
+
+
+def test_boosthub_is_a_true_add_on():
+    prior = tiny_prior()
+    reference = frozen_copy(prior)
+    net = FlipNet(prior, TINY_FLIP)
+    randomize(net.boost)  # only BoostHub trained: φ = 0 must give back the frozen prior exactly
+    with torch.no_grad():
+        torch.testing.assert_close(run(net, phi=0.0), reference(X, T), rtol=0, atol=0)
+    assert (run(net, phi=1.0) - run(net, phi=0.0)).abs().max() > 1e-4
+
+    randomize(net, seed=2)  # everything trained: φ = 0 equals the network with BoostHub's output removed
+    at_zero = run(net, phi=0.0)
+    for hub in net.boost:
+        torch.nn.init.zeros_(hub.to_out.weight)
+        torch.nn.init.zeros_(hub.to_out.bias)
+    torch.testing.assert_close(run(net, phi=1.0), at_zero, rtol=0, atol=0)
+
+
+def test_phi_scales_the_boosthub_branch_linearly():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net.boost, std=0.02)
+    base, one, two = run(net, phi=0.0), run(net, phi=1.0), run(net, phi=2.0)
+    assert (one - base).abs().max() > 1e-5
+    # first order in φ: the effect of φ=2 is about twice that of φ=1 for a small branch
+    ratio = (two - base).norm() / (one - base).norm()
+    assert 1.7 < ratio < 2.3
+
+
+def test_the_mode_switch_changes_the_output():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net.mode_embedding)
+    assert (run(net, "restore") - run(net, "degrade")).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="mode"):
+        net.mode_ids("sideways", 1, torch.device("cpu"))
+
+
+def test_the_condition_steers_the_output_through_boosthub():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net.boost, std=0.2)
+    other = torch.flip(COND, dims=[-1])
+    base = run(net, cond=COND, phi=0.0)
+    mine, theirs = run(net, cond=COND) - base, run(net, cond=other) - base
+    assert mine.norm() > 1e-3 and (mine - theirs).norm() > 0.05 * mine.norm()
+    torch.testing.assert_close(run(net, cond=COND, phi=0.0), run(net, cond=other, phi=0.0), rtol=0, atol=0)
+
+
+def test_the_condition_pass_stops_after_the_last_self_attention():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    calls = []
+    net.prior.out.register_forward_hook(lambda *_: calls.append(1))
+    cond = net.condition(COND, COND, "restore")
+    assert calls == [] and len(cond.features) == len(net.sites) == 4
+    assert [f.shape[-1] for f in cond.features] == [64] * 4  # tokens of width 64 at 8×8 = 64 tokens
+    net(X, T, cond)
+    assert calls == [1]
+
+
+def test_only_the_adapters_train_and_the_prior_stays_frozen():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert names and all(("lora_" in n) if n.startswith("prior.") else not n.startswith("embedder.") for n in names)
+    assert any(n.startswith("boost.") for n in names) and any(n.startswith("tau.") for n in names)
+    assert "mode_embedding.weight" in names
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    cond = net.condition(COND, COND, "restore")
+    net(X, T, cond).pow(2).mean().backward()
+    opt.step()
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= names
+    assert any("lora_B" in n for n in changed)  # LoRA B starts at zero and receives gradient
+    assert not any(n.startswith("prior.") and "lora_" not in n for n in changed)
+
+
+def test_state_dict_leaves_out_the_frozen_prior():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    keys = set(net.state_dict())
+    assert not any(k.startswith("prior.") and "lora_" not in k for k in keys)
+    assert any("lora_A" in k for k in keys)
+    assert not any(k.startswith("embedder.decoders.") for k in net.adapter_state_dict())
+
+
+def test_ema_copy_has_its_own_hooks():
+    from bfr.training.ema import EMA
+
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    ema = EMA(net)
+    randomize(net)
+    assert (run(net) - run(ema.model)).abs().max() > 1e-4  # the copy still is the fresh (prior-equal) network
+
+
+def test_contrastive_loss_rewards_matched_pairs_both_ways():
+    g = torch.Generator().manual_seed(0)
+    a = pooled(torch.randn(8, 5, 16, generator=g))
+    scale = torch.tensor(2.0)
+    matched = two_way_contrastive(a, a, scale)
+    shuffled = two_way_contrastive(a, a.roll(1, dims=0), scale)
+    assert matched < shuffled
+    b = pooled(torch.randn(8, 5, 16, generator=g))
+    torch.testing.assert_close(two_way_contrastive(a, b, scale), two_way_contrastive(b, a, scale))
+
+
+# ---------------------------------------------------------------------------- the method
+
+
+def method(net=None):
+    return FLIPNET(net or FlipNet(tiny_prior(), TINY_FLIP), resolution=16, framing="lfw", tier="compact",
+                   device=torch.device("cpu"))
+
+
+def test_restore_and_degrade_shapes_ranges_and_seeds():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net)
+    m = method(net)
+    lq = torch.rand(2, 3, 20, 24)
+    out = m.restore(lq, steps=5, seed=1)
+    assert out.shape == (2, 3, 20, 24) and 0 <= out.min() and out.max() <= 1
+    torch.testing.assert_close(m.restore(lq, steps=5, seed=1), out)
+    assert (m.restore(lq, steps=5, seed=2) - out).abs().mean() > 1e-3
+    variants = m.degrade(lq[:1], variants=3, steps=5, seed=0)
+    assert variants.shape == (1, 3, 3, 20, 24)
+    assert (variants[0, 0] - variants[0, 1]).abs().mean() > 1e-3
+
+
+def test_progress_reports_every_step():
+    seen = []
+    method().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(phi=-1.0), dict(eta=2.0)])
+def test_rejects_bad_knobs(kwargs):
+    with pytest.raises(InputError):
+        method().restore(torch.rand(1, 3, 16, 16), **kwargs)
+
+
+def test_rejects_bad_variants_and_inputs():
+    with pytest.raises(InputError, match="variants"):
+        method().degrade(torch.rand(1, 3, 16, 16), variants=0)
+    with pytest.raises(InputError):
+        method().restore(torch.rand(1, 1, 16, 16))
+
+
+def save_adapters(net, path, prior_sha):
+    tensors = {k: v.contiguous() for k, v in net.adapter_state_dict().items()}
+    save_file(tensors, str(path), metadata={"kind": "flipnet", "config": json.dumps(net.config.to_dict()),
+                                            "prior_sha256": json.dumps(prior_sha), "resolution": "16"})
+
+
+def test_adapters_file_round_trip_and_prior_check(tmp_path):
+    from bfr.api import load_net
+    from bfr.weights.hub import sha256_of
+
+    prior_path = export_weights(tiny_prior(), TINY_PRIOR, tmp_path / "prior.safetensors", kind="prior")
+    net = FlipNet(load_net("prior64", prior_path), TINY_FLIP)
+    randomize(net)
+    save_adapters(net, tmp_path / "flip.safetensors", sha256_of(prior_path))
+    loaded = attach_adapters(load_net("prior64", prior_path), tmp_path / "flip.safetensors", prior_path)
+    torch.testing.assert_close(run(loaded), run(net))
+
+    other = export_weights(tiny_prior(seed=9), TINY_PRIOR, tmp_path / "other.safetensors", kind="prior")
+    with pytest.raises(WeightsUnavailableError, match="different prior"):
+        attach_adapters(load_net("prior64", other), tmp_path / "flip.safetensors", other)
+    with pytest.raises(WeightsUnavailableError, match="not a bfr FLIPNET"):
+        attach_adapters(load_net("prior64", prior_path), prior_path, prior_path)
+
+
+# ---------------------------------------------------------------------------- paper tier (diffusers)
+
+
+def tiny_sd():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8)
+    return unet, vae
+
+
+def test_paper_tier_code_path_runs_on_a_tiny_stable_diffusion_unet():
+    unet, vae = tiny_sd()
+    cfg = dict(backbone="sd", lora_rank=4, embed=dict(image_size=32, grid=4, dim=32, base_channels=16))
+    net = FlipNet(unet, cfg)
+    # LoRA on the four projections of every self- and cross-attention
+    lora = {n.split(".lora_A")[0] for n, _ in net.prior.named_parameters() if "lora_A" in n}
+    assert len(lora) == 8 * len(net.sites) and all(("attn1" in n) or ("attn2" in n) for n in lora)
+    randomize(net)
+    m = FLIPNET(net, resolution=32, framing="ffhq", tier="paper", device=torch.device("cpu"), vae=vae,
+                vae_scale=0.18215, schedule="scaled_linear", learn_sigma=False)
+    out = m.restore(torch.rand(1, 3, 40, 40), steps=4, seed=0)
+    assert out.shape == (1, 3, 40, 40) and torch.isfinite(out).all()
+    variants = m.degrade(torch.rand(1, 3, 32, 32), variants=2, steps=4, seed=0)
+    assert variants.shape == (1, 2, 3, 32, 32)
+    torch.testing.assert_close(m.restore(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0)),
+                                         steps=4, seed=0),
+                               m.restore(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0)),
+                                         steps=4, seed=0))
+
+
+def test_paper_tier_without_adapters_says_what_is_missing(monkeypatch, tmp_path):
+    from bfr.methods.flipnet import paper_networks
+
+    monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsUnavailableError, match="neither code nor weights"):
+        paper_networks()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_restoration_training_lowers_the_loss_on_its_pairs():
+    """A few adapter steps on four pairs lower their ε-MSE at fixed timesteps and noise (prior frozen)."""
+    from bfr.diffusion import GaussianDiffusion
+    from bfr.training.flipnet import FlipNetTrainConfig, diffusion_loss
+
+    torch.manual_seed(0)
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    diffusion = GaussianDiffusion.create(1000, "linear", learn_sigma=True)
+    hq = torch.rand(4, 3, 16, 16)
+    lq = (hq + 0.2 * torch.randn_like(hq)).clamp(0, 1)
+    noise = torch.randn(hq.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([100, 300, 500, 800])
+
+    def mse() -> float:
+        with torch.no_grad():
+            c = net.condition(lq * 2 - 1, lq * 2 - 1, "restore")
+            return diffusion.training_losses(lambda x, tt: net(x, tt, c), hq * 2 - 1, t, noise)["mse"].mean().item()
+
+    before = mse()
+    opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-2)
+    cfg = FlipNetTrainConfig(x0_weight=0.0, min_snr_gamma=0.0)
+    for _ in range(120):
+        loss, _ = diffusion_loss(net, diffusion, hq, lq, "restore", cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert mse() < 0.985 * before  # measured 0.966 × (a random prior leaves the adapters little to work with)
+
+
+@pytest.mark.slow
+def test_training_runs_every_stage_and_resumes(tmp_path):
+    from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+    from bfr.weights import read_metadata
+
+    prior_path = export_weights(tiny_prior(), TINY_PRIOR, tmp_path / "prior.safetensors", kind="prior")
+    cfg = FlipNetTrainConfig(out_dir=str(tmp_path / "run"), prior=str(prior_path), flip=TINY_FLIP, resolution=16,
+                             batch_size=4, embed_steps=4, degrade_steps=4, restore_steps=4, offline_faces=4,
+                             eval_every=4, eval_steps=2, save_every=4, train_images=24, mixed_precision="no")
+    path = train_flipnet(cfg)
+    meta = read_metadata(path)
+    assert json.loads(meta["steps"]) == 12 and json.loads(meta["finished"]) is True
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["embed", "degrade", "restore"]
+    assert "val_retrieval_top1" in log[0] and "val_psnr" in log[-1]
+    assert (tmp_path / "run" / "offline_lq.npz").is_file()
+
+    cfg.restore_steps = 6  # a longer plan resumes where the run stopped
+    path = train_flipnet(cfg)
+    assert json.loads(read_metadata(path)["steps"]) == 14
+    card = write_flipnet_card(tmp_path / "run", dest=tmp_path / "bundle", n_test=4)
+    text = card.read_text()
+    assert "PSNR" in text and "steps: 14 of 14" in text
+    assert (tmp_path / "bundle" / "flipnet64.safetensors").is_file()
+    # the exported adapters load around the same prior and restore
+    net = attach_adapters(UNetModel(**TINY_PRIOR), tmp_path / "bundle" / "flipnet64.safetensors")
+    assert method(net).restore(torch.rand(1, 3, 16, 16), steps=2).shape == (1, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------------- API and command line
+
+
+def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from bfr.api import load_net
+    from bfr.cli import main
+    from bfr.weights.hub import sha256_of
+
+    prior_path = export_weights(tiny_prior(), TINY_PRIOR, tmp_path / "prior.safetensors", kind="prior")
+    net = FlipNet(load_net("prior64", prior_path), TINY_FLIP)
+    randomize(net)
+    save_adapters(net, tmp_path / "flip.safetensors", sha256_of(prior_path))
+    face = tmp_path / "face.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8)).save(face)
+    weights = ["--weights", f"prior64={prior_path}", "--weights", f"flipnet64={tmp_path / 'flip.safetensors'}"]
+
+    assert main(["degrade", str(face), "-o", str(tmp_path / "deg"), "--method", "flipnet", "--variants", "2",
+                 *weights]) == 0
+    variants = [np.asarray(Image.open(p), dtype=np.float32) for p in sorted((tmp_path / "deg").glob("*.png"))]
+    assert len(variants) == 2 and variants[0].shape == (24, 24, 3)
+    assert np.abs(variants[0] - variants[1]).mean() > 0.5  # different noise, different degradations
+
+    assert main(["restore", str(face), "-o", str(tmp_path / "out"), "--method", "flipnet", "--aligned",
+                 "--steps", "3", "--phi", "0.5", *weights]) == 0
+    assert (tmp_path / "out" / "face_flipnet.png").is_file()
+    assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--phi", "1"]) == 2
+    assert "--phi does not apply" in capsys.readouterr().err
+
+
+def test_methods_reports_flipnet_paper_tier_as_needing_adapters(monkeypatch, tmp_path):
+    from bfr.api import method_status
+
+    monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path))
+    ok, why = method_status("flipnet", "paper")
+    assert not ok and "flipnet_sd21" in why
