@@ -173,7 +173,7 @@ def test_bundled_file_without_source_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "COMPACT_WEIGHTS_DIR", tmp_path / "compact")
     spec = get_spec("swinir64")
     ok, why = available(spec)
-    assert not ok and "no public source" in why
+    assert not ok and "not bundled in this version" in why and "bfr train" in why
     with pytest.raises(WeightsUnavailableError, match="swinir64.safetensors"):
         resolve(spec)
     save_safetensors(tiny().state_dict(), tmp_path / "compact" / "swinir64.safetensors")

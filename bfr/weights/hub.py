@@ -269,6 +269,9 @@ def available(weights: str | WeightSpec) -> tuple[bool, str]:
     found = find_local(spec)
     if found is not None:
         return True, f"found at {found}"
+    if spec.remote is None and spec.bundled:
+        return False, (f"{spec.filename} is not bundled in this version of bfr yet (a compact model this project "
+                       "trains: see `python -m bfr train --help` and the README)")
     if spec.remote is None:
         return False, f"{spec.filename} is not in this install and has no public source"
     off, var = offline()
