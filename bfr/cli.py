@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         train_backbone(cfg)
     elif args.what == "flipnet":
         from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+        from bfr.weights import read_metadata
 
         if args.init_from:
             raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
@@ -124,7 +126,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         path = train_flipnet(cfg)
-        print(f"adapters: {path}; card: {write_flipnet_card(cfg.out_dir)}")
+        if json.loads(read_metadata(path)["steps"]) > cfg.embed_steps:  # the card measures restoration mode
+            print(f"adapters: {path}; card: {write_flipnet_card(cfg.out_dir)}")
+        else:
+            print(f"stopped in the embedding stage; run the same command again to resume ({path})")
     elif args.what == "idm":
         from bfr.training.idm import IDMConfig, train_idm
 

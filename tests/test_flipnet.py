@@ -373,3 +373,19 @@ def test_methods_reports_flipnet_paper_tier_as_needing_adapters(monkeypatch, tmp
     monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path))
     ok, why = method_status("flipnet", "paper")
     assert not ok and "flipnet_sd21" in why
+
+
+@pytest.mark.slow
+def test_cli_train_flipnet_stops_after_the_embedding_stage_without_a_card(tmp_path, capsys):
+    from bfr.cli import main
+    from bfr.paths import data_dir
+
+    if not (data_dir() / "lfw150").is_dir():
+        pytest.skip("../shared/data (LFW) is not here")
+    out = tmp_path / "run"
+    assert main(["train", "flipnet", "-o", str(out), "--steps", "2", "--embed-steps", "2", "--batch-size", "4",
+                 "--precision", "no"]) == 0  # one AcceleratorState per process: as the other tests
+    assert "stopped in the embedding stage" in capsys.readouterr().out
+    state = json.loads((out / "state.json").read_text())
+    assert state["stage"] == "degrade" and state["step"] == 2  # the next call resumes with the adapters
+    assert not (out / "flipnet64.md").exists()
