@@ -22,7 +22,7 @@ from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
 from bfr.methods.difface import DifFace
 from bfr.methods.flipnet import FLIPNET, adapters_metadata, attach_adapters, paper_networks
-from bfr.methods.idm import IDM, paper_net
+from bfr.methods.idm import IDM, paper_net, prediction_of
 from bfr.methods.unsupervised import Unsupervised
 from bfr.nets import SwinIR, UNetModel, build_net
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512, SD_VAE_SCALING
@@ -127,8 +127,10 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
                             vae_scale=SD_VAE_SCALING, schedule="scaled_linear", learn_sigma=False)
     elif method == "idm":
         if tier == "compact":
-            net = load_net("idm64", weights.get("idm64"))
-            model = IDM(net, resolution=net.image_size, framing="lfw", tier=tier, device=dev)
+            file = resolve("idm64", weights.get("idm64"))
+            net = load_net("idm64", file)
+            model = IDM(net, resolution=net.image_size, framing="lfw", tier=tier, device=dev,
+                        prediction=prediction_of(file))
         else:
             model = IDM(paper_net(weights.get("idm_unet_512")), resolution=512, framing="ffhq", tier=tier, device=dev)
     elif method == "unsupervised":

@@ -132,11 +132,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"stopped in the embedding stage; run the same command again to resume ({path})")
     elif args.what == "idm":
         from bfr.training.idm import IDMConfig, train_idm
+        from bfr.weights import resolve
 
         if args.steps is not None:
             raise BfrError("idm trains in rounds: use --steps-per-round (round 0) and --refine-steps (later rounds)")
+        init = args.init_from or str(resolve("prior64"))  # "scratch": the paper's start
         cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds, batch_size=args.batch_size,
-                        max_minutes=args.minutes, init_from=args.init_from, mixed_precision=args.precision)
+                        max_minutes=args.minutes, init_from=None if init == "scratch" else init,
+                        mixed_precision=args.precision)
         if args.steps_per_round is not None:
             cfg.steps_per_round = args.steps_per_round
         if args.refine_steps is not None:
@@ -241,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones)")
+    p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones); idm: "
+                   "default the bundled prior64, 'scratch' for none")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--rounds", type=int, default=3,
                    help="idm: training rounds; each after the first cleans the training faces with the previous one")

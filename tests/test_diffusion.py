@@ -77,13 +77,17 @@ class Oracle(torch.nn.Module):
         self.calls.append(int(t_orig[0]))
         ab = torch.from_numpy(self.d.alphas_cumprod)[idx].float().view(-1, 1, 1, 1)
         eps = (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        if self.d.prediction == "v":
+            eps = ab.sqrt() * eps - (1 - ab).sqrt() * self.x0
         return torch.cat([eps, torch.zeros_like(eps)], 1) if self.learn_sigma else eps
 
 
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("ancestral", 0.0)])
 @pytest.mark.parametrize("start", [None, 100])
-def test_oracle_recovers_x0(sampler, eta, start):
-    d = GaussianDiffusion.create(1000, respacing="ddim250")
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_oracle_recovers_x0(sampler, eta, start, prediction):
+    d = GaussianDiffusion.create(1000, respacing="ddim250", prediction=prediction)
+    assert d.prediction == prediction  # kept through the respacing
     x0 = torch.rand(2, 3, 8, 8) * 1.8 - 0.9
     g = torch.Generator().manual_seed(0)
     x = noise_like(x0.shape, g) if start is None else d.q_sample(x0, start, generator=g)
@@ -170,6 +174,33 @@ def test_training_losses_hybrid_and_min_snr():
     weighted = d.training_losses(model, x0, t, noise=torch.ones_like(x0), min_snr_gamma=5.0)["mse"]
     snr = d.alphas_cumprod[t.numpy()] / (1 - d.alphas_cumprod[t.numpy()])
     np.testing.assert_allclose(weighted.numpy(), np.minimum(snr, 5.0) / snr, rtol=1e-5)
+
+
+def test_v_and_eps_parameterisations_agree():
+    d = GaussianDiffusion.create(1000, prediction="v")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.q_sample(x0, t, noise)
+    eps, x0_hat = d.eps_and_xstart(x_t, t, d.v_target(x0, t, noise))
+    torch.testing.assert_close(eps, noise, atol=1e-4, rtol=0)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion.create(1000, prediction="x0")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_both_parameterisations_to_the_same_x0_loss(prediction):
+    """min-SNR-γ: weighted ε- or v-MSE = min(SNR, γ) · x0-MSE, whatever the network outputs."""
+    d = GaussianDiffusion.create(1000, learn_sigma=False, prediction=prediction)
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    out = torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([3, 100, 500, 990])
+    losses = d.training_losses(lambda x, tt: out, x0, t, noise=noise, min_snr_gamma=5.0)
+    snr = torch.from_numpy(d.alphas_cumprod[t.numpy()] / (1 - d.alphas_cumprod[t.numpy()])).float()
+    x0_mse = (losses["pred_xstart"] - x0).pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(losses["mse"], snr.clamp(max=5.0) * x0_mse, rtol=1e-3, atol=1e-6)
 
 
 def test_sampler_rejects_bad_arguments():

@@ -98,22 +98,33 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     )
 
 
+PREDICTIONS = ("eps", "v")
+
+
 class GaussianDiffusion:
     """A (possibly re-spaced) diffusion chain over indices 0…num_timesteps−1.
 
     ``timestep_map[i]`` is the original timestep of index i; model functions receive it.
     ``learn_sigma`` means the network outputs 2×C channels (ε, v) with the learned-range
     variance exp(v'·log β + (1−v')·log β̃), v' = (v+1)/2.
+    ``prediction`` is what the network's first C channels predict: "eps" (ε, as ADM/DifFace)
+    or "v" (v = √ᾱ·ε − √(1−ᾱ)·x0, Salimans & Ho 2022). Why "v" exists: with ε the clean image
+    is x0 = (x_t − √(1−ᾱ)·ε)/√ᾱ, and at the chain's start √ᾱ ≈ 0.006, so a conditional model
+    gets almost no loss signal for the global colour it should copy from its input there.
     """
 
-    def __init__(self, betas: np.ndarray, timestep_map: Sequence[int] | None = None, learn_sigma: bool = True):
+    def __init__(self, betas: np.ndarray, timestep_map: Sequence[int] | None = None, learn_sigma: bool = True,
+                 prediction: str = "eps"):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError("betas must be a 1-D array in (0, 1]")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; use one of: {', '.join(PREDICTIONS)}")
         self.betas = betas
         self.num_timesteps = len(betas)
         self.timestep_map = np.asarray(timestep_map if timestep_map is not None else range(len(betas)), dtype=np.int64)
         self.learn_sigma = learn_sigma
+        self.prediction = prediction
 
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas)
@@ -133,10 +144,10 @@ class GaussianDiffusion:
     @classmethod
     def create(
         cls, steps: int = 1000, schedule: str = "linear", respacing: str | int | Sequence[int] | None = None,
-        learn_sigma: bool = True,
+        learn_sigma: bool = True, prediction: str = "eps",
     ) -> "GaussianDiffusion":
         """A base chain of ``steps`` steps, re-spaced if asked (e.g. "ddim250", "250", 100)."""
-        base = cls(get_named_beta_schedule(schedule, steps), learn_sigma=learn_sigma)
+        base = cls(get_named_beta_schedule(schedule, steps), learn_sigma=learn_sigma, prediction=prediction)
         if respacing is None or respacing == "" or respacing == steps:
             return base
         return base.respace(space_timesteps(steps, respacing))
@@ -151,7 +162,8 @@ class GaussianDiffusion:
         for t in keep:
             new_betas.append(1 - self.alphas_cumprod[t] / last)
             last = self.alphas_cumprod[t]
-        return GaussianDiffusion(np.array(new_betas), self.timestep_map[keep], learn_sigma=self.learn_sigma)
+        return GaussianDiffusion(np.array(new_betas), self.timestep_map[keep], learn_sigma=self.learn_sigma,
+                                 prediction=self.prediction)
 
     def original_timestep(self, index: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.timestep_map).to(index.device)[index]
@@ -181,6 +193,19 @@ class GaussianDiffusion:
         return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
                 / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
+    def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+                - _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
+
+    def eps_and_xstart(self, x_t: torch.Tensor, t: torch.Tensor,
+                       pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε, x0) implied by the network's prediction (``self.prediction``) at index t."""
+        if self.prediction == "eps":
+            return pred, self.predict_xstart_from_eps(x_t, t, pred)
+        a = _extract(self.sqrt_alphas_cumprod, t, x_t.shape)
+        s = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        return s * x_t + a * pred, a * x_t - s * pred
+
     # -- reverse process ----------------------------------------------------------------------
     def p_mean_variance(self, model: ModelFn, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
                         model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
@@ -190,15 +215,15 @@ class GaussianDiffusion:
         if self.learn_sigma:
             if out.shape[1] != 2 * c:
                 raise ValueError(f"learned-variance model must output {2 * c} channels, got {out.shape[1]}")
-            eps, v = out[:, :c], out[:, c:]
+            pred, v = out[:, :c], out[:, c:]
             min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
             max_log = _extract(np.log(self.betas), t, x.shape)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
         else:
-            eps = out[:, :c]
+            pred = out[:, :c]
             log_variance = _extract(self.posterior_log_variance_clipped, t, x.shape).expand_as(x)
-        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+        eps, pred_xstart = self.eps_and_xstart(x, t, pred)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
@@ -225,27 +250,31 @@ class GaussianDiffusion:
     def training_losses(self, model: ModelFn, x_start: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor | None = None, model_kwargs: dict | None = None,
                         min_snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
-        """Per-sample losses: ε-MSE (optionally min-SNR weighted) + the VLB term when learning σ.
+        """Per-sample losses: MSE of the prediction (ε or v; optionally min-SNR weighted) + the VLB
+        term when learning σ.
 
         The hybrid objective of improved-DDPM: the VLB term trains only the variance (the
-        mean is detached) and is scaled by T/1000.
+        mean is detached) and is scaled by T/1000. Min-SNR-γ (Hang et al. 2023) weights the
+        ε-MSE by min(SNR, γ)/SNR and the v-MSE by min(SNR, γ)/(SNR + 1): both equal
+        min(SNR, γ) times the x0-MSE.
         """
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise)
         out = model(x_t, self.original_timestep(t), **(model_kwargs or {})).float()
         c = x_start.shape[1]
-        mse = (out[:, :c] - noise).pow(2).mean(dim=(1, 2, 3))
+        target = noise if self.prediction == "eps" else self.v_target(x_start, t, noise)
+        mse = (out[:, :c] - target).pow(2).mean(dim=(1, 2, 3))
         if min_snr_gamma:
             snr = _extract(self.alphas_cumprod / (1 - self.alphas_cumprod), t, x_start.shape).flatten()
-            mse = mse * torch.clamp(snr, max=min_snr_gamma) / snr
+            mse = mse * torch.clamp(snr, max=min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
         losses = {"mse": mse}
         if self.learn_sigma:
             frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1)
             vb = self._vb_terms_bpd(lambda *_: frozen, x_start, x_t, t)
             losses["vb"] = vb * self.num_timesteps / 1000.0
         losses["loss"] = sum(losses.values())
-        losses["pred_xstart"] = self.predict_xstart_from_eps(x_t, t, out[:, :c])  # for x0-space losses (FLIPNET)
+        losses["pred_xstart"] = self.eps_and_xstart(x_t, t, out[:, :c])[1]  # for x0-space losses (FLIPNET)
         return losses
 
     def _vb_terms_bpd(self, model: ModelFn, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

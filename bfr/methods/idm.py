@@ -2,7 +2,8 @@
 
 No code or weights are public; what is built here follows METHODS.md §4 ([choice] items):
 an SR3-style pixel model whose UNet sees [x_t, LQ resized to the output size] (6 channels,
-both in [-1, 1]), predicts ε with a fixed variance, on a linear schedule of T = 1000. A
+both in [-1, 1]), predicts ε — or v, which bfr's own training now uses (see
+``bfr/training/idm.py``) — with a fixed variance, on a linear schedule of T = 1000. A
 restoration samples from pure noise down a re-spaced chain ("intrinsic iterative
 refinement": every step sees the LQ again). The training side ("extrinsic iterative
 enhancement": the model cleans its own training set, then is retrained) is in
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bfr.diffusion import GaussianDiffusion, noise_like, sample
+from bfr.diffusion.gaussian import PREDICTIONS
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.methods.base import Progress, autocast, check_batch, generator, resize
 from bfr.nets.configs import IDM_UNET_512
@@ -34,17 +36,21 @@ class IDM:
     title = "IDM"
     defaults = dict(steps=100, eta=0.0, seed=0)
 
-    def __init__(self, net: torch.nn.Module, *, resolution: int, framing: str, tier: str, device: torch.device):
+    def __init__(self, net: torch.nn.Module, *, resolution: int, framing: str, tier: str, device: torch.device,
+                 prediction: str = "eps"):
         if getattr(net, "in_channels", 6) != 6:
             raise InputError(f"IDM needs a UNet with 6 input channels ([x_t, LQ]), got {net.in_channels}")
+        if prediction not in PREDICTIONS:
+            raise InputError(f"unknown IDM prediction {prediction!r}; use one of: {', '.join(PREDICTIONS)}")
         self.net = net.eval().requires_grad_(False).to(device)
+        self.prediction = prediction
         self.resolution = resolution
         self.framing = framing
         self.tier = tier
         self.device = device
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-        """ε for x_t at original-scale timesteps t, given the LQ in [-1, 1] at the model size."""
+        """ε (or v) for x_t at original-scale timesteps t, given the LQ in [-1, 1] at the model size."""
         with autocast(self.device):
             return self.net(x_t, t, lq=lq).float()
 
@@ -66,12 +72,22 @@ class IDM:
             raise InputError(f"eta must lie in [0, 1], got {eta}")
         size = tuple(lq.shape[-2:])
         cond = resize(lq.to(self.device), self.resolution) * 2 - 1
-        diffusion = GaussianDiffusion.create(1000, "linear", respacing=int(steps), learn_sigma=False)
+        diffusion = GaussianDiffusion.create(1000, "linear", respacing=int(steps), learn_sigma=False,
+                                             prediction=self.prediction)
         g = generator(seed)
         x = noise_like(tuple(cond.shape), g, device=self.device)
         out = sample(diffusion, self.denoiser, x, sampler=sampler, eta=eta, generator=g,
                      model_kwargs={"lq": cond}, progress=progress)
         return resize((out * 0.5 + 0.5).clamp(0, 1), size).cpu()
+
+
+def prediction_of(path: str | Path) -> str:
+    """What a bfr-written IDM weights file predicts ("eps" or "v"; files from before v existed: "eps")."""
+    import json
+
+    from bfr.weights import read_metadata
+
+    return json.loads(read_metadata(path).get("prediction", '"eps"'))
 
 
 def paper_net(path: str | Path | None = None) -> UNetModel:
