@@ -244,3 +244,6 @@ def test_round_zero_starts_from_a_prior_file(tmp_path):
     cfg.prediction = "eps"  # a run folder keeps its parameterisation
     with pytest.raises(InputError, match="predicts 'v'"):
         train_idm(cfg)
+    cfg.out_dir, cfg.init_from = str(tmp_path / "from_v"), str(final)  # so does a start from v weights
+    with pytest.raises(InputError, match="predicts 'v'; this run predicts 'eps'"):
+        train_idm(cfg)

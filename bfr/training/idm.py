@@ -168,6 +168,9 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     state_path = rdir / "state.safetensors"
     log = JsonlLog(rdir / "log.jsonl")
+    if not state_path.exists() and init_from and read_metadata(init_from).get("kind") == "idm" \
+            and prediction_of(init_from) != cfg.prediction:
+        raise InputError(f"{init_from} predicts {prediction_of(init_from)!r}; this run predicts {cfg.prediction!r}")
     if not state_path.exists() and init_from and read_metadata(init_from).get("kind") == "prior":
         weights = prior_to_idm(load_file(init_from), cfg.net)
         model.load_state_dict(weights)
