@@ -144,6 +144,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             cfg.steps_per_round = args.steps_per_round
         if args.refine_steps is not None:
             cfg.refine_steps = args.refine_steps
+        if args.clean_steps is not None:
+            cfg.clean_steps = args.clean_steps
         if train_idm(cfg) is None:
             print("stopped before the last round finished; run the same command again to resume")
 
@@ -174,7 +176,9 @@ def cmd_demo_set(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from bfr.evaluation import run_eval
 
-    report = run_eval(args.output, methods=tuple(args.methods), tiers=tuple(args.tiers), n_images=args.n_images,
+    from bfr.api import METHODS
+
+    report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers), n_images=args.n_images,
                       resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
                       steps=args.steps, eta=args.eta, batch_size=args.batch_size, device=args.device)
     for s in report["skipped"]:
@@ -252,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")
     p.add_argument("--refine-steps", type=int, default=None,
                    help="idm: steps of each later round, from the previous weights (default a quarter of round 0)")
+    p.add_argument("--clean-steps", type=int, default=None,
+                   help="idm: DDIM steps of each cleaning restoration (default 100; fewer cost less on a CPU)")
     p.add_argument("--lr", type=float, default=None, help="flipnet: adapters' learning rate (default 1e-4)")
     p.add_argument("--prior", default=None, help="flipnet: the frozen prior's weights (default: the bundled prior64)")
     p.add_argument("--embed-steps", type=int, default=None, help="flipnet: face-embedding stage (default 2000)")
@@ -294,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ LPIPS/ID/LMD/FID where their weights are here) on a "
                                     "fixed synthetic LFW test set")
     p.add_argument("-o", "--output", required=True, help="output folder: results.md/.json, figures, cached test set")
-    p.add_argument("--methods", nargs="+", default=["difface"],
-                   help="methods to evaluate (those without weights are skipped with the reason)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods to evaluate (default all; those without weights are skipped with the reason)")
     p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
     p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (at most 756)")
     p.add_argument("--resolution", type=int, default=64, help="face size of the test set")

@@ -1,7 +1,9 @@
 """The bundled compact weights on real faces: restoration gets closer to the ground truth than the input.
 
-Eight held-out LFW test faces (never seen in training) under a strong degradation (blur σ 12,
-×32 downsampling, noise 10, JPEG 40 at 512-px scale = σ 1.5, ×4 at 64 px), fixed seeds.
+DifFace: eight held-out LFW test faces (never seen in training) under a strong degradation
+(blur σ 12, ×32 downsampling, noise 10, JPEG 40 at 512-px scale = σ 1.5, ×4 at 64 px).
+IDM: the first held-out faces of its own test slice (the `gfpgan` ranges it was trained on).
+Fixed seeds throughout.
 """
 
 import pytest
@@ -12,10 +14,10 @@ from bfr.degradations import DegradationParams, degrade
 from bfr.metrics import psnr, ssim
 from bfr.paths import data_dir
 
-pytestmark = [
-    pytest.mark.skipif(not method_status("difface", "compact")[0], reason="compact DifFace weights are not bundled"),
-    pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here"),
-]
+pytestmark = pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here")
+needs_difface = pytest.mark.skipif(not method_status("difface", "compact")[0],
+                                   reason="compact DifFace weights are not bundled")
+needs_idm = pytest.mark.skipif(not method_status("idm", "compact")[0], reason="compact IDM weights are not bundled")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,7 @@ def case():
     return bfr.load("difface", tier="compact", device="cpu").model, hq, lq
 
 
+@needs_difface
 def test_backbone_beats_the_degraded_input(case):
     model, hq, lq = case
     x0 = model.estimate(lq)
@@ -37,6 +40,7 @@ def test_backbone_beats_the_degraded_input(case):
     assert ssim(x0, hq).mean() > ssim(lq, hq).mean()
 
 
+@needs_difface
 def test_difface_at_a_low_started_step_beats_the_input(case):
     model, hq, lq = case
     out = model.restore(lq, start_step=10, seed=0)
@@ -44,9 +48,39 @@ def test_difface_at_a_low_started_step_beats_the_input(case):
     assert ssim(out, hq).mean() > ssim(lq, hq).mean()
 
 
+@needs_difface
 def test_larger_started_step_trades_fidelity_for_realism(case):
     """DifFace's knob: the farther the chain starts, the less the output is tied to the input."""
     model, hq, lq = case
     near = psnr(model.restore(lq, start_step=10, seed=0), hq).mean()
     far = psnr(model.restore(lq, start_step=100, seed=0), hq).mean()
     assert far < near
+
+
+# ---------------------------------------------------------------------------------- IDM
+
+
+@pytest.fixture(scope="module")
+def idm_case():
+    import bfr
+    from bfr.training.backbone import validation_set
+
+    hq, lq = validation_set(64, "gfpgan", n=8)  # the card's test slice, first 8 faces
+    return bfr.load("idm", tier="compact", device="cpu").model, hq, lq
+
+
+@needs_idm
+def test_idm_beats_the_degraded_input(idm_case):
+    model, hq, lq = idm_case
+    out = model.restore(lq, steps=25, seed=0)
+    assert psnr(out, hq).mean() > psnr(lq, hq).mean()
+    assert ssim(out, hq).mean() > ssim(lq, hq).mean()
+
+
+@needs_idm
+def test_idm_follows_its_own_lq(idm_case):
+    """Conditioning matters with the trained weights: each output is nearest its own face."""
+    model, hq, lq = idm_case
+    out = model.restore(lq[:4], steps=10, seed=0)
+    distance = ((out[:, None] - hq[None, :4]) ** 2).mean((2, 3, 4))  # restored i × ground truth j
+    assert torch.equal(distance.argmin(1), torch.arange(4))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from bfr import metrics as M
+from bfr.api import method_status
 from bfr.errors import WeightsUnavailableError
 from bfr.paths import COMPACT_WEIGHTS_DIR, data_dir
 
@@ -319,9 +320,10 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     if not (_wired("eval") and _wired("bench")):
         pytest.skip("`python -m bfr eval` / `bench` are not wired into bfr/cli.py yet")
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--steps", "10", "--start-steps", "2",
-                 "--methods", "difface", "idm", "--device", "cpu"]) == 0
+                 "--device", "cpu"]) == 0  # by default every method: those without weights say why
     out = capsys.readouterr().out
-    assert "results.md" in out and "skipped idm/compact" in out
+    assert "results.md" in out and "skipped flipnet/compact" in out  # no compact FLIPNET weights are bundled
+    assert ("| idm | compact |" in (tmp_path / "e" / "results.md").read_text()) == method_status("idm", "compact")[0]
     # the bench's measurements are tested above through run_bench: here only the wiring
     assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu"]) == 0
     assert "skipped unsupervised/compact" in capsys.readouterr().out

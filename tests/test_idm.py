@@ -138,6 +138,7 @@ def test_two_rounds_clean_the_data_and_record_metrics(tmp_path):
     assert train_idm(cfg) is not None
     run = tmp_path / "idm"
     assert [r["round"] for r in json.loads((run / "rounds.json").read_text())] == [0]
+    assert "round 0 only" in (run / "idm64.md").read_text()
     cfg.rounds = 2  # round 0 is done: a rerun goes straight to cleaning and round 1
     final = train_idm(cfg)
 
@@ -163,6 +164,7 @@ def test_two_rounds_clean_the_data_and_record_metrics(tmp_path):
     assert final == run / "idm64.safetensors" and (run / "idm64.md").is_file()
     card = (run / "idm64.md").read_text()
     assert "| 0 | lfw | 3 |" in card and "| 1 | cleaned by round 0 | 2 |" in card
+    assert "round 0 only" not in card
     restored = make(load_idm_net(final)).restore(torch.rand(1, 3, 16, 16), steps=2)
     assert restored.shape == (1, 3, 16, 16)
 
@@ -247,3 +249,19 @@ def test_round_zero_starts_from_a_prior_file(tmp_path):
     cfg.out_dir, cfg.init_from = str(tmp_path / "from_v"), str(final)  # so does a start from v weights
     with pytest.raises(InputError, match="predicts 'v'; this run predicts 'eps'"):
         train_idm(cfg)
+
+
+def test_cli_train_idm_passes_its_options(monkeypatch, tmp_path, capsys):
+    import bfr.training.idm as training
+    from bfr.cli import main
+
+    seen = []
+    monkeypatch.setattr(training, "train_idm", lambda cfg: seen.append(cfg))  # returns None: "stopped"
+    assert main(["train", "idm", "-o", str(tmp_path / "run"), "--rounds", "2", "--steps-per-round", "50",
+                 "--refine-steps", "20", "--clean-steps", "25", "--init-from", "scratch", "--minutes", "3"]) == 0
+    cfg = seen[0]
+    assert (cfg.rounds, cfg.steps_per_round, cfg.refine_steps, cfg.clean_steps) == (2, 50, 20, 25)
+    assert cfg.init_from is None and cfg.max_minutes == 3 and cfg.out_dir == str(tmp_path / "run")
+    assert "run the same command again to resume" in capsys.readouterr().out
+    assert main(["train", "idm", "-o", str(tmp_path / "run"), "--steps", "5"]) == 2  # rounds, not steps
+    assert "--steps-per-round" in capsys.readouterr().err
