@@ -174,11 +174,11 @@ def cmd_demo_set(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from bfr.api import METHODS
     from bfr.evaluation import run_eval
 
-    from bfr.api import METHODS
-
-    report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers), n_images=args.n_images,
+    report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers),
+                      n_images=args.n_images,
                       resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
                       steps=args.steps, eta=args.eta, batch_size=args.batch_size, device=args.device)
     for s in report["skipped"]:

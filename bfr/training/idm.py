@@ -364,8 +364,8 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         "restoration samples from pure noise on a re-spaced chain (default 100 steps, DDIM η = 0). Extrinsic "
         "iterative enhancement: after round 0, each round restores mildly degraded copies of the training faces "
         "with the previous round's model and retrains on those cleaned faces.", "",
-        *([f"These weights are round 0 only: no cleaning round has been trained yet "
-           f"(`python -m bfr train idm -o RUN --rounds 2` adds one to this run).", ""] if len(records) == 1 else []),
+        *(["These weights are round 0 only: no cleaning round has been trained yet "
+           "(`python -m bfr train idm -o RUN --rounds 2` adds one to this run).", ""] if len(records) == 1 else []),
         "## Rounds", "",
         f"Test: the first {first['test_images']} faces of a fixed slice of the LFW test split, degraded with the "
         f"seeded `{config['degradation']}` preset (input PSNR {first['psnr_input']:.2f} dB, SSIM "
