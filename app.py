@@ -6,7 +6,9 @@ Layout, event wiring and small handlers only; all model work happens in the bfr 
 Two documented API endpoints (see the "Use via API" link, or the README):
 
 - ``/restore`` (image, methods, tier, steps, start_step, eta, seed, aligned, upscale,
-  only_center_face) → (PNG files, one per method; JSON summary)
+  only_center_face, own_defaults) → (PNG files, one per method; JSON summary). With
+  ``own_defaults`` (the default) each method samples with its own published/measured
+  steps and η, and only the seed is taken; untick it to apply steps, start_step and eta.
 - ``/degrade`` (image, preset, seed, blur, downsample, noise, jpeg_quality)
   → (degraded PNG; JSON of the parameters used)
 - ``/degrade_flipnet`` (image, variants, seed, aligned) → (gallery of FLIPNET degradation-mode
@@ -134,9 +136,13 @@ def check_methods(methods: list[str] | str | None, tier: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def check_knobs(methods: list[str], values: dict) -> dict:
-    """Range-check the knobs the chosen methods use, before any model is loaded."""
-    used = {k for m in methods for k in METHODS[m].knobs}
+def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) -> dict:
+    """Range-check the knobs the chosen methods use, before any model is loaded.
+
+    With ``own_defaults`` only the seed is taken: each method keeps its own steps and η
+    (they differ: DifFace 250 steps at η 0.5, IDM's compact tier 10 at η 0, …).
+    """
+    used = {k for m in methods for k in METHODS[m].knobs} - ({"steps", "start_step", "eta"} if own_defaults else set())
     knobs = {}
     for name, value in values.items():
         if name not in used:
@@ -184,8 +190,8 @@ def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n
     """ZeroGPU duration for one request: faces × the sampling steps of each method (DifFace runs start_step)."""
     steps = 0
     for name in methods:
-        own = METHODS[name].knobs
-        steps += knobs["start_step"] if "start_step" in own else knobs["steps"] if "steps" in own else 100
+        own = {**METHODS[name].defaults(tier), **knobs}
+        steps += own["start_step"] if "start_step" in METHODS[name].knobs else own.get("steps", 100)
     return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP[tier] * steps * max(1, n_faces)))
 
 
@@ -226,11 +232,11 @@ class Run:
 
 
 def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                progress) -> Run:
+                own_defaults, progress) -> Run:
     """Check everything cheap first (image, methods, knobs, output size, faces), then sample."""
     img = read_photo(image)
     methods = check_methods(methods, tier)
-    knobs = check_knobs(methods, dict(steps=steps, start_step=start_step, eta=eta, seed=seed))
+    knobs = check_knobs(methods, dict(steps=steps, start_step=start_step, eta=eta, seed=seed), bool(own_defaults))
     upscale = float(upscale or 1)
     h, w = img.shape[:2]
     if not 1 <= upscale <= 4:
@@ -265,6 +271,8 @@ def summary(run: Run) -> dict:
         "options": run.knobs,
         "results": [
             {"method": r.method, "title": METHODS[r.method].title, "tier": r.tier, "seconds": round(r.seconds, 2),
+             "options": {**METHODS[r.method].defaults(r.tier),
+                         **{k: v for k, v in run.knobs.items() if k in METHODS[r.method].knobs}},
              "width": r.image.shape[1], "height": r.image.shape[0], "file": Path(f).name}
             for r, f in zip(run.results, run.files, strict=True)
         ],
@@ -294,7 +302,7 @@ def _new_output_dir() -> Path:
 
 
 def restore(image: str, methods: list[str], tier: str, steps: int, start_step: int, eta: float, seed: int,
-            aligned: bool, upscale: float, only_center_face: bool,
+            aligned: bool, upscale: float, only_center_face: bool, own_defaults: bool = True,
             progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
     """Restore every face in a photo with one or more methods.
 
@@ -306,24 +314,26 @@ def restore(image: str, methods: list[str], tier: str, steps: int, start_step: i
         aligned: the photo is one FFHQ-aligned face crop (skip detection).
         upscale: output size relative to the input (1–4).
         only_center_face: restore only the face nearest the centre.
+        own_defaults: each method samples with its own steps/start_step/eta (only `seed` is
+            used); False applies the knobs given here to every method that has them.
 
     Returns:
         The restored photos as PNG files (one per method, in order) and a JSON summary
         (faces found, detector, seconds per method, file names).
     """
     run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                      progress)
+                      own_defaults, progress)
     return run.files, summary(run)
 
 
 def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                   progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+                   own_defaults=True, progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
     """The Restore button: the same run as /restore, shown as sliders, a gallery and face crops.
 
     Plain values only (no gr.update): Gradio 6.31's lazy example caching fails on property updates.
     """
     run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                      progress)
+                      own_defaults, progress)
     by_method = {r.method: r for r in run.results}
     sliders = []
     for name in METHODS:  # one slider per method; those that did not run are emptied
@@ -521,13 +531,29 @@ def _knob_default(name: str):
     return KNOB_FALLBACKS[name]
 
 
-def _knob_widget(name: str) -> gr.components.Component:
+def _knob_widget(name: str, own_defaults: bool) -> gr.components.Component:
     spec = dict(KNOBS[name])
     users = [info.title for info in METHODS.values() if name in info.knobs]
     spec["info"] = spec["info"] + (f" (used by {', '.join(users)})" if users else "")
     if name == "seed":
         return gr.Number(value=_knob_default(name), precision=0, elem_id=f"knob-{name}", **spec)
-    return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", **spec)
+    return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", interactive=not own_defaults, **spec)
+
+
+def defaults_note() -> str:
+    """Each method's own sampling defaults, per tier where they differ, for the checkbox's help text."""
+    parts = []
+    for info in METHODS.values():
+        if not info.implemented or not {"steps", "start_step", "eta"} & set(info.knobs):
+            continue
+        by_tier = {tier: info.defaults(tier) for tier in info.tiers}
+        short = {"steps": "{:g} steps", "start_step": "N {:g}", "eta": "η {:g}"}
+        texts = {tier: ", ".join(short[k].format(v) for k, v in d.items() if k in short)
+                 for tier, d in by_tier.items()}
+        same = len(set(texts.values())) == 1
+        parts.append(f"{info.title}: " + (next(iter(texts.values())) if same else
+                                          "; ".join(f"{t} {txt}" for t, txt in texts.items())))
+    return "untick to set the knobs below for every method · " + " · ".join(parts)
 
 
 def _examples() -> dict:
@@ -567,7 +593,9 @@ def build_demo() -> gr.Blocks:
                         tier = gr.Radio(list(TIERS), value="compact", label="Tier",
                                         info="compact: bundled 64-px models · paper: the authors' 512-px weights")
                         with gr.Accordion("Sampling", open=True):
-                            knobs = [_knob_widget(name) for name in KNOBS]
+                            own_defaults = gr.Checkbox(True, label="Each method's own defaults",
+                                                       info=defaults_note(), elem_id="knob-own-defaults")
+                            knobs = [_knob_widget(name, own_defaults.value) for name in KNOBS]
                         with gr.Accordion("Faces", open=False):
                             aligned = gr.Checkbox(False, label="Input is an aligned face crop",
                                                   info="FFHQ-aligned, e.g. 512×512: skip detection")
@@ -644,7 +672,10 @@ def build_demo() -> gr.Blocks:
                                                       object_fit="contain", elem_id="flipnet-variants")
                             flip_note = gr.Markdown(elem_id="flipnet-note")
 
-        restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center]
+        restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center, own_defaults]
+        shared = [k for name, k in zip(KNOBS, knobs, strict=True) if name != "seed"]
+        own_defaults.change(lambda own: [gr.update(interactive=not own)] * len(shared), own_defaults, shared,
+                            api_name="own_defaults", api_visibility="private")
         # The UI's own events are private: programs use /restore and /degrade.
         run.click(restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
                   concurrency_id="gpu")

@@ -22,7 +22,7 @@ from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
 from bfr.methods.difface import DifFace
 from bfr.methods.flipnet import FLIPNET, adapters_metadata, attach_adapters, paper_networks
-from bfr.methods.idm import IDM, paper_net, prediction_of
+from bfr.methods.idm import COMPACT_STEPS, IDM, paper_net, prediction_of
 from bfr.methods.unsupervised import Unsupervised
 from bfr.nets import SwinIR, UNetModel, build_net
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512, SD_VAE_SCALING
@@ -39,6 +39,11 @@ class MethodInfo:
     tiers: dict[str, tuple[str, ...]]
     implemented: bool = True
     knobs: dict = field(default_factory=dict)
+    tier_knobs: dict[str, dict] = field(default_factory=dict)  # a tier's own defaults, over ``knobs``
+
+    def defaults(self, tier: str) -> dict:
+        """The sampling knobs this method runs with on ``tier`` when none are given."""
+        return {**self.knobs, **self.tier_knobs.get(tier, {})}
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -56,6 +61,7 @@ METHODS: dict[str, MethodInfo] = {
     "idm": MethodInfo(
         "idm", "IDM", "Zhao et al., Towards Authentic Face Restoration with Iterative Diffusion Models (ICCV 2023)",
         {"compact": ("idm64",), "paper": ("idm_unet_512",)}, knobs=IDM.defaults,
+        tier_knobs={"compact": {"steps": COMPACT_STEPS}},
     ),
     "flipnet": MethodInfo(
         "flipnet", "FLIPNET", "Miao et al., Unlocking the Potential of Diffusion Priors in BFR (ICCV 2025)",

@@ -22,6 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 import app  # noqa: E402
 from bfr.api import method_status  # noqa: E402
+from bfr.methods.idm import COMPACT_STEPS  # noqa: E402
 from bfr.degradations import DegradationParams, degrade  # noqa: E402
 from bfr.imageio import MAX_PIXELS, load_image, resize, save_image  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
@@ -62,11 +63,11 @@ def clean_face() -> Path:
 
 
 def restore(client, image, methods=("difface",), tier="compact", aligned=False, upscale=1, only_center_face=False,
-            **knobs):
+            own_defaults=False, **knobs):
     knobs = {**FAST, **knobs}
     return client.predict(gradio_client.handle_file(str(image)), list(methods), tier, knobs["steps"],
                           knobs["start_step"], knobs["eta"], knobs["seed"], aligned, upscale, only_center_face,
-                          api_name="/restore")
+                          own_defaults, api_name="/restore")
 
 
 def app_error(call) -> str:
@@ -94,7 +95,9 @@ def test_endpoints_are_named_and_documented(client):
     assert set(api) == {"/restore", "/degrade", "/degrade_flipnet"}  # the UI's own events are private
     names = lambda endpoint: [p["parameter_name"] for p in api[endpoint]["parameters"]]  # noqa: E731
     assert names("/restore") == ["image", "methods", "tier", "steps", "start_step", "eta", "seed", "aligned",
-                                 "upscale", "only_center_face"]
+                                 "upscale", "only_center_face", "own_defaults"]
+    own = api["/restore"]["parameters"][-1]
+    assert own["parameter_has_default"] and own["parameter_default"] is True  # left out: each method's defaults
     assert names("/degrade") == ["image", "preset", "seed", "blur", "downsample", "noise", "jpeg_quality"]
     assert names("/degrade_flipnet") == ["image", "variants", "seed", "aligned"]
 
@@ -112,6 +115,21 @@ def test_gpu_duration_grows_with_methods_faces_and_steps():
     for name, info in app.METHODS.items():  # every method: its own steps count
         if info.implemented and "steps" in info.knobs and "start_step" not in info.knobs:
             assert seconds(methods=(name,), steps=200) > seconds(methods=(name,), steps=100)
+
+
+def test_own_defaults_take_only_the_seed_and_size_the_gpu_by_each_methods_steps():
+    img = np.zeros((64, 64, 3), np.float32)
+    values = dict(steps=20, start_step=30, eta=0.9, seed=7)  # N > steps: refused only when applied
+    assert app.check_knobs(["difface", "idm"], values, own_defaults=True) == {"seed": 7}
+    with pytest.raises(gr.Error, match="cannot exceed"):
+        app.check_knobs(["difface", "idm"], values)
+    seconds = lambda tier, knobs: app.gpu_seconds(img, ["idm"], tier, knobs, False, 1, False, 1)  # noqa: E731
+    per_step = app.SECONDS_PER_FACE_STEP
+    assert seconds("compact", {"seed": 0}) == int(app.GPU_BASE_SECONDS + per_step["compact"] * COMPACT_STEPS)
+    assert seconds("paper", {"seed": 0}) == int(app.GPU_BASE_SECONDS + per_step["paper"] * 100)
+    assert seconds("compact", {"steps": 200, "seed": 0}) > seconds("compact", {"seed": 0})
+    note = app.defaults_note()
+    assert "DifFace: 250 steps, N 100, η 0.5" in note and f"IDM: compact {COMPACT_STEPS} steps" in note
 
 
 def test_every_method_is_listed_with_its_status():
@@ -282,6 +300,18 @@ def test_restore_endpoint_on_a_real_face(client, clean_face, degraded_face):
     assert psnr(small(out), small(hq)) > psnr(small(out), small(other)) + 3
 
 
+@pytest.mark.skipif(not method_status("idm", "compact")[0], reason="compact IDM weights are not bundled")
+def test_own_defaults_run_each_method_as_its_own_defaults_say(client, degraded_face):
+    """IDM beside DifFace: ticked, IDM samples its 10-step compact chain at η 0, whatever the shared knobs say."""
+    files, info = restore(client, degraded_face, methods=("difface", "idm"), own_defaults=True, steps=1000, eta=1)
+    assert info["options"] == {"seed": FAST["seed"]}
+    options = {r["method"]: r["options"] for r in info["results"]}
+    assert options["idm"] == {"steps": COMPACT_STEPS, "eta": 0.0, "seed": FAST["seed"]}
+    assert options["difface"] == {"steps": 250, "start_step": 100, "eta": 0.5, "seed": FAST["seed"]}
+    explicit, _ = restore(client, degraded_face, methods=("idm",), steps=COMPACT_STEPS, eta=0)
+    np.testing.assert_array_equal(load_image(files[1]), load_image(explicit[0]))
+
+
 @needs_weights
 def test_restore_seed_is_reproducible_and_matters(client, degraded_face):
     first, _ = restore(client, degraded_face, seed=1)
@@ -314,7 +344,7 @@ def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path
     pair = np.concatenate([load_image(clean_face), load_image(other)], axis=1)
     save_image(pair, tmp_path / "pair.png")
     message, *rest = app.restore_for_ui(str(tmp_path / "pair.png"), ["difface"], "compact", *FAST.values(), False,
-                                        1, False, progress=None)
+                                        1, False, False, progress=None)
     sliders, (gallery, faces, files, _summary) = rest[:len(app.METHODS)], rest[len(app.METHODS):]
     shown = {name: value for name, value in zip(app.METHODS, sliders, strict=True) if value is not None}
     assert list(shown) == ["difface"]

@@ -74,6 +74,10 @@ def test_upload_restore_and_see_the_results(page, tmp_path):
     shutil.copy(PHOTO, photo)
     page.locator("#photo input[type=file]").set_input_files(str(photo))
     page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
+    steps_box = page.locator("#knob-steps input[type=number]")
+    assert steps_box.is_disabled()  # each method's own defaults, until the box is unticked
+    page.locator("#knob-own-defaults input[type=checkbox]").uncheck()
+    sync_api.expect(steps_box).to_be_enabled()
     set_number(page, "knob-steps", "20")
     set_number(page, "knob-start_step", "8")
 

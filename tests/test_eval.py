@@ -323,7 +323,8 @@ def test_cli_eval_and_bench(tmp_path, capsys):
                  "--device", "cpu"]) == 0  # by default every method: those without weights say why
     out = capsys.readouterr().out
     assert "results.md" in out and "skipped flipnet/compact" in out  # no compact FLIPNET weights are bundled
-    assert ("| idm | compact |" in (tmp_path / "e" / "results.md").read_text()) == method_status("idm", "compact")[0]
+    idm_row = "| idm | compact | IDM, 10 steps |"  # bundled: one row at the compact tier's own chain length
+    assert (idm_row in (tmp_path / "e" / "results.md").read_text()) == method_status("idm", "compact")[0]
     # the bench's measurements are tested above through run_bench: here only the wiring
     assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu"]) == 0
     assert "skipped unsupervised/compact" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import torch
 
 from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError, WeightsUnavailableError
-from bfr.methods.idm import IDM, paper_net, prediction_of
+from bfr.methods.idm import COMPACT_STEPS, IDM, paper_net, prediction_of
 from bfr.nets import UNetModel
 from bfr.paths import data_dir
 from bfr.weights import read_metadata
@@ -114,6 +114,41 @@ def test_progress_reports_every_step():
     calls = []
     make().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(i, 4) for i in range(1, 5)]
+
+
+def test_each_tier_has_its_own_default_chain():
+    compact = make()
+    paper = IDM(tiny_net(), resolution=16, framing="ffhq", tier="paper", device=torch.device("cpu"))
+    assert compact.defaults["steps"] == COMPACT_STEPS and paper.defaults["steps"] == 100
+    assert IDM.defaults["steps"] == 100  # the class keeps SR3's; an instance its tier's
+    calls = []
+    lq = torch.rand(1, 3, 16, 16)
+    out = compact.restore(lq, progress=lambda done, total: calls.append(total))
+    assert calls[-1] == COMPACT_STEPS
+    torch.testing.assert_close(out, compact.restore(lq, steps=COMPACT_STEPS))
+
+
+def test_cleaning_made_with_other_settings_is_not_reused(tmp_path, capsys):
+    from bfr.training.idm import IDMConfig, clean_faces
+
+    faces = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    path = tmp_path / "cleaned.safetensors"
+    two = clean_faces(make(), faces, path, IDMConfig(clean_batch=4, clean_steps=2), stop=False)
+    again = clean_faces(make(), faces, path, IDMConfig(clean_batch=4, clean_steps=2), stop=False)
+    assert "using cleaned faces" in capsys.readouterr().out
+    torch.testing.assert_close(again, two)
+    three = clean_faces(make(), faces, path, IDMConfig(clean_batch=4, clean_steps=3), stop=False)
+    assert "other settings" in capsys.readouterr().out
+    assert not torch.equal(three, two)
+    torch.testing.assert_close(three, clean_faces(make(), faces, tmp_path / "b.safetensors",
+                                                  IDMConfig(clean_batch=4, clean_steps=3), stop=False))
+    # an interrupted 2-step cleaning is not resumed by a 3-step one (that would mix the two)
+    part = tmp_path / "c.safetensors"
+    assert clean_faces(make(), faces, part, IDMConfig(clean_batch=4, clean_steps=2), stop=True) is None
+    capsys.readouterr()
+    torch.testing.assert_close(clean_faces(make(), faces, part, IDMConfig(clean_batch=4, clean_steps=3), stop=False),
+                               three)
+    assert "starting the cleaning over" in capsys.readouterr().out
 
 
 def test_paper_tier_without_a_file_says_what_is_missing(tmp_path, monkeypatch):

@@ -218,8 +218,9 @@ def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], see
             rows.append((f"{model.title} N={n}", knobs,
                          lambda b, k, kn=knobs: model.restore(b, seed=seed + k, **kn)))
     else:
-        rows.append((model.title, dict(getattr(model, "defaults", {})),
-                     lambda b, k: model.restore(b, seed=seed + k)))
+        defaults = dict(getattr(model, "defaults", {}))
+        label = model.title + (f", {defaults['steps']} steps" if "steps" in defaults else "")
+        rows.append((label, defaults, lambda b, k: model.restore(b, seed=seed + k)))
     return rows
 
 

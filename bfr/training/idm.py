@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from bfr.degradations import degrade_batch, preset
 from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
-from bfr.methods.idm import IDM, prediction_of
+from bfr.methods.idm import COMPACT_STEPS, IDM, prediction_of
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import COMPACT_IDM_64
 from bfr.nets.unet import UNetModel
@@ -81,7 +81,7 @@ class IDMConfig:
     save_every: int = 250
     preview_steps: int = 25  # chain length of the periodic sample grids
     val_images: int = 64
-    val_steps: int = 100  # chain length of the end-of-round test metrics (the method's default)
+    val_steps: int = COMPACT_STEPS  # chain length of the end-of-round test metrics (the compact tier's default)
     init_from: str | None = None  # round 0 starts from these: idm weights, or a face prior (see prior_to_idm)
     mixed_precision: str = "bf16"
     seed: int = 0
@@ -292,14 +292,21 @@ def clean_faces(method: IDM, faces: torch.Tensor, path: Path, cfg: IDMConfig, st
     i…i+clean_batch) uses seed cfg.seed + i for both the degradation and the sampler, so
     the set is the same however often the work is interrupted. Returns None when stopped.
     """
+    settings = {"degradation": cfg.clean_degradation, "steps": str(cfg.clean_steps), "seed": str(cfg.seed),
+                "batch": str(cfg.clean_batch), "sampler": "ddim, eta 0"}
     if path.is_file():
         cached = load_file(str(path))["faces"]
-        if len(cached) == len(faces):
+        if len(cached) == len(faces) and _same_settings(path, settings):
             print(f"using cleaned faces from {path}")
             return cached
-        print(f"{path} holds {len(cached)} faces, not {len(faces)}: cleaning again")
+        print(f"{path} was cleaned with other settings or holds {len(cached)} faces, not {len(faces)}: cleaning again")
     partial = path.with_name(path.name + ".partial")
-    done = load_file(str(partial))["faces"] if partial.is_file() else faces[:0]
+    done = faces[:0]
+    if partial.is_file():
+        if _same_settings(partial, settings):
+            done = load_file(str(partial))["faces"]
+        else:  # e.g. a rerun with another --clean-steps: mixing the two would leave an inconsistent set
+            print(f"{partial} was made with other cleaning settings: starting the cleaning over")
     chunks = [done]
     degradation = preset(cfg.clean_degradation, faces.shape[-1])
     bar = tqdm(total=len(faces), initial=len(done), desc="cleaning", unit="face", dynamic_ncols=True)
@@ -311,15 +318,14 @@ def clean_faces(method: IDM, faces: torch.Tensor, path: Path, cfg: IDMConfig, st
         bar.update(len(hq))
         stopping = bool(stop)  # read once: the deadline may pass between two reads
         if stopping or len(chunks) % 8 == 0:
-            _save_faces(torch.cat(chunks), partial, {"complete": "false"})
+            _save_faces(torch.cat(chunks), partial, {"complete": "false", **settings})
         if stopping:
             bar.close()
             print(f"cleaning stopped at {sum(len(c) for c in chunks)} of {len(faces)} faces; rerun to resume")
             return None
     bar.close()
     cleaned = torch.cat(chunks)
-    _save_faces(cleaned, path, {"complete": "true", "degradation": cfg.clean_degradation,
-                                "steps": str(cfg.clean_steps), "seed": str(cfg.seed), "sampler": "ddim, eta 0"})
+    _save_faces(cleaned, path, {"complete": "true", **settings})
     partial.unlink(missing_ok=True)
     return cleaned
 
@@ -350,10 +356,12 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
     shutil.copyfile(rdir / "samples.png", dest / "idm64_samples.png")
     meta = read_metadata(weights)
 
-    rows = ["| round | trained on | steps | train time | test PSNR (dB) | test SSIM |", "|---|---|---|---|---|---|"]
+    rows = ["| round | trained on | steps | train time | DDIM steps | test PSNR (dB) | test SSIM |",
+            "|---|---|---|---|---|---|---|"]
     for r in records:
         rows.append(f"| {r['round']} | {r['targets']} | {r['steps']} | {format_duration(r['train_seconds'])} | "
-                    f"{r['psnr']:.2f} | {r['ssim']:.4f} |")
+                    f"{r['test_steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+    notes = [f"- round {r['round']} note: {r['note']}" for r in records if r.get("note")]
     first = records[0]
     lines = [
         f"# IDM, compact tier ({json.loads(meta['config'])['image_size']} px)", "",
@@ -361,7 +369,9 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         "Iterative Diffusion Models and Beyond* (ICCV 2023), whose code and weights are not public. Our choices "
         "(METHODS.md §4): SR3-style UNet input [x_t, LQ] (6 channels), "
         f"{_PREDICTION[config.get('prediction', 'eps')]} with fixed variance, linear schedule, T = 1000, L2 loss; "
-        "restoration samples from pure noise on a re-spaced chain (default 100 steps, DDIM η = 0). Extrinsic "
+        f"restoration samples from pure noise on a re-spaced chain (DDIM η = 0; {COMPACT_STEPS} steps by default "
+        "on this tier, chosen on LFW test faces kept apart from the test below: shorter chains stay closer to the "
+        "input, longer ones add detail). Extrinsic "
         "iterative enhancement: after round 0, each round restores mildly degraded copies of the training faces "
         "with the previous round's model and retrains on those cleaned faces.", "",
         *(["These weights are round 0 only: no cleaning round has been trained yet "
@@ -385,6 +395,7 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         f"time: {format_duration(sum(r['train_seconds'] for r in records))}",
         f"- network config: `{meta['config']}`",
         f"- round 0 started from: {_start_note(config.get('init_from'))}",
+        *notes,
         "- reproduce: `python -m bfr train idm --rounds K` (see README); resumable within a round.", "",
         "## Data", "", DATA_NOTE, "Rounds ≥ 1 train on the same faces as restored by the previous round (cached in "
         "`round{k}/cleaned.safetensors`); the test split is never cleaned or trained on.", "",
@@ -413,6 +424,11 @@ def _save_faces(faces: torch.Tensor, path: Path, metadata: dict[str, str]) -> No
     tmp = path.with_name(path.name + ".tmp")
     save_file({"faces": faces.contiguous()}, str(tmp), metadata={"count": str(len(faces)), **metadata})
     tmp.replace(path)
+
+
+def _same_settings(path: Path, settings: dict[str, str]) -> bool:
+    meta = read_metadata(path)
+    return all(meta.get(k) == v for k, v in settings.items())
 
 
 def _read_rounds(out: Path) -> list[dict]:
