@@ -65,7 +65,7 @@ class IDMConfig:
     refine_lr_scale: float = 0.5  # rounds ≥ 1 continue at a lower rate
     degradation: str = "gfpgan"  # training LQ, and the test slice
     clean_degradation: str = "mild"  # what the training faces are put through before cleaning
-    clean_steps: int = 100  # DDIM η=0 steps of a cleaning restoration
+    clean_steps: int = COMPACT_STEPS  # DDIM η=0 steps of a cleaning restoration (as the tier restores)
     clean_batch: int = 64
     batch_size: int = 16  # the CLI default; use 64 on a GPU
     lr: float = 1e-4
