@@ -350,14 +350,14 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
 
 
 def restore_example(image, progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
-    """An example with every compact method and its default settings (what lazy caching stores on a GPU Space).
+    """An example with every compact method at its own defaults (what lazy caching stores on a GPU Space).
 
     Returns the sliders of those methods only, all filled: Gradio 6.31 cannot read empty values back from its
     example cache.
     """
     methods = compact_methods()
     message, *rest = restore_for_ui(image, methods, "compact", *(_knob_default(k) for k in KNOBS), False, 1, False,
-                                    progress)
+                                    True, progress)
     sliders = [value for name, value in zip(METHODS, rest, strict=False) if name in methods]
     return message, *sliders, *rest[len(METHODS):]
 

@@ -420,9 +420,11 @@ def test_the_app_builds_with_lazy_example_caching(monkeypatch):
 
 
 @needs_weights
-def test_example_outputs_are_all_filled(monkeypatch, clean_face, tmp_path):
+def test_example_outputs_are_all_filled(clean_face):
     """Gradio 6.31's example cache cannot read back empty outputs: an example fills every output it lists."""
-    monkeypatch.setattr(app, "_knob_default", lambda name: FAST[name])
     out = app.restore_example(str(clean_face), progress=None)
     assert len(out) == 1 + len(app.compact_methods()) + 4
     assert all(value is not None for value in out)
+    ran = {r["method"]: r["options"] for r in out[-1]["results"]}  # each method at its own defaults
+    assert list(ran) == app.compact_methods()
+    assert all(ran[name] == app.METHODS[name].defaults("compact") for name in ran)
