@@ -63,6 +63,7 @@ KNOBS = {
     "seed": dict(label="Seed", minimum=0, maximum=2**31 - 1, step=1, info="same seed, same result"),
 }
 KNOB_FALLBACKS = dict(steps=250, start_step=100, eta=0.5, seed=0)  # used when no method declares a knob
+OWN_DEFAULT_KNOBS = ("steps", "start_step", "eta")  # left to each method under "own defaults" (the seed is not)
 
 # GPU seconds per (face × sampling step), for @spaces.GPU's duration; generous on purpose.
 SECONDS_PER_FACE_STEP = {"compact": 0.02, "paper": 0.12}
@@ -142,7 +143,7 @@ def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) ->
     With ``own_defaults`` only the seed is taken: each method keeps its own steps and η
     (they differ: DifFace 250 steps at η 0.5, IDM's compact tier 10 at η 0, …).
     """
-    used = {k for m in methods for k in METHODS[m].knobs} - ({"steps", "start_step", "eta"} if own_defaults else set())
+    used = {k for m in methods for k in METHODS[m].knobs} - set(OWN_DEFAULT_KNOBS if own_defaults else ())
     knobs = {}
     for name, value in values.items():
         if name not in used:
@@ -544,7 +545,7 @@ def defaults_note() -> str:
     """Each method's own sampling defaults, per tier where they differ, for the checkbox's help text."""
     parts = []
     for info in METHODS.values():
-        if not info.implemented or not {"steps", "start_step", "eta"} & set(info.knobs):
+        if not info.implemented or not set(OWN_DEFAULT_KNOBS) & set(info.knobs):
             continue
         by_tier = {tier: info.defaults(tier) for tier in info.tiers}
         short = {"steps": "{:g} steps", "start_step": "N {:g}", "eta": "η {:g}"}
@@ -673,7 +674,7 @@ def build_demo() -> gr.Blocks:
                             flip_note = gr.Markdown(elem_id="flipnet-note")
 
         restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center, own_defaults]
-        shared = [k for name, k in zip(KNOBS, knobs, strict=True) if name != "seed"]
+        shared = [k for name, k in zip(KNOBS, knobs, strict=True) if name in OWN_DEFAULT_KNOBS]
         own_defaults.change(lambda own: [gr.update(interactive=not own)] * len(shared), own_defaults, shared,
                             api_name="own_defaults", api_visibility="private")
         # The UI's own events are private: programs use /restore and /degrade.
