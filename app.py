@@ -499,6 +499,11 @@ def pick_methods(methods: list[str], tier: str):
     return keep
 
 
+def show_sliders(methods: list[str]):
+    """A before/after slider for each ticked method only: no empty slider for a method that will not run."""
+    return [gr.update(visible=name in methods) for name in METHODS]
+
+
 def change_tier(tier: str, methods: list[str]):
     return gr.update(choices=method_choices(tier), value=pick_methods(methods, tier))
 
@@ -578,7 +583,7 @@ available. Results are PNG (lossless). Programs can call the `/restore` and `/de
 
 def build_demo() -> gr.Blocks:
     examples = _examples()
-    ready = [m for m in METHODS if any(method_status(m, tier)[0] for tier in TIERS)]  # get a result slider
+    ready = [m for m in METHODS if any(method_status(m, tier)[0] for tier in TIERS)]  # can put results in the gallery
     first_ready = compact_methods()[:1]
     flipnet_ok, flipnet_why = method_status("flipnet", "compact")
     with gr.Blocks(title="bfr — blind face restoration", delete_cache=(3600, 7200)) as demo:
@@ -607,7 +612,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=3, min_width=360):
                         message = gr.Markdown("Results appear here.", elem_id="message")
                         sliders = [gr.ImageSlider(label=f"{info.title} — before / after (drag the handle)",
-                                                  format="png", visible=name in ready, max_height=520,
+                                                  format="png", visible=name in first_ready, max_height=520,
                                                   elem_id=f"slider-{name}")
                                    for name, info in METHODS.items()]
                         gallery = gr.Gallery(label="All methods side by side", format="png",
@@ -683,6 +688,7 @@ def build_demo() -> gr.Blocks:
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private")
         tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private")
+        methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)
 
         custom_inputs = [blur, downsample, noise, quality]
         deg_run.click(degrade, [clean, preset, deg_seed, *custom_inputs], [degraded, params], api_name="degrade",

@@ -74,6 +74,15 @@ def test_upload_restore_and_see_the_results(page, tmp_path):
     shutil.copy(PHOTO, photo)
     page.locator("#photo input[type=file]").set_input_files(str(photo))
     page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
+    # one before/after slider per ticked method: IDM's appears when it is ticked and goes when it is not
+    idm_slider = page.locator("#slider-idm")
+    if method_status("idm", "compact")[0]:
+        sync_api.expect(idm_slider).to_be_hidden()
+        idm_box = page.locator("#methods").get_by_label("IDM", exact=True)
+        idm_box.check()
+        sync_api.expect(idm_slider).to_be_visible()
+        idm_box.uncheck()
+        sync_api.expect(idm_slider).to_be_hidden()
     steps_box = page.locator("#knob-steps input[type=number]")
     assert steps_box.is_disabled()  # each method's own defaults, until the box is unticked
     page.locator("#knob-own-defaults input[type=checkbox]").uncheck()
