@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bfr.evaluation import run_eval
 
     report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers),
-                      n_images=args.n_images,
+                      n_images=args.n_images, offset=args.offset,
                       resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
                       steps=args.steps, eta=args.eta, batch_size=args.batch_size, device=args.device)
     for s in report["skipped"]:
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (at most 756)")
     p.add_argument("--resolution", type=int, default=64, help="face size of the test set")
     p.add_argument("--seed", type=int, default=0, help="picks the faces and the noise; same seed, same test set")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip the first faces of the seeded order (e.g. --offset 64: faces kept apart from a "
+                        "64-face test set, to choose defaults on)")
     p.add_argument("--start-steps", type=int, nargs="+", default=[25, 50, 100, 150],
                    help="DifFace's started steps N to evaluate (the fidelity–realism curve)")
     p.add_argument("--steps", type=int, default=250, help="DDIM chain length (DifFace default 250)")

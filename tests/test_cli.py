@@ -74,3 +74,19 @@ def test_restore_real_photo_writes_output_and_faces(tmp_path):
     assert restored.shape == np.asarray(Image.open(photo)).shape
     assert len(list((tmp_path / "faces").glob("*_difface.png"))) >= 1
     assert "restored 2 faces" in out.stdout.lower()
+
+
+@pytest.mark.skipif(not method_status("difface", "compact")[0], reason="compact DifFace weights are not bundled")
+@pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data (LFW) is not here")
+def test_eval_offset_scores_faces_kept_apart(tmp_path, capsys):
+    import json
+
+    from bfr.evaluation import build_test_set
+
+    assert main(["eval", "-o", str(tmp_path), "--methods", "difface", "--n-images", "2", "--offset", "5",
+                 "--steps", "6", "--start-steps", "3", "--batch-size", "2", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["settings"]["offset"] == 5 and (tmp_path / "testset_r64_n2_s0_o5.npz").is_file()
+    assert report["test_set"]["images"] == build_test_set(7, 64, seed=0).names[5:]
+    assert "after the first 5" in (tmp_path / "results.md").read_text()
+    assert "DifFace N=3" in {r["label"] for r in report["rows"]}

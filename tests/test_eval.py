@@ -11,7 +11,7 @@ from PIL import Image
 
 from bfr import metrics as M
 from bfr.api import method_status
-from bfr.errors import WeightsUnavailableError
+from bfr.errors import InputError, WeightsUnavailableError
 from bfr.paths import COMPACT_WEIGHTS_DIR, data_dir
 
 HAVE_DATA = (data_dir() / "lfw150").is_dir() and (data_dir() / "lfw150-splits" / "test.txt").is_file()
@@ -156,6 +156,12 @@ def test_test_set_is_seeded_and_extends():
     assert torch.equal(a.lq[:2], b.lq) and torch.equal(a.gt[:2], b.gt) and a.names[:2] == b.names
     assert a.params[1]["grid_index"] == 1 and a.lq.dtype == torch.uint8
     assert not torch.equal(build_test_set(2, 64, seed=1).gt, b.gt)
+    # an offset set is the tail of a longer one: same faces, same degradations, same noise
+    c = build_test_set(1, 64, seed=0, offset=2)
+    assert torch.equal(c.lq, a.lq[2:]) and torch.equal(c.gt, a.gt[2:]) and c.names == a.names[2:]
+    assert c.params == a.params[2:]
+    with pytest.raises(InputError, match="offset"):
+        build_test_set(2, 64, seed=0, offset=755)
 
 
 @pytest.fixture(scope="module")

@@ -330,6 +330,25 @@ def test_restoration_training_lowers_the_loss_on_its_pairs():
     assert mse() < 0.985 * before  # measured 0.97 × (a random prior leaves the adapters little to work with)
 
 
+
+def test_held_out_loss_is_the_eps_mse_without_the_vlb_term():
+    """The memorisation check scores ε only: fresh, it is the frozen prior's ε-MSE at the same t and noise."""
+    from bfr.diffusion import GaussianDiffusion
+    from bfr.training.flipnet import held_out_loss
+
+    prior = tiny_prior()
+    reference = frozen_copy(prior)
+    net = FlipNet(prior, TINY_FLIP)
+    diffusion = GaussianDiffusion.create(1000, "linear", learn_sigma=True)
+    hq, lq = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    t = torch.linspace(0, 999, 4).round().long()
+    noise = torch.randn(hq.shape, generator=torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        losses = diffusion.training_losses(reference, hq * 2 - 1, t, noise)
+    got = held_out_loss(net, diffusion, hq, lq, "restore")
+    assert got == pytest.approx(losses["mse"].mean().item(), rel=1e-5)
+    assert abs(got - losses["loss"].mean().item()) > 1e-3  # the hybrid loss would have differed
+
 @pytest.mark.slow
 def test_training_runs_every_stage_and_resumes(tmp_path):
     from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card

@@ -7,7 +7,9 @@ The test set: a seeded choice of ``n_images`` faces from ``lfw150-splits/test.tx
 never seen in training), resized to ``resolution`` (the compact LFW framing), each degraded
 with the next entry of ``test_grid(resolution)`` (cycled) and noise seeded by (seed, index),
 then stored as 8-bit images. The same arguments always give the same images, and a larger
-``n_images`` extends a smaller one. The set is cached in ``out_dir``.
+``n_images`` extends a smaller one. ``offset`` skips the first faces of that seeded order, so a set
+with ``offset=24`` holds the faces (and degradations) that follow a 24-face set: faces kept apart
+for choosing defaults. The set is cached in ``out_dir``.
 
 Rows: the ground truth (NIQE only: the realism to aim for), the degraded input, and for
 every method × tier with weights here its outputs (DifFace: the backbone alone, then the
@@ -76,19 +78,21 @@ class TestSet:
                        json.loads(str(z["params"])), int(z["resolution"]), int(z["seed"]))
 
 
-def build_test_set(n_images: int, resolution: int = 64, seed: int = 0, data_root: str | Path | None = None) -> TestSet:
+def build_test_set(n_images: int, resolution: int = 64, seed: int = 0, data_root: str | Path | None = None,
+                   offset: int = 0) -> TestSet:
     """Degrade a seeded choice of LFW test faces with the test grid, cycled (see the module docstring)."""
     from bfr.training.data import load_faces, split_files
 
     files = split_files("test", Path(data_root) if data_root else None)
-    if not 1 <= n_images <= len(files):
-        raise InputError(f"n_images must lie in [1, {len(files)}] (the LFW test split), got {n_images}")
-    order = np.random.default_rng(seed).permutation(len(files))[:n_images]
+    if offset < 0 or not 1 <= n_images <= len(files) - offset:
+        raise InputError(f"offset + n_images must lie in [1, {len(files)}] (the LFW test split) with offset ≥ 0, "
+                         f"got offset {offset}, n_images {n_images}")
+    order = np.random.default_rng(seed).permutation(len(files))[offset:offset + n_images]
     files = [files[i] for i in order]
     gt = load_faces(files, resolution)
     grid = test_grid(resolution)
     lq, params = [], []
-    for i, face in enumerate(gt):
+    for i, face in enumerate(gt, start=offset):
         p = grid[i % len(grid)]
         hq = face.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
         img = apply(hq, p, np.random.default_rng([seed, i]))
@@ -98,20 +102,21 @@ def build_test_set(n_images: int, resolution: int = 64, seed: int = 0, data_root
     return TestSet(gt, torch.from_numpy(np.stack(lq)), names, params, resolution, seed)
 
 
-def test_set_path(out_dir: str | Path, n_images: int, resolution: int, seed: int) -> Path:
-    return Path(out_dir) / f"testset_r{resolution}_n{n_images}_s{seed}.npz"
+def test_set_path(out_dir: str | Path, n_images: int, resolution: int, seed: int, offset: int = 0) -> Path:
+    skip = f"_o{offset}" if offset else ""
+    return Path(out_dir) / f"testset_r{resolution}_n{n_images}_s{seed}{skip}.npz"
 
 
 test_set_path.__test__ = False
 
 
 def load_or_build_test_set(out_dir: str | Path, n_images: int, resolution: int = 64, seed: int = 0,
-                           data_root: str | Path | None = None) -> TestSet:
+                           data_root: str | Path | None = None, offset: int = 0) -> TestSet:
     """The cached test set in ``out_dir``, built (and cached) on first use."""
-    path = test_set_path(out_dir, n_images, resolution, seed)
+    path = test_set_path(out_dir, n_images, resolution, seed, offset)
     if path.is_file():
         return TestSet.load(path)
-    ts = build_test_set(n_images, resolution, seed, data_root)
+    ts = build_test_set(n_images, resolution, seed, data_root, offset)
     ts.save(path)
     return ts
 
@@ -273,7 +278,7 @@ def run_eval(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tiers
              n_images: int = 64, resolution: int = 64, seed: int = 0,
              start_steps: tuple[int, ...] = DEFAULT_START_STEPS, steps: int = 250, eta: float = 0.5,
              batch_size: int = 16, device: str | None = None, n_samples: int = 6, progress: bool = True,
-             data_root: str | Path | None = None) -> dict:
+             data_root: str | Path | None = None, offset: int = 0) -> dict:
     """Evaluate methods × tiers and the baselines; write results.md, results.json and figures to ``out_dir``.
 
     start_steps: DifFace's started steps N on the ``ddim{steps}`` chain (one row each; the
@@ -291,7 +296,7 @@ def run_eval(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tiers
         raise InputError(f"start steps {bad} are outside [1, steps={steps}]")
     dev = pick_device(device)
     t_start = time.perf_counter()
-    ts = load_or_build_test_set(out_dir, n_images, resolution, seed, data_root)
+    ts = load_or_build_test_set(out_dir, n_images, resolution, seed, data_root, offset)
     gt, lq = ts.as_float(ts.gt), ts.as_float(ts.lq)
     scorer = Scorer(resolution, dev)
 
@@ -343,10 +348,10 @@ def run_eval(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tiers
         git=git_revision(),
         hardware=hardware(dev),
         seconds_total=time.perf_counter() - t_start,
-        settings=dict(n_images=len(ts), resolution=resolution, seed=seed, steps=steps, eta=eta,
+        settings=dict(n_images=len(ts), offset=offset, resolution=resolution, seed=seed, steps=steps, eta=eta,
                       start_steps=list(start_steps), batch_size=batch_size, noise_seeds="seed + batch index",
-                      methods=list(methods), tiers=list(tiers), test_set=str(test_set_path(out_dir, n_images,
-                                                                                            resolution, seed).name)),
+                      methods=list(methods), tiers=list(tiers),
+                      test_set=str(test_set_path(out_dir, n_images, resolution, seed, offset).name)),
         test_set=dict(split="LFW test (lfw150-splits/test.txt), seeded choice", images=ts.names, degradations=ts.params,
                       grid=f"bfr.degradations.test_grid({resolution}), cycled: image i gets entry i mod "
                            f"{len(test_grid(resolution))}, noise rng default_rng([seed, i]); LQ stored as 8 bits"),
@@ -403,7 +408,8 @@ def results_markdown(report: dict) -> str:
     hw = report["hardware"]
     lines += [
         "## How it was measured", "",
-        f"- Test set: {s['n_images']} faces, a seeded choice (seed {s['seed']}) from the LFW test split "
+        f"- Test set: {s['n_images']} faces, a seeded choice (seed {s['seed']}"
+        f"{', after the first ' + str(s['offset']) if s.get('offset') else ''}) from the LFW test split "
         f"(people never seen in training), resized to {s['resolution']} px (compact LFW framing); "
         f"{report['test_set']['grid']}. Cached as `{s['test_set']}`.",
         f"- DifFace: ddim{s['steps']} chain, η = {s['eta']}, started steps N ∈ {s['start_steps']}; "
