@@ -532,8 +532,9 @@ def status_list() -> str:
 
 def _knob_default(name: str):
     for info in METHODS.values():
-        if name in info.knobs:
-            return info.knobs[name]
+        defaults = info.defaults("compact")  # the demo opens on the compact tier
+        if name in defaults:
+            return defaults[name]
     return KNOB_FALLBACKS[name]
 
 
@@ -552,13 +553,13 @@ def defaults_note() -> str:
     for info in METHODS.values():
         if not info.implemented or not set(OWN_DEFAULT_KNOBS) & set(info.knobs):
             continue
-        by_tier = {tier: info.defaults(tier) for tier in info.tiers}
-        short = {"steps": "{:g} steps", "start_step": "N {:g}", "eta": "η {:g}"}
-        texts = {tier: ", ".join(short[k].format(v) for k, v in d.items() if k in short)
-                 for tier, d in by_tier.items()}
-        same = len(set(texts.values())) == 1
-        parts.append(f"{info.title}: " + (next(iter(texts.values())) if same else
-                                          "; ".join(f"{t} {txt}" for t, txt in texts.items())))
+        first, *others = [info.defaults(tier) | {"tier": tier} for tier in TIERS]  # the demo opens on the first
+        texts = []
+        for knob, fmt in (("steps", "{:g} steps"), ("start_step", "N {:g}"), ("eta", "η {:g}")):
+            if knob in first:
+                other = [f"{d['tier']} {d[knob]:g}" for d in others if d.get(knob, first[knob]) != first[knob]]
+                texts.append(fmt.format(first[knob]) + (f" ({', '.join(other)})" if other else ""))
+        parts.append(f"{info.title}: " + ", ".join(texts))
     return "untick to set the knobs below for every method · " + " · ".join(parts)
 
 

@@ -20,7 +20,7 @@ from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
-from bfr.methods.difface import DifFace
+from bfr.methods.difface import COMPACT_START_STEP, DifFace
 from bfr.methods.flipnet import FLIPNET, adapters_metadata, attach_adapters, paper_networks
 from bfr.methods.idm import COMPACT_STEPS, IDM, paper_net, prediction_of
 from bfr.methods.unsupervised import Unsupervised
@@ -50,7 +50,7 @@ METHODS: dict[str, MethodInfo] = {
     "difface": MethodInfo(
         "difface", "DifFace", "Yue & Loy, Blind Face Restoration with Diffused Error Contraction (TPAMI 2024)",
         {"compact": ("prior64", "swinir64"), "paper": ("difface_unet_512", "difface_swinir_512")},
-        knobs=DifFace.defaults,
+        knobs=DifFace.defaults, tier_knobs={"compact": {"start_step": COMPACT_START_STEP}},
     ),
     "unsupervised": MethodInfo(
         "unsupervised", "Unsupervised BFR (Kuai et al.)",
@@ -103,7 +103,7 @@ def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
 
 
 def load(method: str = "difface", tier: str = "compact", device: str | None = None,
-         weights: dict[str, str] | None = None, detector: str = "auto") -> "Restorer":
+         weights: dict[str, str] | None = None, detector: str = "auto") -> Restorer:
     """Load a method's networks once; ``weights`` maps catalog names to local files."""
     info = _info(method)
     if not info.implemented:

@@ -33,7 +33,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(f"{info.name:13s} {info.title} — {info.paper}")
         for tier in info.tiers:
             ok, why = method_status(info.name, tier)
-            print(f"    {tier:8s} {'ready' if ok else 'unavailable'}: {why}")
+            defaults = ", ".join(f"{k}={v}" for k, v in info.defaults(tier).items())
+            extra = f" [defaults: {defaults}]" if defaults else ""
+            print(f"    {tier:8s} {'ready' if ok else 'unavailable'}: {why}{extra}")
 
 
 def cmd_degrade(args: argparse.Namespace) -> None:
@@ -83,7 +85,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
     for path in _inputs(args.inputs):
         bar = tqdm(desc=path.name, unit="step", leave=False)
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, bar: tqdm = bar) -> None:
             bar.total = total
             bar.n = done
             bar.refresh()
@@ -228,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned", action="store_true", help="inputs are FFHQ-aligned face crops: skip detection")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1, help="output scale of the whole image (1, 2, 4)")
-    p.add_argument("--steps", type=int, default=None, help="sampling chain length (DifFace default 250; IDM 10 compact, 100 paper; FLIPNET 50)")
-    p.add_argument("--start-step", type=int, default=None, help="DifFace's started step N (default 100)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling chain length (DifFace default 250; IDM 10 compact, 100 paper; FLIPNET 50)")
+    p.add_argument("--start-step", type=int, default=None,
+                   help="DifFace's started step N (default: compact tier 10, paper tier 100 as the authors'; "
+                        "`methods` lists each tier's defaults)")
     p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0)")
     p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
@@ -257,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=None,
                    help="idm: steps of each later round, from the previous weights (default a quarter of round 0)")
     p.add_argument("--clean-steps", type=int, default=None,
-                   help="idm: DDIM steps of each cleaning restoration (default 10, the compact tier's restoration default)")
+                   help="idm: DDIM steps of each cleaning restoration "
+                        "(default 10, the compact tier's restoration default)")
     p.add_argument("--lr", type=float, default=None, help="flipnet: adapters' learning rate (default 1e-4)")
     p.add_argument("--prior", default=None, help="flipnet: the frozen prior's weights (default: the bundled prior64)")
     p.add_argument("--embed-steps", type=int, default=None, help="flipnet: face-embedding stage (default 2000)")

@@ -2,8 +2,11 @@
 
     python examples/make_examples.py            # writes examples/*.png and examples/examples.json
 
-Each example face is sampled from noise by the bundled 64-px prior (``prior64``, DDIM, a
-recorded seed), upsampled to 256 px, then degraded with a recorded preset and seed. The
+Each example face is drawn by the bundled 64-px prior (``prior64``, a recorded seed) from the
+average of the LFW train faces (nobody's photo) diffused to a started step N and sampled back,
+as in SDEdit: the average fixes the framing and natural colours, the prior draws a new face
+(a young prior's samples from pure noise come out in random tints). It is upsampled to 256 px,
+then degraded with a recorded preset and seed. The
 "group photo" places three such faces on a plain background and degrades the whole picture,
 for the detect → restore → paste-back pipeline. A degradation seed is only kept if the face
 detector still finds the face(s) afterwards (the first such seed from the one given is used,
@@ -26,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bfr.api import load_net  # noqa: E402
 from bfr.degradations import degrade  # noqa: E402
-from bfr.diffusion import GaussianDiffusion, noise_like, sample  # noqa: E402
+from bfr.diffusion import GaussianDiffusion, sample  # noqa: E402
 from bfr.faces import FacePipeline  # noqa: E402
 from bfr.imageio import resize, save_image  # noqa: E402
+from bfr.training.data import load_faces, split_files  # noqa: E402
 from bfr.weights import resolve  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -39,13 +43,20 @@ GROUP = dict(name="group", prior_seeds=(4, 5, 6), face_size=200, gap=40, preset=
              background=(0.80, 0.83, 0.86))
 
 
+def mean_face(size: int) -> torch.Tensor:
+    """The average of the LFW train faces at ``size``, (1,3,H,W) in [-1, 1]."""
+    return load_faces(split_files("train"), size).float().mean(0, keepdim=True) / 127.5 - 1
+
+
 @torch.no_grad()
-def sample_face(prior: torch.nn.Module, seed: int, steps: int, eta: float) -> np.ndarray:
-    """One face from pure noise (DDIM), float32 HWC in [0, 1] at the prior's size."""
-    size = prior.image_size
-    diffusion = GaussianDiffusion.create(1000, "linear", respacing=f"ddim{steps}")
+def sample_face(prior: torch.nn.Module, start: torch.Tensor, seed: int, steps: int, start_step: int,
+                eta: float) -> np.ndarray:
+    """One face: ``start`` diffused to ``start_step`` of the ddim{steps} chain and sampled back
+    (learned variance, DDIM η); float32 HWC in [0, 1] at the prior's size."""
+    diffusion = GaussianDiffusion.create(1000, "linear", respacing=f"ddim{steps}", learn_sigma=True)
     g = torch.Generator().manual_seed(seed)
-    x = sample(diffusion, prior, noise_like((1, 3, size, size), g), sampler="ddim", eta=eta, generator=g)
+    x = diffusion.q_sample(start, start_step, generator=g)
+    x = sample(diffusion, prior, x, start=start_step, sampler="ddim", eta=eta, generator=g)
     return (x[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
 
 
@@ -92,19 +103,24 @@ def describe(params) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE, help="output folder (default: examples/)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for sampling the faces")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η for sampling the faces")
+    p.add_argument("--steps", type=int, default=250, help="length of the DDIM chain the faces are sampled on")
+    p.add_argument("--start-step", type=int, default=150, help="where on that chain sampling starts from the "
+                   "diffused average face (higher: more varied faces, less of the average's framing)")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM η for sampling the faces")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
 
     weights = resolve("prior64")
     prior = load_net("prior64").eval()
+    start = mean_face(prior.image_size)
     detector = FacePipeline(detector="auto", use_parse=False)
     record = {
-        "about": "Synthetic inputs for the demo: faces sampled from the compact prior, then degraded. "
-                 "Re-make with `python examples/make_examples.py`.",
+        "about": "Synthetic inputs for the demo: faces the compact prior draws from the average LFW train face, "
+                 "then degraded. Re-make with `python examples/make_examples.py`.",
         "prior": {"weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
-                  "sampler": "ddim", "steps": args.steps, "eta": args.eta, "size": prior.image_size},
+                  "start": "the average of the LFW train faces, diffused to start_step",
+                  "sampler": "ddim", "steps": args.steps, "start_step": args.start_step, "eta": args.eta,
+                  "size": prior.image_size},
         "size": SIZE,
         "detector": detector.detector.name,
         "restore": [],
@@ -113,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     for name, prior_seed, preset, seed in FACES:
-        clean = resize(sample_face(prior, prior_seed, args.steps, args.eta), SIZE)
+        clean = resize(sample_face(prior, start, prior_seed, args.steps, args.start_step, args.eta), SIZE)
         lq, params, used, found = degrade_until_found(clean, preset, seed, SIZE, 1, detector)
         save_image(clean, args.out / f"{name}_clean.png")
         save_image(lq, args.out / f"{name}_lq.png")
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: prior seed {prior_seed}, {preset} seed {used}")
 
     g = GROUP
-    faces = [sample_face(prior, s, args.steps, args.eta) for s in g["prior_seeds"]]
+    faces = [sample_face(prior, start, s, args.steps, args.start_step, args.eta) for s in g["prior_seeds"]]
     clean = group_photo(faces, g["face_size"], g["gap"], g["background"])
     lq, params, used, found = degrade_until_found(clean, g["preset"], g["seed"], g["face_size"], len(faces),
                                                   detector)

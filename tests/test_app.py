@@ -22,9 +22,10 @@ gradio_client = pytest.importorskip("gradio_client")
 
 import app  # noqa: E402
 from bfr.api import method_status  # noqa: E402
-from bfr.methods.idm import COMPACT_STEPS  # noqa: E402
 from bfr.degradations import DegradationParams, degrade  # noqa: E402
 from bfr.imageio import MAX_PIXELS, load_image, resize, save_image  # noqa: E402
+from bfr.methods.difface import COMPACT_START_STEP  # noqa: E402
+from bfr.methods.idm import COMPACT_STEPS  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
 from bfr.weights import offline  # noqa: E402
 
@@ -129,7 +130,8 @@ def test_own_defaults_take_only_the_seed_and_size_the_gpu_by_each_methods_steps(
     assert seconds("paper", {"seed": 0}) == int(app.GPU_BASE_SECONDS + per_step["paper"] * 100)
     assert seconds("compact", {"steps": 200, "seed": 0}) > seconds("compact", {"seed": 0})
     note = app.defaults_note()
-    assert "DifFace: 250 steps, N 100, η 0.5" in note and f"IDM: compact {COMPACT_STEPS} steps" in note
+    assert f"DifFace: 250 steps, N {COMPACT_START_STEP} (paper 100), η 0.5" in note
+    assert f"IDM: {COMPACT_STEPS} steps (paper 100), η 0" in note and "FLIPNET: 50 steps, η 0" in note
 
 
 def test_every_method_is_listed_with_its_status():
@@ -307,7 +309,7 @@ def test_own_defaults_run_each_method_as_its_own_defaults_say(client, degraded_f
     assert info["options"] == {"seed": FAST["seed"]}
     options = {r["method"]: r["options"] for r in info["results"]}
     assert options["idm"] == {"steps": COMPACT_STEPS, "eta": 0.0, "seed": FAST["seed"]}
-    assert options["difface"] == {"steps": 250, "start_step": 100, "eta": 0.5, "seed": FAST["seed"]}
+    assert options["difface"] == {"steps": 250, "start_step": COMPACT_START_STEP, "eta": 0.5, "seed": FAST["seed"]}
     explicit, _ = restore(client, degraded_face, methods=("idm",), steps=COMPACT_STEPS, eta=0)
     np.testing.assert_array_equal(load_image(files[1]), load_image(explicit[0]))
 
@@ -387,6 +389,25 @@ def test_examples_index_matches_the_files():
     for item in data["degrade"]:
         assert (ROOT / "examples" / item["file"]).is_file()
     assert app._examples()["restore"] and app._examples()["degrade"]
+
+
+def test_example_faces_are_drawn_from_the_diffused_start_image():
+    """SDEdit from a start image: seeded, in range, and the farther the start, the farther from it."""
+    import torch
+
+    from bfr.nets import UNetModel
+
+    make = pytest.importorskip("examples.make_examples")
+    torch.manual_seed(0)
+    prior = UNetModel(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                      attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=32).eval()
+    start = torch.linspace(-0.5, 0.5, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    near = make.sample_face(prior, start, seed=1, steps=50, start_step=2, eta=1.0)
+    far = make.sample_face(prior, start, seed=1, steps=50, start_step=45, eta=1.0)
+    assert near.shape == (16, 16, 3) and near.dtype == np.float32 and 0 <= near.min() and near.max() <= 1
+    np.testing.assert_array_equal(near, make.sample_face(prior, start, seed=1, steps=50, start_step=2, eta=1.0))
+    target = start[0].permute(1, 2, 0).numpy() * 0.5 + 0.5
+    assert np.abs(near - target).mean() < np.abs(far - target).mean()
 
 
 def test_group_photo_blends_faces_onto_a_plain_background():

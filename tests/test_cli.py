@@ -33,6 +33,10 @@ def test_methods_reports_each_method_and_tier(capsys):
         assert name in text
     assert "paper" in text and "compact" in text
     assert "downloads are off" in text or "not downloaded" in text or "ready" in text
+    from bfr.methods.difface import COMPACT_START_STEP, PAPER_START_STEP
+
+    difface = text.split("unsupervised ")[0]  # each tier's own defaults, as restore uses them
+    assert f"start_step={COMPACT_START_STEP}," in difface and f"start_step={PAPER_START_STEP}," in difface
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data (LFW) is not here")

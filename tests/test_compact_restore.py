@@ -41,9 +41,13 @@ def test_backbone_beats_the_degraded_input(case):
 
 
 @needs_difface
-def test_difface_at_a_low_started_step_beats_the_input(case):
+def test_difface_at_its_compact_default_beats_the_input(case):
+    """What a user gets without touching a knob: the compact tier's own started step."""
+    from bfr.methods.difface import COMPACT_START_STEP
+
     model, hq, lq = case
-    out = model.restore(lq, start_step=10, seed=0)
+    assert model.defaults["start_step"] == COMPACT_START_STEP
+    out = model.restore(lq, seed=0)
     assert psnr(out, hq).mean() > psnr(lq, hq).mean()
     assert ssim(out, hq).mean() > ssim(lq, hq).mean()
 

@@ -6,7 +6,7 @@ import torch
 
 from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
-from bfr.methods.difface import DifFace
+from bfr.methods.difface import COMPACT_START_STEP, PAPER_START_STEP, DifFace
 from bfr.nets import SwinIR, UNetModel
 
 
@@ -108,3 +108,22 @@ def test_progress_reports_every_network_call():
     calls = []
     make().restore(torch.rand(1, 3, 16, 16), steps=20, start_step=6, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(i, 6) for i in range(1, 7)]
+
+
+def test_each_tier_has_its_own_started_step():
+    """The paper tier keeps the authors' N = 100; the compact tier its measured one (and the API says so)."""
+    from bfr.api import METHODS
+
+    paper = make()
+    compact = DifFace(tiny_prior(), tiny_backbone(), resolution=16, framing="lfw", tier="compact",
+                      device=torch.device("cpu"))
+    assert paper.defaults["start_step"] == PAPER_START_STEP == 100 == DifFace.defaults["start_step"]
+    assert compact.defaults["start_step"] == COMPACT_START_STEP < PAPER_START_STEP
+    assert METHODS["difface"].defaults("compact")["start_step"] == COMPACT_START_STEP
+    assert METHODS["difface"].defaults("paper")["start_step"] == PAPER_START_STEP
+    lq = torch.rand(1, 3, 16, 16)
+    for model in (compact, paper):
+        calls = []
+        out = model.restore(lq, steps=250, seed=2, progress=lambda done, total, c=calls: c.append(done))
+        assert len(calls) == model.defaults["start_step"]  # N denoising steps, from N down to 0
+        torch.testing.assert_close(out, model.restore(lq, steps=250, start_step=model.defaults["start_step"], seed=2))

@@ -37,6 +37,7 @@ __all__ = [
     "camera_pipeline",
     "degrade",
     "degrade_batch",
+    "describe",
     "gaussian_kernel",
     "jpeg",
     "preset",

@@ -145,14 +145,14 @@ class GaussianDiffusion:
     def create(
         cls, steps: int = 1000, schedule: str = "linear", respacing: str | int | Sequence[int] | None = None,
         learn_sigma: bool = True, prediction: str = "eps",
-    ) -> "GaussianDiffusion":
+    ) -> GaussianDiffusion:
         """A base chain of ``steps`` steps, re-spaced if asked (e.g. "ddim250", "250", 100)."""
         base = cls(get_named_beta_schedule(schedule, steps), learn_sigma=learn_sigma, prediction=prediction)
         if respacing is None or respacing == "" or respacing == steps:
             return base
         return base.respace(space_timesteps(steps, respacing))
 
-    def respace(self, use_timesteps: Sequence[int]) -> "GaussianDiffusion":
+    def respace(self, use_timesteps: Sequence[int]) -> GaussianDiffusion:
         """Keep only ``use_timesteps`` of this chain; betas are rebuilt from alpha_bar."""
         keep = sorted(set(int(t) for t in use_timesteps))
         if not keep or keep[0] < 0 or keep[-1] >= self.num_timesteps:

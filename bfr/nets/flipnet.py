@@ -131,7 +131,7 @@ class Condition:
     context: torch.Tensor
     modes: torch.Tensor
 
-    def repeat(self, k: int) -> "Condition":
+    def repeat(self, k: int) -> Condition:
         """The same condition for k samples each (e.g. several degraded variants of one face)."""
         rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
         return Condition([rep(f) for f in self.features], rep(self.context), rep(self.modes))

@@ -19,8 +19,8 @@ from bfr.degradations import degrade_batch, preset
 from bfr.metrics import psnr
 from bfr.nets.configs import COMPACT_SWINIR_64
 from bfr.nets.swinir import SwinIR
-from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.cards import write_card
+from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA

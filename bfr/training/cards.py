@@ -41,7 +41,7 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
              f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",
-             f"- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
+             "- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
              "weights with `--init-from`.", "", "## Data", "", DATA_NOTE, ""]
     if log:
         keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from bfr.degradations import degrade_batch, preset
 from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
-from bfr.metrics import psnr, ssim
 from bfr.methods.flipnet import FLIPNET
+from bfr.metrics import psnr, ssim
 from bfr.nets.face_embed import pooled, two_way_contrastive
 from bfr.nets.flipnet import FlipNet, FlipNetConfig
 from bfr.training.adapt import perceptual_loss
@@ -44,6 +44,7 @@ from bfr.training.checkpoint import load_state, save_state
 from bfr.training.common import JsonlLog, StopSignal, hardware, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
+
 
 @dataclass
 class FlipNetTrainConfig:

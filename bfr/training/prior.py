@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from bfr.diffusion import GaussianDiffusion, noise_like, sample
 from bfr.nets.configs import COMPACT_PRIOR_64
 from bfr.nets.unet import UNetModel
-from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.cards import write_card
+from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
