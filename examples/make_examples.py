@@ -38,7 +38,7 @@ from bfr.weights import resolve  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SIZE = 256  # example faces are shown at this size (the prior samples 64 px)
 # name, prior seed, degradation preset, first degradation seed
-FACES = [("face_1", 1, "gfpgan", 1), ("face_2", 2, "difface", 2), ("face_3", 3, "camera", 3)]
+FACES = [("face_1", 1, "gfpgan", 1), ("face_2", 2, "difface", 2), ("face_3", 9, "camera", 3)]
 GROUP = dict(name="group", prior_seeds=(4, 5, 6), face_size=200, gap=40, preset="gfpgan", seed=7,
              background=(0.80, 0.83, 0.86))
 
