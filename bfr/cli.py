@@ -231,10 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1, help="output scale of the whole image (1, 2, 4)")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling chain length (DifFace default 250; IDM 10 compact, 100 paper; FLIPNET 50)")
+                   help="sampling chain length (default: the method's own on this tier; `methods` lists them)")
     p.add_argument("--start-step", type=int, default=None,
-                   help="DifFace's started step N (default: compact tier 10, paper tier 100 as the authors'; "
-                        "`methods` lists each tier's defaults)")
+                   help="DifFace's started step N (default: the tier's own; `methods` lists them)")
     p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0)")
     p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
