@@ -159,7 +159,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
                       prior=args.prior, references_dir=args.references, clean_dir=args.clean_dir,
                       eval_dir=args.eval_dir, total_steps=args.iters, max_minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, regenerate_every=args.regenerate_every,
-                      factor=args.factor, gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
+                      factor=args.factor, start=args.start, min_index=args.min_index,
+                      gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
                       seed=args.seed)
     if adapt(cfg) is None:
         print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
@@ -288,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-dir", default=None, help="clean aligned faces for the discriminator (paper tier: FFHQ)")
     p.add_argument("--eval-dir", default=None, help="a demo-set folder: holdout PSNR/SSIM logged while adapting")
     p.add_argument("--factor", type=int, default=None, help="low-pass factor (default: 16 at 512 px, 2 at 64 px)")
+    p.add_argument("--start", type=int, default=None,
+                   help='pseudo-targets start at this index of the "250" chain (default: 150 at 512 px, 53 at 64 px)')
+    p.add_argument("--min-index", type=int, default=None,
+                   help="last index whose step is low-pass replaced (default: 90 at 512 px, 15 at 64 px)")
     p.add_argument("--gen-batch-size", type=int, default=16, help="batch of the pseudo-target sampler")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--seed", type=int, default=0)

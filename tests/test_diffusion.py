@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bfr.diffusion import GaussianDiffusion, get_named_beta_schedule, noise_like, sample, space_timesteps
 
@@ -42,6 +43,30 @@ def test_respaced_chain_keeps_alpha_bar():
     base = GaussianDiffusion.create(1000)
     sub = base.respace([0, 10, 500, 999])
     np.testing.assert_allclose(sub.alphas_cumprod, base.alphas_cumprod[[0, 10, 500, 999]], rtol=1e-12)
+
+
+def test_matched_index_keeps_the_face_level_snr_across_resolutions():
+    d = GaussianDiffusion.create(1000, "linear", respacing="250")
+    assert all(d.matched_index(i, 512) == i for i in range(d.num_timesteps))  # same size: same index
+    # the authors' 512-px indices at 64 px: Kuai's start 150 / low-pass floor 90, DifFace's N = 100
+    assert (d.matched_index(150, 64), d.matched_index(90, 64), d.matched_index(100, 64)) == (53, 15, 19)
+    matched = [d.matched_index(i, 64) for i in range(d.num_timesteps)]
+    assert matched == sorted(matched) and matched[-1] < d.num_timesteps - 1
+    assert d.matched_index(150, 128) > d.matched_index(150, 64)  # the smaller the face, the less noise
+    # what "as much damage" means, measured: 512-px noise seen at 64 px (8×8 means) has 1/64 of its variance,
+    # so 512-px index 150 leaves the 64-px picture the SNR that index 53 gives a 64-px image
+    noise = torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(0))
+    pooled_var = F.avg_pool2d(noise, 8).var().item()
+    assert pooled_var == pytest.approx(1 / 64, rel=0.05)
+    ab = d.alphas_cumprod
+    seen_at_64 = ab[150] / ((1 - ab[150]) * pooled_var)
+    snr = ab / (1 - ab)
+    assert snr[53] / seen_at_64 == pytest.approx(1, rel=0.1)
+    assert abs(np.log(snr[53] / seen_at_64)) < min(abs(np.log(snr[52] / seen_at_64)), abs(np.log(snr[54] / seen_at_64)))
+    with pytest.raises(ValueError):
+        d.matched_index(250, 64)
+    ddim = GaussianDiffusion.create(1000, "linear", respacing="ddim250")  # DifFace's chain: paper N = 100 ≈ 19 at 64 px
+    assert ddim.matched_index(100, 64) == 19 and ddim.matched_index(71, 64) == 10
 
 
 def test_q_sample_statistics():

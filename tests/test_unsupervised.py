@@ -2,13 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bfr.diffusion import GaussianDiffusion, sample
 from bfr.errors import InputError
-from bfr.methods.unsupervised import Unsupervised, lowpass, lowpass_factor, lowpass_hook, pseudo_targets
+from bfr.methods.unsupervised import Unsupervised, lowpass, lowpass_factor, lowpass_hook, pseudo_targets, recipe_indices
 from bfr.nets import SwinIR, UNetModel
 from bfr.paths import data_dir
 
@@ -120,12 +121,21 @@ class CountingPrior(torch.nn.Module):
         return self.net(x, t)
 
 
-def test_pseudo_targets_make_150_calls_per_batch_and_return_unit_range_images():
+def test_recipe_indices_are_the_authors_at_512_px_and_keep_the_face_level_noise_below():
+    d = GaussianDiffusion.create(1000, "linear", respacing="250")
+    assert recipe_indices(d, 512) == (150, 90)  # [code]
+    assert recipe_indices(d, 64) == (53, 15)
+    start16, min16 = recipe_indices(d, 16)
+    assert 1 <= min16 < start16 < 53
+
+
+def test_pseudo_targets_make_start_calls_per_batch_and_return_unit_range_images():
     prior = CountingPrior(tiny_prior())
     refs = smooth_images(2)
     seen = []
     out = pseudo_targets(prior, refs, seed=0, batch_size=2, progress=lambda d, t: seen.append((d, t)))
-    assert prior.calls == 150 and seen[-1] == (150, 150)
+    start = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), 16)[0]  # the 16-px default
+    assert prior.calls == start and seen[-1] == (start, start)
     assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32 and out.device.type == "cpu"
     assert out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(pseudo_targets(prior, refs, seed=0, batch_size=2), out)
@@ -137,6 +147,8 @@ def test_pseudo_targets_make_150_calls_per_batch_and_return_unit_range_images():
     assert prior.calls == 2 * 20 and bigger.shape == (2, 3, 24, 24)  # resized to the prior's size and back
     with pytest.raises(InputError):
         pseudo_targets(prior, refs, start=20, min_index=30)
+    with pytest.raises(InputError, match="respacing"):  # the default indices belong to the "250" chain
+        pseudo_targets(prior, refs, respacing="100")
 
 
 def test_method_is_one_forward_pass_of_the_restorer():
@@ -253,6 +265,30 @@ def test_adapt_regenerates_targets_with_the_improved_restorer(tmp_path, tiny_com
     adapt(cfg)
     assert sum(count_prior_calls) == 20 * 2 * 3  # rounds at steps 0, 2 and 4
     assert read_metadata(run / "pseudo_targets.safetensors")["round"] == "4"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["start"], config["min_index"]) == (20, 10)  # given indices are kept
+
+
+def test_adapt_defaults_to_the_recipe_matched_to_the_prior_size(tmp_path, tiny_compact, count_prior_calls):
+    from bfr.training.adapt import AdaptConfig, adapt
+    from bfr.weights import read_metadata
+
+    run = tmp_path / "defaults"
+    adapt(AdaptConfig(**tiny_compact, out_dir=str(run), batch_size=2, max_steps=0, eval_every=100, sample_every=100,
+                      save_every=100, gan_weight=0.0, mixed_precision="no", gen_batch_size=2))
+    start, min_index = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), 16)
+    assert sum(count_prior_calls) == start * 2
+    config = json.loads((run / "config.json").read_text())
+    assert (config["start"], config["min_index"]) == (start, min_index)
+    settings = json.loads(read_metadata(run / "pseudo_targets.safetensors")["settings"])
+    assert (settings["start"], settings["min_index"]) == (start, min_index)
+
+
+def test_adapt_rejects_impossible_settings(tmp_path, tiny_compact):
+    from bfr.training.adapt import AdaptConfig, adapt
+
+    with pytest.raises(InputError, match="respacing"):  # default indices belong to the "250" chain
+        adapt(AdaptConfig(**tiny_compact, out_dir=str(tmp_path / "r"), respacing="100", max_steps=0))
     with pytest.raises(InputError, match="regenerate"):
         adapt(AdaptConfig(**tiny_compact, out_dir=str(tmp_path / "x"), regenerate_every=2,
                           references_dir=tiny_compact["lq_dir"]))
@@ -346,3 +382,30 @@ def test_evaluate_holdout_numbers(tmp_path):
             return gt[: len(x)] if len(x) == len(gt) else x
 
     assert evaluate_holdout(Oracle(), tmp_path)["psnr_after"] > 90
+
+
+def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny_compact, capsys):
+    """`adapt … --bundle DIR` then `restore --method unsupervised --weights swinir64_adapted=DIR`: the
+    restored face is the adapted restorer's forward pass."""
+    import bfr
+    from bfr.cli import main
+    from bfr.imageio import load_image
+
+    run, bundle, out = tmp_path / "run", tmp_path / "bundle", tmp_path / "out"
+    assert main(["adapt", tiny_compact["lq_dir"], "-o", str(run), "--restorer", tiny_compact["restorer"],
+                 "--prior", tiny_compact["prior"], "--clean-dir", tiny_compact["lq_dir"], "--iters", "2",
+                 "--batch-size", "2", "--gen-batch-size", "2", "--start", "6", "--min-index", "3",
+                 "--precision", "no", "--bundle", str(bundle)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["start"], config["min_index"], config["total_steps"]) == (6, 3, 2)
+    assert (bundle / "swinir64_adapted.md").read_text().startswith("# Unsupervised BFR")
+    assert (bundle / "swinir64_adapted.safetensors").is_file()
+
+    face = tmp_path / "lq" / "face_0.png"
+    assert main(["restore", str(face), "-o", str(out), "--method", "unsupervised", "--aligned",
+                 "--weights", f"swinir64_adapted={bundle}"]) == 0
+    restored = load_image(out / "face_0_unsupervised.png")
+    api = bfr.load("unsupervised", weights={"swinir64_adapted": str(bundle)}).restore(str(face), aligned=True)
+    assert restored.shape == api.image.shape == load_image(face).shape
+    assert np.abs(restored - api.image).max() <= 1 / 255 + 1e-6  # the CLI wrote what the API restores (8-bit)
+    assert np.abs(restored - load_image(face)).mean() > 0.01  # and the adapted restorer changed the face

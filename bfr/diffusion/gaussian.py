@@ -168,6 +168,26 @@ class GaussianDiffusion:
     def original_timestep(self, index: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.timestep_map).to(index.device)[index]
 
+    def matched_index(self, index: int, resolution: int, reference_resolution: int = 512) -> int:
+        """The index of this chain whose noise destroys as much of a face at ``resolution`` px as
+        ``index`` does at ``reference_resolution`` px.
+
+        Why: the same per-pixel noise is much stronger at a lower resolution. One pixel of a
+        64-px face covers an 8×8 block of the 512-px face; averaging that block divides the
+        noise variance by 64, so at 512 px eyes and mouth survive a noise level that wipes them
+        out at 64 px (Hoogeboom et al., "simple diffusion", 2023, shift the schedule by the same
+        rule). Matching the face-level damage means raising the log-SNR by
+        2·ln(reference_resolution / resolution): index 150 of "250" at 512 px (t ≈ 602,
+        ᾱ ≈ 0.025) becomes index 53 at 64 px (t ≈ 213, ᾱ ≈ 0.62). Same resolution: same index.
+        """
+        if not 0 <= index < self.num_timesteps:
+            raise ValueError(f"index must lie in [0, {self.num_timesteps}), got {index}")
+        if resolution <= 0 or reference_resolution <= 0:
+            raise ValueError("resolutions must be positive")
+        log_snr = np.log(self.alphas_cumprod) - np.log1p(-self.alphas_cumprod)
+        target = log_snr[index] + 2 * math.log(reference_resolution / resolution)
+        return int(np.argmin(np.abs(log_snr - target)))
+
     # -- forward process ----------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:

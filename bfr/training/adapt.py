@@ -3,7 +3,8 @@
 data → pseudo-targets → model → loop → save card. Given a folder of degraded, aligned faces
 and a starting restorer, the face prior turns the restorer's outputs into pseudo-targets
 (``bfr.methods.unsupervised.pseudo_targets``: diffuse to index 150 of "250", ancestral steps
-back with low-pass replacement down to index 90) and the restorer is fine-tuned on them
+back with low-pass replacement down to index 90; at 64 px the indices with the same face-level
+noise, 53 and 15) and the restorer is fine-tuned on them
 with the authors' losses [code]: L1 (1.0) + LPIPS-VGG (0.1) + a vanilla GAN loss (0.1)
 against a spectral-norm U-Net discriminator whose real images are clean faces; AdamW,
 lr 2e-5 cosine to 5e-6 over 20k iterations, batch 16. Pseudo-targets are cached in the run
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,11 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
+from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
 from bfr.imageio import load_image, save_image, to_tensor
 from bfr.methods.base import resize
-from bfr.methods.unsupervised import lowpass_factor, pseudo_targets
+from bfr.methods.unsupervised import lowpass_factor, pseudo_targets, recipe_indices
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
 from bfr.training.checkpoint import resume_or_init, save_state
@@ -63,8 +65,8 @@ class AdaptConfig:
     paper_swinir: dict = field(default_factory=lambda: dict(DIFFACE_SWINIR_512))
     paper_unet: dict = field(default_factory=lambda: dict(DIFFACE_UNET_512))
     # pseudo-targets [code]
-    start: int = 150
-    min_index: int = 90
+    start: int | None = None  # None: the authors' 150 at 512 px, matched to the prior's size (53 at 64 px)
+    min_index: int | None = None  # None: the authors' 90 at 512 px, matched likewise (15 at 64 px)
     respacing: str = "250"
     factor: int | None = None  # None: lowpass_factor(resolution, path)
     gen_batch_size: int = 16
@@ -367,6 +369,13 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     lq = read_images(files, resolution)
     path = "general" if cfg.references_dir else "swinir"
     factor = cfg.factor or lowpass_factor(resolution, path)
+    if cfg.start is None or cfg.min_index is None:
+        if cfg.respacing != "250":
+            raise InputError(f"give start and min_index for respacing {cfg.respacing!r} (the defaults are \"250\" "
+                             "indices)")
+        start, min_index = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), resolution)
+        cfg = replace(cfg, start=start if cfg.start is None else cfg.start,
+                      min_index=min_index if cfg.min_index is None else cfg.min_index)
     if cfg.references_dir:
         by_stem = {p.stem: p for p in list_images(cfg.references_dir)}
         lacking = [p.name for p in files if p.stem not in by_stem]
