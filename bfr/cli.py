@@ -103,6 +103,8 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.tier != "compact" and args.what != "flipnet":
+        raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
     if args.what == "prior":
         from bfr.training.prior import PriorConfig, train_prior
 
@@ -122,7 +124,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         if args.init_from:
             raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
-        cfg = FlipNetTrainConfig(out_dir=args.output or "runs/flipnet64", prior=args.prior, batch_size=args.batch_size,
+        if args.tier == "compact" and (args.unet or args.vae or args.clean_dir):
+            raise BfrError("--unet, --vae and --clean-dir belong to FLIPNET's paper tier (--tier paper)")
+        if args.tier == "paper" and args.prior:
+            raise BfrError("the paper tier's frozen prior is Stable Diffusion 2.1-base: give its weights with --unet")
+        default_out = "runs/flipnet64" if args.tier == "compact" else "runs/flipnet_sd21"
+        cfg = FlipNetTrainConfig(out_dir=args.output or default_out, tier=args.tier, prior=args.prior,
+                                 unet=args.unet, vae=args.vae, clean_dir=args.clean_dir, batch_size=args.batch_size,
                                  max_steps=args.steps, max_minutes=args.minutes, mixed_precision=args.precision)
         for name in ("embed_steps", "degrade_steps", "restore_steps", "offline_faces", "lr"):
             if getattr(args, name) is not None:
@@ -247,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-faces", action="store_true", help="also write per-face input/restored crops")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split)")
+    p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split); "
+                                   "FLIPNET also in Stable Diffusion latents (--tier paper)")
     p.add_argument("what", choices=["prior", "backbone", "idm", "flipnet"])
     p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
@@ -271,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-steps", type=int, default=None, help="flipnet: restoration-mode stage (default 12000)")
     p.add_argument("--offline-faces", type=int, default=None,
                    help="flipnet: train faces the degradation mode degrades for the restoration stage (default 512)")
+    p.add_argument("--tier", default="compact", choices=["compact", "paper"],
+                   help="flipnet: compact (pixels, prior64, LFW) or paper (Stable Diffusion 2.1-base latents)")
+    p.add_argument("--clean-dir", default=None, help="flipnet paper tier: clean FFHQ-aligned faces to train on")
+    p.add_argument("--unet", default=None, help="flipnet paper tier: SD 2.1-base UNet weights (default: the Hub)")
+    p.add_argument("--vae", default=None, help="flipnet paper tier: SD 2.1-base VAE weights (default: the Hub)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="adapt a restorer to degraded faces without ground truth (Kuai et al.)")

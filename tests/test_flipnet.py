@@ -3,6 +3,7 @@ both backbones, the sampler wiring, adapters files, and the staged training on a
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -231,24 +232,26 @@ def test_adapters_file_round_trip_and_prior_check(tmp_path):
 # ---------------------------------------------------------------------------- paper tier (diffusers)
 
 
+TINY_SD_UNET = dict(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+                    norm_num_groups=8)
+TINY_SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                   latent_channels=4, norm_num_groups=8)
+TINY_SD_FLIP = dict(backbone="sd", lora_rank=4, embed=dict(image_size=32, grid=4, dim=32, base_channels=16))
+
+
 def tiny_sd():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=8)
-    return unet, vae
+    return UNet2DConditionModel(**TINY_SD_UNET), AutoencoderKL(**TINY_SD_VAE)
 
 
 def test_paper_tier_code_path_runs_on_a_tiny_stable_diffusion_unet():
     unet, vae = tiny_sd()
-    cfg = dict(backbone="sd", lora_rank=4, embed=dict(image_size=32, grid=4, dim=32, base_channels=16))
-    net = FlipNet(unet, cfg)
+    net = FlipNet(unet, TINY_SD_FLIP)
     # LoRA on the four projections of every self- and cross-attention
     lora = {n.split(".lora_A")[0] for n, _ in net.prior.named_parameters() if "lora_A" in n}
     assert len(lora) == 8 * len(net.sites) and all(("attn1" in n) or ("attn2" in n) for n in lora)
@@ -376,6 +379,73 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     # the exported adapters load around the same prior and restore
     net = attach_adapters(UNetModel(**TINY_PRIOR), tmp_path / "bundle" / "flipnet64.safetensors")
     assert method(net).restore(torch.rand(1, 3, 16, 16), steps=2).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.slow
+def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
+    """`train flipnet --tier paper` on a tiny Stable Diffusion: SD latents (scaled-linear, ε), clean faces from a
+    folder with the first files held out, adapters tied to the UNet file, a card, and the adapters restore."""
+    from bfr.imageio import save_image
+    from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+    from bfr.weights import read_metadata
+
+    unet, vae = tiny_sd()
+    save_file(unet.state_dict(), str(tmp_path / "unet.safetensors"))
+    save_file(vae.state_dict(), str(tmp_path / "vae.safetensors"))
+    clean = tmp_path / "ffhq"
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        face = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=48, mode="bicubic")
+        save_image(face.clamp(0, 1), clean / f"{i:05d}.png")  # read and resized to 32 px
+    run = tmp_path / "run"
+    cfg = FlipNetTrainConfig(out_dir=str(run), tier="paper", unet=str(tmp_path / "unet.safetensors"),
+                             vae=str(tmp_path / "vae.safetensors"), clean_dir=str(clean), val_faces=4,
+                             paper_unet=TINY_SD_UNET, paper_vae=TINY_SD_VAE, flip=TINY_SD_FLIP, resolution=32,
+                             batch_size=2, embed_steps=2, degrade_steps=2, restore_steps=2, offline_faces=2,
+                             eval_every=2, eval_steps=2, save_every=2, mixed_precision="no")
+    path = train_flipnet(cfg)
+    assert path.name == "flipnet_sd21.safetensors"
+    meta = read_metadata(path)
+    assert json.loads(meta["tier"]) == "paper" and json.loads(meta["resolution"]) == 32
+    assert json.loads(meta["steps"]) == 6 and json.loads(meta["finished"]) is True
+    assert "no LPIPS in latents" in json.loads(meta["losses"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["embed", "degrade", "restore"] and "val_psnr" in log[-1]
+    offline = np.load(run / "offline_lq.npz")
+    assert offline["hq"].shape == offline["lq"].shape == (2, 3, 32, 32)
+    config = json.loads((run / "config.json").read_text())
+    assert config["flip"]["backbone"] == "sd" and config["tier"] == "paper"
+
+    card = write_flipnet_card(run, dest=tmp_path / "bundle", n_test=4)
+    text = card.read_text()
+    assert text.startswith("# FLIPNET, paper tier (flipnet_sd21)") and "4 seeded" in text and "held-out" in text
+    assert (tmp_path / "bundle" / "flipnet_sd21.safetensors").is_file()
+
+    from diffusers import UNet2DConditionModel
+
+    fresh = UNet2DConditionModel(**TINY_SD_UNET)
+    fresh.load_state_dict(unet.state_dict())
+    net = attach_adapters(fresh, path, tmp_path / "unet.safetensors")
+    assert any(h.to_out.weight.abs().sum() > 0 for h in net.boost)  # BoostHub learned (W_O started at zero)
+    m = FLIPNET(net, resolution=32, framing="ffhq", tier="paper", device=torch.device("cpu"), vae=vae,
+                vae_scale=0.18215, schedule="scaled_linear", learn_sigma=False)
+    assert m.restore(torch.rand(1, 3, 32, 32), steps=2).shape == (1, 3, 32, 32)
+
+    with pytest.raises(InputError, match="clean_dir"):
+        FlipNetTrainConfig(tier="paper")
+
+
+def test_cli_train_rejects_tier_mixups(tmp_path, capsys):
+    from bfr.cli import main
+
+    assert main(["train", "prior", "--tier", "paper", "-o", str(tmp_path / "p")]) == 2
+    assert "--tier paper is for `train flipnet`" in capsys.readouterr().err
+    assert main(["train", "flipnet", "--tier", "paper", "-o", str(tmp_path / "f")]) == 2
+    assert "clean" in capsys.readouterr().err
+    assert main(["train", "flipnet", "--tier", "paper", "--prior", "x", "--clean-dir", str(tmp_path)]) == 2
+    assert "--unet" in capsys.readouterr().err
+    assert main(["train", "flipnet", "--clean-dir", str(tmp_path), "-o", str(tmp_path / "c")]) == 2
+    assert "--tier paper" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- API and command line

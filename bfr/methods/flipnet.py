@@ -8,7 +8,8 @@ the shared sampler: 50 DDIM steps, no classifier-free guidance, φ = 1 [choice, 
 
 Tiers: "compact" works in pixels on the project's 64 px prior (catalog ``flipnet64``,
 adapters trained by bfr); "paper" works in Stable Diffusion 2.1-base latents (UNet and VAE
-from the Hub) with adapters from a local file: the authors published none.
+from the Hub) with adapters from a local file: the authors published none
+(``python -m bfr train flipnet --tier paper`` trains them).
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def paper_networks(adapters: str | Path | None = None, unet: str | Path | None =
         adapters = find_local(CATALOG[PAPER_WEIGHTS])
         if adapters is None:
             raise WeightsUnavailableError(
-                f"FLIPNET's paper tier has no trained adapters: Miao et al. released neither code nor weights, and "
-                f"bfr trains only the compact tier (`python -m bfr train flipnet`). Given adapters for Stable "
-                f"Diffusion 2.1-base (a FlipNet adapters file, backbone 'sd'), pass weights={{'{PAPER_WEIGHTS}': PATH}} "
+                f"FLIPNET's paper tier has no trained adapters: Miao et al. released neither code nor weights. Train "
+                f"them with `python -m bfr train flipnet --tier paper --clean-dir FFHQ_DIR` (a GPU and the Stable "
+                f"Diffusion 2.1-base weights needed); given adapters (a FlipNet adapters file, backbone 'sd'), "
+                f"pass weights={{'{PAPER_WEIGHTS}': PATH}} "
                 f"(command line: --weights {PAPER_WEIGHTS}=PATH) or put them at "
                 f"$BFR_WEIGHTS_DIR/{PAPER_WEIGHTS}.safetensors; or use the compact tier ({COMPACT_WEIGHTS}).")
     adapters_metadata(adapters)  # fail on a wrong file before loading the UNet

@@ -195,8 +195,9 @@ def read_images(files: list[Path], resolution: int) -> torch.Tensor:
 class FolderBatches:
     """Random batches in [0, 1] read from a folder on demand (clean FFHQ can be too big for memory)."""
 
-    def __init__(self, folder: str | Path, resolution: int, batch_size: int, seed: int = 0, flip: bool = True):
-        self.files = list_images(folder)
+    def __init__(self, folder: str | Path, resolution: int, batch_size: int, seed: int = 0, flip: bool = True,
+                 files: list[Path] | None = None):
+        self.files = list_images(folder) if files is None else files  # ``files``: a chosen subset of the folder
         self.resolution, self.batch_size, self.flip = resolution, batch_size, flip
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -1,4 +1,10 @@
-"""Train FLIPNET's compact tier around the frozen compact prior, in the paper's order.
+"""Train FLIPNET around a frozen prior, in the paper's order.
+
+Tiers: "compact" works in pixels around the project's 64 px prior on the LFW train split;
+"paper" works in Stable Diffusion 2.1-base latents (UNet and VAE frozen, from the Hub or
+local files) on a folder of clean FFHQ-aligned faces (``clean_dir``; the paper uses FFHQ),
+whose first ``val_faces`` files are held out for the checks. Same stages, losses and code;
+only the space, the schedule (SD's scaled-linear, ε, fixed variance) and the data differ.
 
 1. **embed**: the HQ and LQ face autoencoders (Stage I: L1, plus LPIPS where its weights
    exist), then two-way contrastive alignment of their pooled tokens (Stage II) while the
@@ -16,12 +22,17 @@
 
 Only LoRA, BoostHub, the face attention, the mode embedding and τ train in stages 2–4; the
 prior stays frozen and the embedder is frozen after stage 1. Resumable at any step.
+
+In latents the clean-face term is an MSE on the predicted clean *latent*, and LPIPS is left
+out [choice]: it would need a pass through SD's VAE decoder at 512 px on every step, which
+costs more than the UNet step it regularises.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,9 +46,10 @@ from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
 from bfr.methods.flipnet import FLIPNET
 from bfr.metrics import psnr, ssim
+from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
 from bfr.nets.face_embed import pooled, two_way_contrastive
 from bfr.nets.flipnet import FlipNet, FlipNetConfig
-from bfr.training.adapt import perceptual_loss
+from bfr.training.adapt import FolderBatches, list_images, perceptual_loss, read_images
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import DATA_NOTE, format_duration
 from bfr.training.checkpoint import load_state, save_state
@@ -45,13 +57,23 @@ from bfr.training.common import JsonlLog, StopSignal, hardware, save_grid, warmu
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
 
+TIERS = ("compact", "paper")
+WEIGHTS_NAME = {"compact": "flipnet64", "paper": "flipnet_sd21"}
+
 
 @dataclass
 class FlipNetTrainConfig:
     out_dir: str = "runs/flipnet64"
-    prior: str | None = None  # prior weights file; None = the bundled prior64
-    flip: dict = field(default_factory=lambda: FlipNetConfig().to_dict())
-    resolution: int = 64
+    tier: str = "compact"  # "compact": pixels around prior64 on LFW; "paper": SD 2.1-base latents on clean_dir
+    prior: str | None = None  # compact: prior weights file; None = the bundled prior64
+    unet: str | None = None  # paper: SD 2.1-base UNet weights; None = catalog sd21_unet (Hub)
+    vae: str | None = None  # paper: its VAE; None = catalog sd21_vae (Hub)
+    clean_dir: str | None = None  # paper: clean FFHQ-aligned faces (the paper trains on FFHQ)
+    val_faces: int = 16  # paper: the first files of clean_dir, held out for the checks
+    paper_unet: dict = field(default_factory=lambda: dict(SD21_BASE_UNET))
+    paper_vae: dict = field(default_factory=lambda: dict(SD_VAE))
+    flip: dict | None = None  # None: FlipNetConfig() (compact), its "sd" backbone with LoRA rank 64 (paper)
+    resolution: int | None = None  # None: 64 (compact), 512 (paper)
     batch_size: int = 16
     embed_steps: int = 2000
     align_from: float = 0.5  # fraction of the embed stage after which the contrastive loss joins
@@ -77,53 +99,164 @@ class FlipNetTrainConfig:
     seed: int = 0
     train_images: int | None = None
 
+    def __post_init__(self):
+        if self.tier not in TIERS:
+            raise InputError(f"unknown tier {self.tier!r}; use 'compact' or 'paper'")
+        if self.tier == "paper" and not self.clean_dir:
+            raise InputError("FLIPNET's paper tier trains on clean FFHQ-aligned faces at 512 px: pass clean_dir "
+                             "(--clean-dir; the paper uses FFHQ)")
+        if self.resolution is None:
+            self.resolution = 64 if self.tier == "compact" else 512
+        if self.flip is None:
+            paper = dict(backbone="sd", lora_rank=64)  # [paper] rank 64 on Stable Diffusion
+            self.flip = FlipNetConfig(**(paper if self.tier == "paper" else {})).to_dict()
+
     @property
     def total_steps(self) -> int:
         return self.embed_steps + self.degrade_steps + self.restore_steps
 
 
 def prior_file(cfg: FlipNetTrainConfig) -> Path:
+    """The frozen prior's weights file (its sha256 ties the adapters to it)."""
     from bfr.weights import resolve
 
-    return resolve("prior64", cfg.prior)
+    return resolve("prior64", cfg.prior) if cfg.tier == "compact" else resolve("sd21_unet", cfg.unet)
 
 
-def build(cfg: FlipNetTrainConfig) -> FlipNet:
-    from bfr.api import load_net
+def load_prior(cfg: FlipNetTrainConfig) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The frozen prior, and the VAE of its latent space (None in pixels)."""
+    if cfg.tier == "compact":
+        from bfr.api import load_net
 
-    return FlipNet(load_net("prior64", prior_file(cfg)), cfg.flip)
+        return load_net("prior64", prior_file(cfg)), None
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from bfr.weights import load_into, load_state_dict, resolve
+
+    unet = UNet2DConditionModel(**cfg.paper_unet)
+    load_into(unet, load_state_dict(prior_file(cfg)))
+    vae = AutoencoderKL(**cfg.paper_vae)
+    load_into(vae, load_state_dict(resolve("sd21_vae", cfg.vae)))
+    return unet, vae.eval().requires_grad_(False)
+
+
+def build(cfg: FlipNetTrainConfig) -> tuple[FlipNet, torch.nn.Module | None]:
+    """A fresh FlipNet around the frozen prior, and the VAE (None in pixels)."""
+    prior, vae = load_prior(cfg)
+    return FlipNet(prior, cfg.flip), vae
+
+
+def config_of_run(run: Path) -> FlipNetTrainConfig:
+    """The training config a run folder recorded (runs from before the paper tier are compact)."""
+    from dataclasses import fields
+
+    raw = json.loads((run / "config.json").read_text())
+    names = {f.name for f in fields(FlipNetTrainConfig)}
+    return FlipNetTrainConfig(**{k: v for k, v in raw.items() if k in names})
+
+
+def flipnet_method(net: FlipNet, cfg: FlipNetTrainConfig, vae: torch.nn.Module | None,
+                   device: torch.device) -> FLIPNET:
+    """The inference method around ``net`` (an EMA copy: the method freezes what it is given)."""
+    if vae is None:
+        return FLIPNET(net, resolution=cfg.resolution, framing="lfw", tier="compact", device=device)
+    return FLIPNET(net, resolution=cfg.resolution, framing="ffhq", tier="paper", device=device, vae=vae,
+                   vae_scale=SD_VAE_SCALING, schedule="scaled_linear", learn_sigma=False)
+
+
+def make_encoder(vae: torch.nn.Module | None):
+    """Faces in [-1, 1] → the prior's space: pixels as they are, or SD latents (the posterior mean, scaled)."""
+    if vae is None:
+        return lambda x: x
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(x.to(next(vae.parameters()).dtype)).latent_dist.mean.float() * SD_VAE_SCALING
+
+    return encode
+
+
+def diffusion_of(cfg: FlipNetTrainConfig) -> GaussianDiffusion:
+    if cfg.tier == "compact":
+        return GaussianDiffusion.create(1000, "linear", learn_sigma=True)
+    return GaussianDiffusion.create(1000, "scaled_linear", learn_sigma=False)
+
+
+def clean_faces(cfg: FlipNetTrainConfig) -> tuple[object, Callable[[], torch.Tensor], list[Path] | None]:
+    """(a source of HQ training batches in [0, 1] with ``next()``; a loader of the training faces the
+    offline stage may degrade, uint8: all of them (compact) or the first ``offline_faces`` (paper,
+    read only if that stage runs); the paper tier's held-out files)."""
+    if cfg.tier == "compact":
+        print(f"loading LFW faces at {cfg.resolution} px …")
+        faces = load_faces(split_files("train")[:cfg.train_images], cfg.resolution)
+        batches = FaceBatches(faces, cfg.batch_size, seed=cfg.seed)
+        return _Unit(batches), lambda: faces, None
+    files = list_images(cfg.clean_dir)
+    if len(files) <= cfg.val_faces:
+        raise InputError(f"{cfg.clean_dir} has {len(files)} images; FLIPNET holds out the first {cfg.val_faces} "
+                         "for checks and needs more to train on")
+    held, train = files[:cfg.val_faces], files[cfg.val_faces:][:cfg.train_images]
+    print(f"{len(train)} clean faces from {cfg.clean_dir} at {cfg.resolution} px ({len(held)} held out)")
+    batches = FolderBatches(cfg.clean_dir, cfg.resolution, cfg.batch_size, seed=cfg.seed, files=train)
+    return batches, lambda: read_images(train[:cfg.offline_faces], cfg.resolution), held
+
+
+class _Unit:
+    """FaceBatches ([-1, 1]) seen in [0, 1]."""
+
+    def __init__(self, batches: FaceBatches):
+        self.batches = batches
+
+    def next(self) -> torch.Tensor:
+        return self.batches.next() * 0.5 + 0.5
+
+
+def validation_pairs(cfg: FlipNetTrainConfig, degradation: str, held: list[Path] | None,
+                     n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed (HQ, LQ) check pairs in [0, 1]: LFW test faces (compact) or the held-out clean files (paper)."""
+    if held is None:
+        return validation_set(cfg.resolution, degradation, n=n)
+    hq = read_images(held[:n], cfg.resolution).float() / 255
+    lq, params = degrade_batch(hq, preset(degradation, cfg.resolution), seed=2024, return_params=True)
+    return gray_where(hq, params), lq
 
 
 class Pairs:
-    """(HQ, LQ) batches in [0, 1]: HQ from LFW train faces, LQ synthesized on the fly, seeded."""
+    """(HQ, LQ) batches in [0, 1]: HQ from a source of clean faces, LQ synthesized on the fly, seeded."""
 
-    def __init__(self, faces: torch.Tensor, batch_size: int, seed: int, resolution: int):
-        self.batches = FaceBatches(faces, batch_size, seed=seed)
+    def __init__(self, source, seed: int, resolution: int):
+        self.source = source
         self.rng = torch.Generator().manual_seed(seed + 1)
         self.resolution = resolution
 
     def next(self, preset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        hq = self.batches.next() * 0.5 + 0.5
+        hq = self.source.next()
         lq, params = degrade_batch(hq, preset(preset_name, self.resolution),
                                    seed=int(torch.randint(2**31, (1,), generator=self.rng)), return_params=True)
         return gray_where(hq, params), lq
 
 
 def diffusion_loss(net: FlipNet, diffusion: GaussianDiffusion, target: torch.Tensor, cond: torch.Tensor, mode: str,
-                   cfg: FlipNetTrainConfig, perceptual=None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hybrid diffusion loss of ``target`` given ``cond`` (both [0, 1], pixels) in ``mode``; plus x0 losses."""
-    x0, c = target * 2 - 1, cond * 2 - 1
-    condition = net.condition(c, c, mode)
+                   cfg: FlipNetTrainConfig, perceptual=None, encode=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion loss of ``target`` given ``cond`` (both [0, 1], pixels) in ``mode``; plus x0 losses.
+
+    ``encode`` maps faces in [-1, 1] to the prior's space (None: pixels); in latents the x0 term is
+    on the predicted latent and ``perceptual`` is not used."""
+    pixels = encode is None
+    encode = encode or (lambda x: x)
+    face = cond * 2 - 1
+    x0 = encode(target * 2 - 1)
+    condition = net.condition(encode(face), face, mode)
     t = torch.randint(0, diffusion.num_timesteps, (len(x0),), device=x0.device)
     losses = diffusion.training_losses(lambda x, tt: net(x, tt, condition), x0, t, min_snr_gamma=cfg.min_snr_gamma)
     loss = losses["loss"].mean()
     parts = {"diffusion": loss.item()}
     if mode == "restore" and cfg.x0_weight:
-        pred = losses["pred_xstart"].clamp(-1, 1)
+        pred = losses["pred_xstart"].clamp(-1, 1) if pixels else losses["pred_xstart"]
         mse = F.mse_loss(pred, x0)
         loss = loss + cfg.x0_weight * mse
         parts["x0_mse"] = mse.item()
-        if perceptual is not None:
+        if perceptual is not None and pixels:
             lp = perceptual(pred * 0.5 + 0.5, target)
             loss = loss + cfg.lpips_weight * lp
             parts["lpips"] = lp.item()
@@ -132,27 +265,27 @@ def diffusion_loss(net: FlipNet, diffusion: GaussianDiffusion, target: torch.Ten
 
 @torch.no_grad()
 def held_out_loss(net: FlipNet, diffusion: GaussianDiffusion, hq: torch.Tensor, lq: torch.Tensor, mode: str,
-                  seed: int = 1234) -> float:
+                  seed: int = 1234, encode=None) -> float:
     """ε-MSE on fixed test pairs, timesteps and noise: comparable across steps (memorisation check).
 
     The ε part only: the VLB term of the hybrid loss is dominated by its t = 0 decoder term,
     which the condition cannot move, and it hid whether the condition was being used."""
     g = torch.Generator().manual_seed(seed)
+    encode = encode or (lambda x: x)
+    device = next(net.parameters()).device
     target, cond = (hq, lq) if mode == "restore" else (lq, hq)
-    x0 = target * 2 - 1
+    x0 = encode(target.to(device) * 2 - 1).cpu()
     t = torch.linspace(0, diffusion.num_timesteps - 1, len(x0)).round().long()
     noise = torch.randn(x0.shape, generator=g)
-    device = next(net.parameters()).device
-    condition = net.condition(cond.to(device) * 2 - 1, cond.to(device) * 2 - 1, mode)
+    face = cond.to(device) * 2 - 1
+    condition = net.condition(encode(face), face, mode)
     out = diffusion.training_losses(lambda x, tt: net(x, tt, condition), x0.to(device), t.to(device), noise.to(device))
     return out["mse"].mean().item()
 
 
-def evaluate_restoration(net: FlipNet, hq: torch.Tensor, lq: torch.Tensor, steps: int) -> dict[str, float]:
-    """PSNR/SSIM of restoration mode on fixed test pairs, next to the degraded input's (``net``: the EMA copy)."""
-    device = next(net.parameters()).device
-    method = FLIPNET(net, resolution=hq.shape[-1], framing="lfw", tier="compact", device=device)
-    out = method.restore(lq, steps=steps, seed=0)
+def evaluate_restoration(method: FLIPNET, hq: torch.Tensor, lq: torch.Tensor, steps: int) -> dict[str, float]:
+    """PSNR/SSIM of restoration mode on fixed test pairs, next to the degraded input's (around the EMA copy)."""
+    out = torch.cat([method.restore(lq[i:i + 16], steps=steps, seed=0) for i in range(0, len(lq), 16)])
     return {"psnr": psnr(out, hq).mean().item(), "ssim": ssim(out, hq).mean().item(),
             "psnr_input": psnr(lq, hq).mean().item(), "ssim_input": ssim(lq, hq).mean().item()}
 
@@ -176,15 +309,21 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
     torch.manual_seed(cfg.seed)
-    print(f"loading LFW faces at {cfg.resolution} px …")
-    faces = load_faces(split_files("train")[:cfg.train_images], cfg.resolution)
-    pairs = Pairs(faces, cfg.batch_size, cfg.seed, cfg.resolution)
-    val_hq, val_lq = validation_set(cfg.resolution, cfg.restore_preset, n=16)
-    deg_hq, deg_lq = validation_set(cfg.resolution, cfg.degrade_presets[0], n=16)
-    diffusion = GaussianDiffusion.create(1000, "linear", learn_sigma=True)
-    perceptual, perceptual_note = perceptual_loss(cfg.lpips_weight, device)
+    source, offline_pool, held = clean_faces(cfg)
+    pairs = Pairs(source, cfg.seed, cfg.resolution)
+    val_hq, val_lq = validation_pairs(cfg, cfg.restore_preset, held)
+    deg_hq, deg_lq = validation_pairs(cfg, cfg.degrade_presets[0], held)
+    diffusion = diffusion_of(cfg)
+    if cfg.tier == "compact":
+        perceptual, perceptual_note = perceptual_loss(cfg.lpips_weight, device)
+    else:
+        perceptual, perceptual_note = None, "no LPIPS in latents (the x0 term is an MSE on the predicted latent)"
 
-    net = build(cfg).to(device)
+    net, vae = build(cfg)
+    net = net.to(device)
+    if vae is not None:
+        vae = vae.to(device)
+    encode = None if vae is None else make_encoder(vae)
     ema = EMA(net, max_decay=0.999)
     log = JsonlLog(out / "log.jsonl")
     state_path = out / "state.safetensors"
@@ -200,7 +339,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         stage, step, seconds = meta["stage"], meta["step"], meta["seconds"]
         if step > cfg.embed_steps and meta.get("prior_sha256") not in (None, prior_sha):
             raise InputError(f"{out} was trained on another prior (sha256 {meta['prior_sha256'][:12]}…) than "
-                             f"{prior_file(cfg)} ({prior_sha[:12]}…); start a new run folder or pass --prior.")
+                             f"{prior_file(cfg)} ({prior_sha[:12]}…); start a new run folder or pass the prior "
+                             "it was trained on (--prior, or --unet for the paper tier).")
         load_state(state_path, net, ema.model, embed_opt if stage == "embed" else flip_opt)
         print(f"resumed at stage {stage}, step {step}")
 
@@ -267,7 +407,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     while not stop and stage in ("degrade", "offline", "restore") and step < last_step:
         if stage == "offline":
-            offline = make_offline(ema.model, faces, cfg, offline_path)
+            offline = make_offline(flipnet_method(ema.model, cfg, vae, device), offline_pool, cfg, offline_path)
             stage = "restore"
             save()
             continue
@@ -277,7 +417,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
             save()
             continue
         if stage == "restore" and offline is None:
-            offline = make_offline(ema.model, faces, cfg, offline_path)
+            offline = make_offline(flipnet_method(ema.model, cfg, vae, device), offline_pool, cfg, offline_path)
         t0 = time.time()
         local = step - cfg.embed_steps - (cfg.degrade_steps if stage == "restore" else 0)
         span = cfg.degrade_steps if stage == "degrade" else cfg.restore_steps
@@ -296,7 +436,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                 lq = torch.cat([lq[n_off:], offline[1][idx].float() / 255])
             target, cond, mode = hq, lq, "restore"
         with accelerator.autocast():
-            loss, parts = diffusion_loss(net, diffusion, target.to(device), cond.to(device), mode, cfg, perceptual)
+            loss, parts = diffusion_loss(net, diffusion, target.to(device), cond.to(device), mode, cfg, perceptual,
+                                         encode)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.trainable_parameters(), 1.0)
         flip_opt.step()
@@ -307,11 +448,12 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         track({f"{mode}_{k}": v for k, v in parts.items()})
         if step % cfg.eval_every == 0:
             record = {"stage": stage, "step": step, "seconds": seconds,
-                      "heldout_degrade": held_out_loss(ema.model, diffusion, deg_hq, deg_lq, "degrade"),
-                      "heldout_restore": held_out_loss(ema.model, diffusion, val_hq, val_lq, "restore")}
+                      "heldout_degrade": held_out_loss(ema.model, diffusion, deg_hq, deg_lq, "degrade", encode=encode),
+                      "heldout_restore": held_out_loss(ema.model, diffusion, val_hq, val_lq, "restore", encode=encode)}
             if stage == "restore":
+                method = flipnet_method(ema.model, cfg, vae, device)
                 record.update({f"val_{k}": v for k, v in
-                               evaluate_restoration(ema.model, val_hq, val_lq, cfg.eval_steps).items()})
+                               evaluate_restoration(method, val_hq, val_lq, cfg.eval_steps).items()})
             log.write(**record)
         if step % cfg.save_every == 0:
             save()
@@ -331,18 +473,19 @@ def embedding_check(net: FlipNet, hq: torch.Tensor, lq: torch.Tensor) -> dict[st
 
 
 @torch.no_grad()
-def make_offline(net: FlipNet, faces: torch.Tensor, cfg: FlipNetTrainConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """LQ versions of ``offline_faces`` train faces from the degradation mode, cached as uint8 npz."""
+def make_offline(method: FLIPNET, pool: Callable[[], torch.Tensor], cfg: FlipNetTrainConfig,
+                 path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """LQ versions of ``offline_faces`` train faces (from ``pool()``, uint8) by the degradation mode, cached
+    as uint8 npz."""
     if path.exists():
         data = np.load(path)
         return torch.from_numpy(data["hq"]), torch.from_numpy(data["lq"])
-    device = next(net.parameters()).device
+    faces = pool()
     g = torch.Generator().manual_seed(cfg.seed + 99)
     idx = torch.randperm(len(faces), generator=g)[:cfg.offline_faces]
     hq = faces[idx]
-    method = FLIPNET(net, resolution=cfg.resolution, framing="lfw", tier="compact", device=device)
     lq = []
-    batch = 64
+    batch = 64 if method.vae is None else 8
     for i in tqdm(range(0, len(hq), batch), desc="offline LQ (degradation mode)"):
         out = method.degrade(hq[i:i + batch].float() / 255, variants=1, seed=cfg.seed + i)[:, 0]
         lq.append((out * 255).round().to(torch.uint8))
@@ -361,8 +504,9 @@ def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds:
                for k, v in net.adapter_state_dict().items()}
     meta = {"kind": "flipnet", "config": json.dumps(net.config.to_dict()), "prior_sha256": json.dumps(prior_sha),
             "resolution": json.dumps(cfg.resolution), "steps": json.dumps(step), "train_seconds": json.dumps(round(seconds)),
-            "hardware": json.dumps(hardware()), "finished": json.dumps(finished), "losses": json.dumps(perceptual_note)}
-    path = out / "flipnet64.safetensors"
+            "hardware": json.dumps(hardware()), "finished": json.dumps(finished), "losses": json.dumps(perceptual_note),
+            "tier": json.dumps(cfg.tier)}
+    path = out / f"{WEIGHTS_NAME[cfg.tier]}.safetensors"
     save_file(tensors, str(path), metadata=meta)
     print(f"step {step}: exported {path}")
     return path
@@ -370,27 +514,30 @@ def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds:
 
 def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_test: int = 64) -> Path:
     """Measure the exported adapters on seeded test faces (50 DDIM steps) and write the card (and copy the
-    weights and a sample grid to ``dest`` when given, e.g. bfr/weights/compact)."""
+    weights and a sample grid to ``dest`` when given, e.g. bfr/weights/compact).
+
+    Test faces: LFW test faces (compact) or the run's held-out clean faces (paper, at most ``val_faces``)."""
     import shutil
 
-    from bfr.api import load_net
+    from bfr.methods.flipnet import attach_adapters
     from bfr.weights import read_metadata
 
     run = Path(run_dir)
-    weights = run / "flipnet64.safetensors"
-    cfg = json.loads((run / "config.json").read_text())
+    config = config_of_run(run)
+    cfg = asdict(config)
+    name = WEIGHTS_NAME[config.tier]
+    weights = run / f"{name}.safetensors"
     meta = {k: json.loads(v) for k, v in read_metadata(weights).items() if k not in ("config", "kind")}
-    prior = Path(cfg["prior"]) if cfg["prior"] else prior_file(FlipNetTrainConfig())
-    from bfr.methods.flipnet import attach_adapters
-
-    net = attach_adapters(load_net("prior64", prior), weights, prior).eval()
-    hq, lq = validation_set(cfg["resolution"], cfg["restore_preset"], n=n_test)
-    metrics = evaluate_restoration(net, hq, lq, steps=50)
-    method = FLIPNET(net, resolution=cfg["resolution"], framing="lfw", tier="compact", device=torch.device("cpu"))
+    prior, vae = load_prior(config)
+    net = attach_adapters(prior, weights, prior_file(config)).eval()
+    held = list_images(config.clean_dir)[:config.val_faces] if config.tier == "paper" else None
+    hq, lq = validation_pairs(config, config.restore_preset, held, n=n_test)
+    method = flipnet_method(net, config, vae, torch.device("cpu"))
+    metrics = evaluate_restoration(method, hq, lq, steps=50)
     restored = method.restore(lq[:8], steps=50, seed=0)
     variants = method.degrade(hq[:8], variants=2, steps=50, seed=0)
     grid = torch.cat([lq[:8], restored, hq[:8], variants[:, 0], variants[:, 1]]) * 2 - 1
-    save_grid(grid, run / "samples_final.png", nrow=8)
+    save_grid(grid, run / "samples_final.png", nrow=min(8, len(hq)))
 
     log = JsonlLog(run / "log.jsonl").read()
     rows = [r for r in log if r.get("stage") != "embed"]
@@ -403,17 +550,31 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     embed_line = (f"after {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
                   f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
                   if embed_rows else "not logged.")
-    total = cfg["embed_steps"] + cfg["degrade_steps"] + cfg["restore_steps"]
+    total = config.total_steps
+    if config.tier == "compact":
+        title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
+        face_entry = ("through a zero-initialised cross-attention per site (the ADM prior has no text "
+                      "cross-attention)")
+        data_note, test_faces = DATA_NOTE, f"seeded `{config.restore_preset}`-degraded LFW test faces"
+        limits = ("Trained for few steps on a CPU around an undertrained prior: a demonstration of the method's "
+                  "mechanics, not of its published quality. Restoration starts from pure noise, so identity is not "
+                  "guaranteed. 64 px only.")
+    else:
+        title, around = "paper tier", "the frozen Stable Diffusion 2.1-base UNet, in its VAE's latents"
+        face_entry = "as the UNet's cross-attention context, in place of text (SD's own cross-attention)"
+        data_note = (f"Clean faces from `{config.clean_dir}` (the paper trains on FFHQ), the first "
+                     f"{config.val_faces} files held out for the checks and this card's test.")
+        test_faces = f"seeded `{config.restore_preset}`-degraded held-out clean faces"
+        limits = ("Restoration starts from pure noise, so identity is not guaranteed. No real paired degradation "
+                  "data was used (see Training).")
     lines = [
-        "# FLIPNET, compact tier (flipnet64)", "",
-        "FLIPNET (Miao et al., ICCV 2025) re-implemented from the paper (no code or weights are public) around "
-        "the project's frozen 64 px face prior (prior64): LoRA (rank "
-        f"{cfg['flip']['lora_rank']}) on every attention projection, a BoostHub beside every self-attention "
-        "(queries from the target, keys/values from the condition's features at the same layer, zero-initialised "
-        "output, φ = 1), a learned mode embedding added to the timestep embedding (restore = 0, degrade = 1), and "
-        "the face embedding (HQ/LQ convolutional autoencoders aligned by a two-way contrastive loss) entering "
-        "through a zero-initialised cross-attention per site (the ADM prior has no text cross-attention). "
-        "Inference: pure noise, 50 DDIM steps, no guidance.", "",
+        f"# FLIPNET, {title} ({name})", "",
+        f"FLIPNET (Miao et al., ICCV 2025) re-implemented from the paper (no code or weights are public) around "
+        f"{around}: LoRA (rank {cfg['flip']['lora_rank']}) on every attention projection, a BoostHub beside every "
+        "self-attention (queries from the target, keys/values from the condition's features at the same layer, "
+        "zero-initialised output, φ = 1), a learned mode embedding added to the timestep embedding (restore = 0, "
+        "degrade = 1), and the face embedding (HQ/LQ convolutional autoencoders aligned by a two-way contrastive "
+        f"loss) entering {face_entry}. Inference: pure noise, 50 DDIM steps, no guidance.", "",
         "## Training", "",
         f"- steps: {meta['steps']} of {total} planned (embed {cfg['embed_steps']}, degrade {cfg['degrade_steps']}, "
         f"restore {cfg['restore_steps']}); finished: {meta['finished']}; batch {cfg['batch_size']}, AdamW lr "
@@ -427,31 +588,29 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         f"- restoration mode: on-the-fly `{cfg['restore_preset']}` degradations plus "
         f"{cfg['offline_fraction']:.0%} of each batch from {cfg['offline_faces']} offline LQ faces made by the "
         f"degradation mode (the paper's \"+O/F\"); {cfg['degrade_share']:.0%} of these steps stay in degradation "
-        f"mode. Loss: hybrid diffusion loss (min-SNR-{cfg['min_snr_gamma']:g}) + {cfg['x0_weight']:g}·MSE on the "
-        f"predicted clean face; perceptual term: {meta['losses']}.",
-        "- reproduce: `python -m bfr train flipnet` (resumable; stages embed → degrade → offline → restore).", "",
-        "## Data", "", DATA_NOTE, "",
+        f"mode. Loss: diffusion loss (min-SNR-{cfg['min_snr_gamma']:g}) + {cfg['x0_weight']:g}·MSE on the "
+        f"predicted clean {'face' if config.tier == 'compact' else 'latent'}; perceptual term: {meta['losses']}.",
+        f"- reproduce: `python -m bfr train flipnet --tier {config.tier}` (resumable; stages embed → degrade → "
+        "offline → restore).", "",
+        "## Data", "", data_note, "",
         "## Face embedding", "", embed_line, "",
         "## Log", "", *table, "",
         "## Test", "",
-        f"Restoration mode on {n_test} seeded `{cfg['restore_preset']}`-degraded LFW test faces (50 DDIM steps, "
-        f"seed 0): PSNR {metrics['psnr']:.2f} dB / SSIM {metrics['ssim']:.3f}, against {metrics['psnr_input']:.2f} "
-        f"dB / {metrics['ssim_input']:.3f} for the degraded input.", "",
-        "## Limitations", "",
-        "Trained for few steps on a CPU around an undertrained prior: a demonstration of the method's "
-        "mechanics, not of its published quality. Restoration starts from pure noise, so identity is not "
-        "guaranteed. 64 px only.", "",
+        f"Restoration mode on {len(hq)} {test_faces} (50 DDIM steps, seed 0): PSNR {metrics['psnr']:.2f} dB / "
+        f"SSIM {metrics['ssim']:.3f}, against {metrics['psnr_input']:.2f} dB / {metrics['ssim_input']:.3f} for the "
+        "degraded input.", "",
+        "## Limitations", "", limits, "",
         "## Samples", "",
         "Rows: degraded input, FLIPNET restoration, ground truth, two degradation-mode variants of the ground truth.",
-        "", "![samples](flipnet64_samples.png)", ""]
-    card = run / "flipnet64.md"
-    (run / "flipnet64_samples.png").write_bytes((run / "samples_final.png").read_bytes())
+        "", f"![samples]({name}_samples.png)", ""]
+    card = run / f"{name}.md"
+    (run / f"{name}_samples.png").write_bytes((run / "samples_final.png").read_bytes())
     card.write_text("\n".join(lines))
     (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
     if dest is not None:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("flipnet64.safetensors", "flipnet64.md", "flipnet64_samples.png"):
-            shutil.copyfile(run / name, dest / name)
-        card = dest / "flipnet64.md"
+        for file in (f"{name}.safetensors", f"{name}.md", f"{name}_samples.png"):
+            shutil.copyfile(run / file, dest / file)
+        card = dest / f"{name}.md"
     return card
