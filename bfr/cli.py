@@ -128,8 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise BfrError("--unet, --vae and --clean-dir belong to FLIPNET's paper tier (--tier paper)")
         if args.tier == "paper" and args.prior:
             raise BfrError("the paper tier's frozen prior is Stable Diffusion 2.1-base: give its weights with --unet")
-        default_out = "runs/flipnet64" if args.tier == "compact" else "runs/flipnet_sd21"
-        cfg = FlipNetTrainConfig(out_dir=args.output or default_out, tier=args.tier, prior=args.prior,
+        cfg = FlipNetTrainConfig(out_dir=args.output, tier=args.tier, prior=args.prior,
                                  unet=args.unet, vae=args.vae, clean_dir=args.clean_dir, batch_size=args.batch_size,
                                  max_steps=args.steps, max_minutes=args.minutes, mixed_precision=args.precision)
         for name in ("embed_steps", "degrade_steps", "restore_steps", "offline_faces", "lr"):

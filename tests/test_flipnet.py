@@ -400,7 +400,8 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     run = tmp_path / "run"
     cfg = FlipNetTrainConfig(out_dir=str(run), tier="paper", unet=str(tmp_path / "unet.safetensors"),
                              vae=str(tmp_path / "vae.safetensors"), clean_dir=str(clean), val_faces=4,
-                             paper_unet=TINY_SD_UNET, paper_vae=TINY_SD_VAE, flip=TINY_SD_FLIP, resolution=32,
+                             paper_unet=TINY_SD_UNET, paper_vae=TINY_SD_VAE, resolution=32,
+                             flip={**TINY_SD_FLIP, "embed": dict(image_size=16, grid=4, dim=32, base_channels=16)},
                              batch_size=2, embed_steps=2, degrade_steps=2, restore_steps=2, offline_faces=2,
                              eval_every=2, eval_steps=2, save_every=2, mixed_precision="no")
     path = train_flipnet(cfg)
@@ -408,7 +409,7 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     meta = read_metadata(path)
     assert json.loads(meta["tier"]) == "paper" and json.loads(meta["resolution"]) == 32
     assert json.loads(meta["steps"]) == 6 and json.loads(meta["finished"]) is True
-    assert "no LPIPS in latents" in json.loads(meta["losses"])
+    assert "none in latents" in json.loads(meta["losses"])
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["embed", "degrade", "restore"] and "val_psnr" in log[-1]
     offline = np.load(run / "offline_lq.npz")
@@ -419,6 +420,7 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     card = write_flipnet_card(run, dest=tmp_path / "bundle", n_test=4)
     text = card.read_text()
     assert text.startswith("# FLIPNET, paper tier (flipnet_sd21)") and "4 seeded" in text and "held-out" in text
+    assert f"--tier paper --clean-dir {clean}" in text  # the reproduce line works as printed
     assert (tmp_path / "bundle" / "flipnet_sd21.safetensors").is_file()
 
     from diffusers import UNet2DConditionModel
@@ -430,9 +432,16 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     m = FLIPNET(net, resolution=32, framing="ffhq", tier="paper", device=torch.device("cpu"), vae=vae,
                 vae_scale=0.18215, schedule="scaled_linear", learn_sigma=False)
     assert m.restore(torch.rand(1, 3, 32, 32), steps=2).shape == (1, 3, 32, 32)
+    with pytest.raises(WeightsUnavailableError, match="paper tier"):  # SD adapters on the compact prior
+        attach_adapters(UNetModel(**TINY_PRIOR), path)
 
+    cfg.restore_steps = 3  # a longer plan resumes where the run stopped
+    assert json.loads(read_metadata(train_flipnet(cfg))["steps"]) == 7
+    with pytest.raises(InputError, match="paper-tier FLIPNET run"):  # the run folder keeps its tier
+        train_flipnet(FlipNetTrainConfig(out_dir=str(run), mixed_precision="no"))
     with pytest.raises(InputError, match="clean_dir"):
         FlipNetTrainConfig(tier="paper")
+    assert FlipNetTrainConfig(tier="paper", clean_dir=str(clean)).out_dir == "runs/flipnet_sd21"
 
 
 def test_cli_train_rejects_tier_mixups(tmp_path, capsys):

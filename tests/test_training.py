@@ -76,3 +76,15 @@ def test_ema_warmup_tracks_short_runs():
     assert ema.decay(0) == 0.0
     assert 0.98 < ema.decay(1000) < 0.995
     assert ema.decay(10**9) == 0.9999
+
+
+def test_ema_averages_trainable_weights_and_leaves_frozen_ones_alone():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    net[0].requires_grad_(False)
+    ema = EMA(net, max_decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net, step=10**6)  # decay 0.5: halfway to the trained weights
+    torch.testing.assert_close(ema.model[1].weight, net[1].weight - 0.5)
+    torch.testing.assert_close(ema.model[0].weight, net[0].weight - 1.0)  # frozen: untouched (not copied)

@@ -149,6 +149,43 @@ def test_pseudo_targets_make_start_calls_per_batch_and_return_unit_range_images(
         pseudo_targets(prior, refs, start=20, min_index=30)
     with pytest.raises(InputError, match="respacing"):  # the default indices belong to the "250" chain
         pseudo_targets(prior, refs, respacing="100")
+    with pytest.raises(InputError, match="start"):  # the reference is diffused to index start: at most 249
+        pseudo_targets(prior, refs, start=250, min_index=90)
+
+
+def test_pseudo_target_defaults_follow_the_prior_size_and_a_given_start_caps_the_floor(monkeypatch):
+    """The recipe is the one of the prior's size (16 px: 14 / 3), whatever the references' size; the
+    floor reaches the hook; a start below the default floor brings the floor down with it."""
+    import bfr.methods.unsupervised as unsup
+
+    floors = []
+    hook = unsup.lowpass_hook
+    monkeypatch.setattr(unsup, "lowpass_hook", lambda *a, **k: floors.append(a[3]) or hook(*a, **k))
+    prior = CountingPrior(tiny_prior())
+    refs = F.interpolate(smooth_images(1), size=(24, 24), mode="bilinear")
+    out = pseudo_targets(prior, refs, seed=0, batch_size=1)
+    assert (prior.calls, floors, out.shape[-1]) == (14, [3], 24)
+    prior.calls, floors[:] = 0, []
+    pseudo_targets(prior, refs, seed=0, batch_size=1, start=2)
+    assert (prior.calls, floors) == (2, [2])
+
+
+def test_adapt_indices_keep_a_resumed_runs_and_fail_early(tmp_path):
+    from bfr.training.adapt import AdaptConfig, resolve_indices
+
+    cfg = AdaptConfig(out_dir=str(tmp_path / "run"))
+    assert (resolve_indices(cfg, 64).start, resolve_indices(cfg, 64).min_index) == (53, 15)
+    assert (resolve_indices(cfg, 512).start, resolve_indices(cfg, 512).min_index) == (150, 90)
+    capped = resolve_indices(AdaptConfig(out_dir=cfg.out_dir, start=10), 64)
+    assert (capped.start, capped.min_index) == (10, 10)
+    with pytest.raises(InputError, match="min_index"):
+        resolve_indices(AdaptConfig(out_dir=cfg.out_dir, start=10, min_index=20), 64)
+    run = tmp_path / "run"  # a run started before the compact recipe existed resumes with its own indices
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"start": 150, "min_index": 90}))
+    (run / "state.safetensors").write_bytes(b"")
+    resumed = resolve_indices(cfg, 64)
+    assert (resumed.start, resumed.min_index) == (150, 90)
 
 
 def test_method_is_one_forward_pass_of_the_restorer():

@@ -133,6 +133,13 @@ def attach_adapters(prior: torch.nn.Module, file: str | Path, prior_file: str | 
     from bfr.weights.hub import sha256_of
 
     meta = adapters_metadata(file)
+    backbone = "sd" if type(prior).__name__ == "UNet2DConditionModel" else "adm"
+    trained_on = meta["config"].get("backbone", "adm")
+    if trained_on != backbone:
+        kinds = {"adm": "the compact tier (bfr's 64-px prior, catalog flipnet64)",
+                 "sd": "the paper tier (Stable Diffusion 2.1-base, catalog flipnet_sd21)"}
+        raise WeightsUnavailableError(f"FLIPNET adapters {file} belong to {kinds[trained_on]}, not to "
+                                      f"{kinds[backbone]}: pick the other tier or other adapters")
     if prior_file is not None and meta["prior_sha256"] and sha256_of(prior_file) != meta["prior_sha256"]:
         raise WeightsUnavailableError(
             f"FLIPNET adapters {file} were trained on a different prior (sha256 {meta['prior_sha256'][:12]}…) "

@@ -42,7 +42,8 @@ def recipe_indices(diffusion: GaussianDiffusion, resolution: int) -> tuple[int, 
     the free steps below 90 redraw it (measured with the bundled 64-px prior on 32 faces of the
     demo set: 19.9 dB against the truth with 150 / 90, 26.5 dB with 53 / 15; the reference was 28.1).
     """
-    return diffusion.matched_index(PAPER_START, resolution), diffusion.matched_index(PAPER_MIN_INDEX, resolution)
+    start = max(1, diffusion.matched_index(PAPER_START, resolution))
+    return start, min(start, max(1, diffusion.matched_index(PAPER_MIN_INDEX, resolution)))
 
 
 def lowpass_factor(resolution: int, path: str = "swinir") -> int:
@@ -62,7 +63,8 @@ def lowpass_factor(resolution: int, path: str = "swinir") -> int:
     to redraw the eyes, nose and mouth, so pseudo-targets would drift in identity — the
     failure the low-pass exists to prevent. The price of the face-relative rule at 64 px is
     that the prior only owns the top octave (16–32 cycles per face); that is the band the
-    compact faces have, and the free, un-pinned last 90 steps (t ≲ 361) still clean all bands.
+    compact faces have, and the free, un-pinned last steps (below the floor: index 90 of "250" at
+    512 px, 15 at 64 px, see ``recipe_indices``) still clean all bands.
 
     The factor never drops below 2 (factor 1 would replace the whole sample by the diffused
     reference, i.e. plain DifFace from index 90). 512 → 16 (SwinIR) / 8 (general); 256 → 8 / 4;
@@ -145,11 +147,12 @@ def pseudo_targets(
             raise InputError(f"give start and min_index for respacing {respacing!r} (the defaults are \"250\" indices)")
         default_start, default_min = recipe_indices(diffusion, size)
         start = default_start if start is None else start
-        min_index = default_min if min_index is None else min_index
+        min_index = min(default_min, start) if min_index is None else min_index  # a given start caps the floor
     if not 1 <= min_index <= start:
         raise InputError(f"need 1 ≤ min_index ≤ start, got min_index={min_index}, start={start}")
-    if not 1 <= start <= diffusion.num_timesteps:
-        raise InputError(f"start must lie in [1, {diffusion.num_timesteps}] for respacing {respacing!r}, got {start}")
+    if not 1 <= start < diffusion.num_timesteps:  # the reference is diffused to index ``start``
+        raise InputError(f"start must lie in [1, {diffusion.num_timesteps - 1}] for respacing {respacing!r}, "
+                         f"got {start}")
     params = next(prior.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
 

@@ -93,14 +93,19 @@ class FaceEmbedder(nn.Module):
         self.decoders = nn.ModuleDict({k: FaceDecoder(cfg) for k in self.KINDS})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def tokens(self, x: torch.Tensor, kind: str) -> torch.Tensor:
-        """Token grid of a face in [-1, 1] from the ``kind`` ("hq" or "lq") encoder."""
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """A face resized to the embedder's own size (what the encoders read, the decoders give back)."""
         if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
             x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bicubic", antialias=True,
                               align_corners=False)
-        return self.encoders[kind](x)
+        return x
+
+    def tokens(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """Token grid of a face in [-1, 1] (any size) from the ``kind`` ("hq" or "lq") encoder."""
+        return self.encoders[kind](self.fit(x))
 
     def reconstruct(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """The face as the ``kind`` autoencoder gives it back, at the embedder's size (compare with ``fit(x)``)."""
         return self.decoders[kind](self.tokens(x, kind))
 
 

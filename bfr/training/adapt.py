@@ -349,6 +349,26 @@ def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],
 # ---------------------------------------------------------------------------- the loop
 
 
+def resolve_indices(cfg: AdaptConfig, resolution: int) -> AdaptConfig:
+    """``cfg`` with its pseudo-target indices filled in: the ones a resumed run recorded, else the recipe
+    at the prior's size (150 / 90 at 512 px, 53 / 15 at 64 px); a given start caps the default floor."""
+    recorded = Path(cfg.out_dir) / "config.json"
+    if (Path(cfg.out_dir) / "state.safetensors").exists() and recorded.exists():
+        old = json.loads(recorded.read_text())
+        cfg = replace(cfg, start=old.get("start") if cfg.start is None else cfg.start,
+                      min_index=old.get("min_index") if cfg.min_index is None else cfg.min_index)
+    if cfg.start is None or cfg.min_index is None:
+        if cfg.respacing != "250":
+            raise InputError(f"give start and min_index for respacing {cfg.respacing!r} (the defaults are \"250\" "
+                             "indices)")
+        start, min_index = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), resolution)
+        start = start if cfg.start is None else cfg.start
+        cfg = replace(cfg, start=start, min_index=min(min_index, start) if cfg.min_index is None else cfg.min_index)
+    if not 1 <= cfg.min_index <= cfg.start:
+        raise InputError(f"need 1 ≤ min_index ≤ start, got min_index={cfg.min_index}, start={cfg.start}")
+    return cfg
+
+
 def adapt(cfg: AdaptConfig) -> Path | None:
     """Run (or resume) an adaptation; returns the exported weights (None if stopped while generating targets)."""
     from accelerate import Accelerator
@@ -370,13 +390,7 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     lq = read_images(files, resolution)
     path = "general" if cfg.references_dir else "swinir"
     factor = cfg.factor or lowpass_factor(resolution, path)
-    if cfg.start is None or cfg.min_index is None:
-        if cfg.respacing != "250":
-            raise InputError(f"give start and min_index for respacing {cfg.respacing!r} (the defaults are \"250\" "
-                             "indices)")
-        start, min_index = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), resolution)
-        cfg = replace(cfg, start=start if cfg.start is None else cfg.start,
-                      min_index=min_index if cfg.min_index is None else cfg.min_index)
+    cfg = resolve_indices(cfg, resolution)
     if cfg.references_dir:
         by_stem = {p.stem: p for p in list_images(cfg.references_dir)}
         lacking = [p.name for p in files if p.stem not in by_stem]

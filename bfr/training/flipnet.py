@@ -23,9 +23,12 @@ only the space, the schedule (SD's scaled-linear, ε, fixed variance) and the da
 Only LoRA, BoostHub, the face attention, the mode embedding and τ train in stages 2–4; the
 prior stays frozen and the embedder is frozen after stage 1. Resumable at any step.
 
-In latents the clean-face term is an MSE on the predicted clean *latent*, and LPIPS is left
-out [choice]: it would need a pass through SD's VAE decoder at 512 px on every step, which
-costs more than the UNet step it regularises.
+In latents the clean-face MSE and LPIPS terms are left out [choice]. On pixels the predicted
+face is clamped to [-1, 1], which bounds the MSE; a latent has no such range, and there the
+MSE on the predicted clean latent is the ε-MSE divided by the SNR: ~20× on average over SD's
+schedule and 200× at the noisiest step, so it would swamp the min-SNR loss (which already
+weights the clean-latent error by min(SNR, γ)). LPIPS would need SD's VAE decoder at 512 px on
+every step, more than the UNet step it regularises.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ WEIGHTS_NAME = {"compact": "flipnet64", "paper": "flipnet_sd21"}
 
 @dataclass
 class FlipNetTrainConfig:
-    out_dir: str = "runs/flipnet64"
+    out_dir: str | None = None  # None: runs/flipnet64 (compact), runs/flipnet_sd21 (paper)
     tier: str = "compact"  # "compact": pixels around prior64 on LFW; "paper": SD 2.1-base latents on clean_dir
     prior: str | None = None  # compact: prior weights file; None = the bundled prior64
     unet: str | None = None  # paper: SD 2.1-base UNet weights; None = catalog sd21_unet (Hub)
@@ -105,6 +108,8 @@ class FlipNetTrainConfig:
         if self.tier == "paper" and not self.clean_dir:
             raise InputError("FLIPNET's paper tier trains on clean FFHQ-aligned faces at 512 px: pass clean_dir "
                              "(--clean-dir; the paper uses FFHQ)")
+        if self.out_dir is None:
+            self.out_dir = f"runs/{WEIGHTS_NAME[self.tier]}"
         if self.resolution is None:
             self.resolution = 64 if self.tier == "compact" else 512
         if self.flip is None:
@@ -240,8 +245,8 @@ def diffusion_loss(net: FlipNet, diffusion: GaussianDiffusion, target: torch.Ten
                    cfg: FlipNetTrainConfig, perceptual=None, encode=None) -> tuple[torch.Tensor, dict[str, float]]:
     """Diffusion loss of ``target`` given ``cond`` (both [0, 1], pixels) in ``mode``; plus x0 losses.
 
-    ``encode`` maps faces in [-1, 1] to the prior's space (None: pixels); in latents the x0 term is
-    on the predicted latent and ``perceptual`` is not used."""
+    ``encode`` maps faces in [-1, 1] to the prior's space (None: pixels); in latents there is no x0
+    term (see the module docstring)."""
     pixels = encode is None
     encode = encode or (lambda x: x)
     face = cond * 2 - 1
@@ -251,8 +256,8 @@ def diffusion_loss(net: FlipNet, diffusion: GaussianDiffusion, target: torch.Ten
     losses = diffusion.training_losses(lambda x, tt: net(x, tt, condition), x0, t, min_snr_gamma=cfg.min_snr_gamma)
     loss = losses["loss"].mean()
     parts = {"diffusion": loss.item()}
-    if mode == "restore" and cfg.x0_weight:
-        pred = losses["pred_xstart"].clamp(-1, 1) if pixels else losses["pred_xstart"]
+    if mode == "restore" and cfg.x0_weight and pixels:
+        pred = losses["pred_xstart"].clamp(-1, 1)
         mse = F.mse_loss(pred, x0)
         loss = loss + cfg.x0_weight * mse
         parts["x0_mse"] = mse.item()
@@ -285,7 +290,8 @@ def held_out_loss(net: FlipNet, diffusion: GaussianDiffusion, hq: torch.Tensor, 
 
 def evaluate_restoration(method: FLIPNET, hq: torch.Tensor, lq: torch.Tensor, steps: int) -> dict[str, float]:
     """PSNR/SSIM of restoration mode on fixed test pairs, next to the degraded input's (around the EMA copy)."""
-    out = torch.cat([method.restore(lq[i:i + 16], steps=steps, seed=0) for i in range(0, len(lq), 16)])
+    batch = len(lq) if method.vae is None else 16  # 512-px latents: batches of 16, each with its own seed
+    out = torch.cat([method.restore(lq[i:i + batch], steps=steps, seed=i) for i in range(0, len(lq), batch)])
     return {"psnr": psnr(out, hq).mean().item(), "ssim": ssim(out, hq).mean().item(),
             "psnr_input": psnr(lq, hq).mean().item(), "ssim_input": ssim(lq, hq).mean().item()}
 
@@ -305,6 +311,11 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "state.json").exists() and (out / "config.json").exists():
+        recorded = json.loads((out / "config.json").read_text()).get("tier", "compact")
+        if recorded != cfg.tier:
+            raise InputError(f"{out} holds a {recorded}-tier FLIPNET run; resume it with --tier {recorded} or "
+                             "start a new run folder")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "total_steps": cfg.total_steps}, indent=2))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
@@ -317,7 +328,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     if cfg.tier == "compact":
         perceptual, perceptual_note = perceptual_loss(cfg.lpips_weight, device)
     else:
-        perceptual, perceptual_note = None, "no LPIPS in latents (the x0 term is an MSE on the predicted latent)"
+        perceptual, perceptual_note = None, "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
 
     net, vae = build(cfg)
     net = net.to(device)
@@ -371,7 +382,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
             for group in embed_opt.param_groups:
                 group["lr"] = warmup_cosine(step, cfg.embed_lr, cfg.warmup_steps, cfg.embed_steps)
             name = (cfg.restore_preset, *cfg.degrade_presets)[step % (1 + len(cfg.degrade_presets))]
-            hq, lq = (x.to(device) * 2 - 1 for x in pairs.next(name))
+            hq, lq = (net.embedder.fit(x.to(device) * 2 - 1) for x in pairs.next(name))  # the embedder's size
             with accelerator.autocast():
                 tok = {"hq": net.embedder.tokens(hq, "hq"), "lq": net.embedder.tokens(lq, "lq")}
                 recon = {k: net.embedder.decoders[k](tok[k]).float() for k in tok}
@@ -468,8 +479,8 @@ def embedding_check(net: FlipNet, hq: torch.Tensor, lq: torch.Tensor) -> dict[st
     """How often an LQ face's pooled token is nearest its own HQ face's, among the held-out batch."""
     a, b = pooled(net.embedder.tokens(hq * 2 - 1, "hq")), pooled(net.embedder.tokens(lq * 2 - 1, "lq"))
     top1 = ((b @ a.t()).argmax(dim=1) == torch.arange(len(a), device=a.device)).float().mean().item()
-    return {"val_retrieval_top1": top1, "val_recon_l1_hq": (net.embedder.reconstruct(hq * 2 - 1, "hq") -
-                                                             (hq * 2 - 1)).abs().mean().item()}
+    face = net.embedder.fit(hq * 2 - 1)
+    return {"val_retrieval_top1": top1, "val_recon_l1_hq": (net.embedder.reconstruct(face, "hq") - face).abs().mean().item()}
 
 
 @torch.no_grad()
@@ -512,13 +523,16 @@ def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds:
     return path
 
 
-def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_test: int = 64) -> Path:
+def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_test: int = 64,
+                       device: str | torch.device | None = None) -> Path:
     """Measure the exported adapters on seeded test faces (50 DDIM steps) and write the card (and copy the
     weights and a sample grid to ``dest`` when given, e.g. bfr/weights/compact).
 
-    Test faces: LFW test faces (compact) or the run's held-out clean faces (paper, at most ``val_faces``)."""
+    Test faces: LFW test faces (compact) or the run's held-out clean faces (paper, at most ``val_faces``).
+    ``device``: default CUDA when present (the paper tier runs Stable Diffusion)."""
     import shutil
 
+    from bfr.methods.base import pick_device
     from bfr.methods.flipnet import attach_adapters
     from bfr.weights import read_metadata
 
@@ -532,7 +546,7 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     net = attach_adapters(prior, weights, prior_file(config)).eval()
     held = list_images(config.clean_dir)[:config.val_faces] if config.tier == "paper" else None
     hq, lq = validation_pairs(config, config.restore_preset, held, n=n_test)
-    method = flipnet_method(net, config, vae, torch.device("cpu"))
+    method = flipnet_method(net, config, vae, pick_device(device))
     metrics = evaluate_restoration(method, hq, lq, steps=50)
     restored = method.restore(lq[:8], steps=50, seed=0)
     variants = method.degrade(hq[:8], variants=2, steps=50, seed=0)
@@ -551,6 +565,7 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
                   f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
                   if embed_rows else "not logged.")
     total = config.total_steps
+    reproduce = "" if config.tier == "compact" else f" --tier paper --clean-dir {config.clean_dir}"
     if config.tier == "compact":
         title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
         face_entry = ("through a zero-initialised cross-attention per site (the ADM prior has no text "
@@ -588,10 +603,11 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         f"- restoration mode: on-the-fly `{cfg['restore_preset']}` degradations plus "
         f"{cfg['offline_fraction']:.0%} of each batch from {cfg['offline_faces']} offline LQ faces made by the "
         f"degradation mode (the paper's \"+O/F\"); {cfg['degrade_share']:.0%} of these steps stay in degradation "
-        f"mode. Loss: diffusion loss (min-SNR-{cfg['min_snr_gamma']:g}) + {cfg['x0_weight']:g}·MSE on the "
-        f"predicted clean {'face' if config.tier == 'compact' else 'latent'}; perceptual term: {meta['losses']}.",
-        f"- reproduce: `python -m bfr train flipnet --tier {config.tier}` (resumable; stages embed → degrade → "
-        "offline → restore).", "",
+        f"mode. Loss: diffusion loss (min-SNR-{cfg['min_snr_gamma']:g})"
+        + (f" + {cfg['x0_weight']:g}·MSE on the predicted clean face; perceptual term: {meta['losses']}."
+           if config.tier == "compact" else f" only; clean-image terms: {meta['losses']}."),
+        f"- reproduce: `python -m bfr train flipnet{reproduce}` (resumable; stages embed → degrade → offline → "
+        "restore).", "",
         "## Data", "", data_note, "",
         "## Face embedding", "", embed_line, "",
         "## Log", "", *table, "",
