@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -48,7 +49,8 @@ from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIERS = tuple(dict.fromkeys(tier for info in METHODS.values() for tier in info.tiers))  # compact, paper
-ON_GPU = bool(getattr(spaces.config.Config, "zero_gpu", False)) or torch.cuda.is_available()
+ZERO_GPU = bool(getattr(spaces.config.Config, "zero_gpu", False))  # a ZeroGPU Space: GPU time is per call
+ON_GPU = ZERO_GPU or torch.cuda.is_available()
 
 # Every knob a method may declare in METHODS[name].knobs, and how the demo shows it. A new
 # method with these knobs needs no change here; a new knob needs one line here (and a
@@ -113,6 +115,28 @@ def user_errors(path: str | None = None):
         raise gr.Error(message) from e
 
 
+@contextmanager
+def readable_errors():
+    """Around model work: every failure leaves as a gr.Error that says what happened.
+
+    Needed inside the ``@spaces.GPU`` functions in particular: ZeroGPU passes only gr.Error
+    through to the user and turns anything else into its bare class name.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except BfrError as e:
+        raise gr.Error(str(e)) from e
+    except torch.OutOfMemoryError as e:
+        raise gr.Error("Out of memory. Tick “only the centre face”, choose a smaller upscale, or use the compact "
+                       "tier.") from e
+    except Exception as e:
+        traceback.print_exc()
+        raise gr.Error(f"Unexpected error ({type(e).__name__}: {e}). Please report it with the photo's size and "
+                       "the options you chose.") from e
+
+
 def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
     """The upload as float32 RGB; the size cap (MAX_PIXELS) is checked from the header, before decoding."""
     if not path:
@@ -121,9 +145,9 @@ def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
         return load_image(path)
 
 
-def check_methods(methods: list[str] | str | None, tier: str) -> list[str]:
+def check_methods(methods: list[str] | None, tier: str) -> list[str]:
     if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+        raise gr.Error(f"Methods must be a list of names, e.g. [{methods!r}], not a string.")
     if not methods:
         raise gr.Error("Choose at least one method.")
     if tier not in TIERS:
@@ -187,34 +211,46 @@ def count_faces(img: np.ndarray, aligned: bool, only_center_face: bool) -> tuple
     return (min(len(faces), 1) if only_center_face else len(faces)), _counter.detector.name
 
 
-def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None) -> int:
-    """ZeroGPU duration for one request: faces × the sampling steps of each method (DifFace runs start_step)."""
+def gpu_estimate(methods, tier, knobs, n_faces) -> float:
+    """Seconds of GPU one request needs: faces × the sampling steps of each method (DifFace runs start_step)."""
     steps = 0
     for name in methods:
         own = {**METHODS[name].defaults(tier), **knobs}
         steps += own["start_step"] if "start_step" in METHODS[name].knobs else own.get("steps", 100)
-    return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP[tier] * steps * max(1, n_faces)))
+    return GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP[tier] * steps * max(1, n_faces)
+
+
+def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None) -> int:
+    """ZeroGPU duration for one request (run_restore refuses requests beyond GPU_MAX_SECONDS first)."""
+    return int(min(GPU_MAX_SECONDS, gpu_estimate(methods, tier, knobs, n_faces)))
 
 
 @spaces.GPU(duration=gpu_seconds)
 def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None
-                ) -> list[RestoreResult]:
-    """The only GPU work: each method restores the photo; results come back as CPU numpy arrays."""
-    results = []
+                ) -> tuple[list[RestoreResult], list[str]]:
+    """The only GPU work: each method restores the photo; results come back as CPU numpy arrays.
+
+    A method that fails does not take the others' results with it: its error comes back as a line.
+    """
+    results, failures = [], []
     for i, name in enumerate(methods, 1):
         title = f"{METHODS[name].title} ({tier})" + (f", method {i} of {len(methods)}" if len(methods) > 1 else "")
         if progress is not None:
             progress(0, desc=f"Loading {title}")
-        restorer = get_restorer(name, tier)
 
         def report(done: int, total: int, title: str = title) -> None:
             if progress is not None:
                 progress((done, total), desc=f"Sampling: {title}", unit="steps")
 
         options = {k: v for k, v in knobs.items() if k in METHODS[name].knobs}
-        results.append(restorer.restore(img, aligned=aligned, upscale=upscale, only_center_face=only_center_face,
-                                        progress=report, **options))
-    return results
+        try:
+            with readable_errors():
+                restorer = get_restorer(name, tier)
+                results.append(restorer.restore(img, aligned=aligned, upscale=upscale,
+                                                only_center_face=only_center_face, progress=report, **options))
+        except gr.Error as e:
+            failures.append(f"{METHODS[name].title}: {e.message}")
+    return results, failures
 
 
 @dataclasses.dataclass
@@ -246,19 +282,30 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
         raise gr.Error(f"Upscaling this {w}×{h} photo ×{upscale:g} would exceed the {MAX_PIXELS / 1e6:.1f} MP "
                        "output limit; choose a smaller upscale.")
     name = _safe_stem(image)
-    with user_errors(image):
+    with user_errors(image), readable_errors():
         n_faces, detector = count_faces(img, bool(aligned), bool(only_center_face))
     if n_faces == 0:
         message = (f"No face found by the {detector} detector, so nothing was restored. If the photo is a single "
                    "face crop filling the frame, tick “Input is an aligned face crop”.")
         gr.Warning(message)
         return Run(name, img, tier, knobs, [], [], message, 0, detector)
+    needed = gpu_estimate(methods, tier, knobs, n_faces)
+    if ZERO_GPU and needed > GPU_MAX_SECONDS:
+        raise gr.Error(f"This request needs about {needed:.0f} s of GPU time ({n_faces} faces × "
+                       f"{len(methods)} methods), more than the {GPU_MAX_SECONDS} s one ZeroGPU call may take: tick "
+                       "fewer methods, lower the steps, or tick “only the centre face”.")
     with user_errors(image):
-        results = run_methods(img, methods, tier, knobs, bool(aligned), upscale, bool(only_center_face), n_faces,
-                              progress)
+        results, failures = run_methods(img, methods, tier, knobs, bool(aligned), upscale, bool(only_center_face),
+                                        n_faces, progress)
+    if not results:
+        raise gr.Error(" · ".join(failures))
     out_dir = _new_output_dir()
     files = [str(save_image(r.image, out_dir / f"{name}_{r.method}_{r.tier}.png")) for r in results]
-    return Run(name, img, tier, knobs, results, files, results[0].message, len(results[0].faces), detector)
+    message = results[0].message
+    if failures:
+        message += " Not restored: " + " · ".join(failures)
+        gr.Warning("Some methods failed: " + " · ".join(failures))
+    return Run(name, img, tier, knobs, results, files, message, len(results[0].faces), detector)
 
 
 def summary(run: Run) -> dict:
@@ -308,15 +355,17 @@ def restore(image: str, methods: list[str], tier: str, steps: int, start_step: i
     """Restore every face in a photo with one or more methods.
 
     Args:
-        image: the photo (any size up to MAX_PIXELS; faces are detected unless `aligned`).
-        methods: method names, e.g. ["difface"]; see the "methods" table in the app.
+        image: the photo (any size up to 16.8 MP); faces are detected unless `aligned`.
+        methods: a list of method names, e.g. ["difface"] or ["difface", "idm"] (not a string).
         tier: "compact" (bundled 64-px models) or "paper" (the authors' 512-px weights).
-        steps, start_step, eta, seed: sampling knobs (each method uses those it has).
+        steps: length of the DDIM chain (1–1000), used only when own_defaults is False.
+        start_step: DifFace's started step N (1–1000, ≤ steps), used only when own_defaults is False.
+        eta: DDIM stochasticity η (0–1), used only when own_defaults is False.
+        seed: random seed (0–2147483647); the same seed gives the same result.
         aligned: the photo is one FFHQ-aligned face crop (skip detection).
         upscale: output size relative to the input (1–4).
         only_center_face: restore only the face nearest the centre.
-        own_defaults: each method samples with its own steps/start_step/eta (only `seed` is
-            used); False applies the knobs given here to every method that has them.
+        own_defaults: True: each method samples with its own steps/start_step/eta; False: apply the values given.
 
     Returns:
         The restored photos as PNG files (one per method, in order) and a JSON summary
@@ -372,8 +421,7 @@ def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, 
 
     Args:
         image: a clean face photo (shrunk to at most 1024 px on its longer side first).
-        preset: "difface", "gfpgan", "mild" or "camera" (random settings within the preset's
-            ranges, relative to the face size), or "custom" (the four values below).
+        preset: "difface", "gfpgan", "mild", "camera" (random settings in the preset's ranges) or "custom".
         seed: random seed; the same seed gives the same degradation.
         blur: Gaussian blur σ in pixels (custom only; 0 = none).
         downsample: downsampling factor r ≥ 1 (custom only; 1 = none).
@@ -395,13 +443,13 @@ def flipnet_seconds(img, variants, seed, aligned, progress=None) -> int:
 
 @spaces.GPU(duration=flipnet_seconds)
 def flipnet_variants(img, variants, seed, aligned, progress=None) -> list[np.ndarray]:
-    restorer = get_restorer("flipnet", "compact")
-
     def report(done: int, total: int) -> None:
         if progress is not None:
             progress((done, total), desc="FLIPNET degradation mode", unit="steps")
 
-    return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
+    with readable_errors():
+        restorer = get_restorer("flipnet", "compact")
+        return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
 
 
 def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
@@ -409,8 +457,7 @@ def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
     """Realistic degraded versions of a clean face from FLIPNET's degradation mode (compact tier).
 
     Args:
-        image: a clean face: an aligned crop (LFW-like framing), or a photo whose largest face is
-            detected and aligned first (`aligned` = False).
+        image: a clean face: an aligned crop (LFW-like framing), or a photo whose largest face is aligned first.
         variants: how many degraded versions (1–8); each starts from different noise.
         seed: random seed of the whole set; the same seed gives the same variants.
         aligned: the image is already an aligned face crop.
@@ -424,8 +471,8 @@ def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
         raise gr.Error(f"FLIPNET cannot run here: {why}.")
     if variants is None or not 1 <= int(variants) <= 8:
         raise gr.Error(f"Variants must lie in [1, 8], got {variants}.")
-    if seed is None or seed < 0:
-        raise gr.Error(f"Seed must be a whole number ≥ 0, got {seed}.")
+    if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
+        raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     t0 = time.perf_counter()
     with user_errors(image):
         outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress)
@@ -460,8 +507,8 @@ def _clean_face(image: str) -> np.ndarray:
 def _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality):
     if preset not in (*PRESETS, CUSTOM):
         raise gr.Error(f"Unknown preset {preset!r}; choose one of: {', '.join((*PRESETS, CUSTOM))}.")
-    if seed is None or seed < 0:
-        raise gr.Error(f"Seed must be a whole number ≥ 0, got {seed}.")
+    if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
+        raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     config = preset
     if preset == CUSTOM:
         if not (0 <= blur <= 50 and 1 <= downsample <= 64 and 0 <= noise <= 255 and 0 <= jpeg_quality <= 100):
@@ -693,7 +740,7 @@ def build_demo() -> gr.Blocks:
 
         custom_inputs = [blur, downsample, noise, quality]
         deg_run.click(degrade, [clean, preset, deg_seed, *custom_inputs], [degraded, params], api_name="degrade",
-                      concurrency_limit=4).then(
+                      concurrency_limit=4).success(
             compare_presets, [clean, deg_seed, *custom_inputs], [presets, presets_table], api_name="compare_presets",
             api_visibility="private", concurrency_limit=4)
         flip_run.click(degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],

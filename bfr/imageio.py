@@ -170,6 +170,8 @@ def _from_pil(pil: Image.Image, orientation: int | None = None) -> np.ndarray:
         arr = np.clip(np.asarray(pil, dtype=np.float64), 0, 65535).astype(np.float32) / 65535.0
     elif mode == "F":
         arr = np.asarray(pil, dtype=np.float32)
+    elif mode in ("L", "RGB") and "transparency" in pil.info:  # a colour key (PNG tRNS): made an alpha
+        arr = np.asarray(pil.convert("LA" if mode == "L" else "RGBA"))
     elif mode in ("L", "LA", "RGB", "RGBA"):
         arr = np.asarray(pil)
     elif mode in ("P", "PA"):

@@ -449,3 +449,69 @@ def test_example_outputs_are_all_filled(clean_face):
     ran = {r["method"]: r["options"] for r in out[-1]["results"]}  # each method at its own defaults
     assert list(ran) == app.compact_methods()
     assert all(ran[name] == app.METHODS[name].defaults("compact") for name in ran)
+
+
+class _Failing:
+    """A restorer whose restore raises ``error`` (a method that breaks mid-request)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def restore(self, *args, **kwargs):
+        raise self.error
+
+
+def _run(image, methods, **knobs):
+    knobs = {**FAST, **knobs}
+    return app.run_restore(str(image), list(methods), "compact", knobs["steps"], knobs["start_step"], knobs["eta"],
+                           knobs["seed"], True, 1, False, False, None)
+
+
+@needs_weights
+def test_a_failing_method_keeps_the_others_results(monkeypatch, clean_face):
+    from bfr.errors import WeightsUnavailableError
+
+    if not method_status("idm", "compact")[0]:
+        pytest.skip("needs a second compact method")
+    real = app.get_restorer
+    gone = WeightsUnavailableError("idm64.safetensors is gone; put it back at bfr/weights/compact/")
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: _Failing(gone) if name == "idm" else real(name, tier))
+    run = _run(clean_face, ["difface", "idm"])
+    assert [r.method for r in run.results] == ["difface"] and len(run.files) == 1
+    assert "Not restored: IDM" in run.message and "put it back at bfr/weights/compact/" in run.message
+
+
+def test_failures_inside_the_gpu_call_become_sentences(monkeypatch, clean_face):
+    """ZeroGPU passes only gr.Error out of @spaces.GPU: bfr's errors and unexpected ones are turned into
+    sentences there, one per failed method; with nothing restored the request fails with them."""
+    from bfr.errors import InputError
+
+    face = np.zeros((64, 64, 3), np.float32)
+    for error, said in ((InputError("the face is too small to restore"), "DifFace: the face is too small to restore"),
+                        (RuntimeError("boom"), "DifFace: Unexpected error (RuntimeError: boom). Please report it "
+                                               "with the photo's size and the options you chose.")):
+        monkeypatch.setattr(app, "get_restorer", lambda name, tier, error=error: _Failing(error))
+        assert app.run_methods(face, ["difface"], "compact", {}, True, 1, False, 1) == ([], [said])
+    with pytest.raises(gr.Error, match="Unexpected error"):
+        _run(clean_face, ["difface"])
+
+
+def test_zero_gpu_refuses_a_request_longer_than_one_call(monkeypatch, clean_face):
+    monkeypatch.setattr(app, "ZERO_GPU", True)
+    monkeypatch.setattr(app, "GPU_MAX_SECONDS", 30)
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: pytest.fail("must be refused before loading"))
+    with pytest.raises(gr.Error, match="more than the 30 s one ZeroGPU call may take"):
+        _run(clean_face, ["difface"], steps=1000, start_step=1000)
+
+
+def test_seed_range_and_method_list_are_checked(clean_face):
+    with pytest.raises(gr.Error, match="Seed must be a whole number in"):
+        app.degrade(str(clean_face), "difface", 2**40, 0, 1, 0, 0)
+    with pytest.raises(gr.Error, match="list of names"):
+        app.check_methods("difface", "compact")
+
+
+def test_preset_comparison_runs_only_after_a_successful_degradation():
+    deps = app.build_demo().config["dependencies"]
+    compare = next(d for d in deps if d.get("api_name") == "compare_presets")
+    assert compare["trigger_only_on_success"] and deps[compare["trigger_after"]]["api_name"] == "degrade"

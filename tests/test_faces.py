@@ -383,6 +383,9 @@ def test_no_face_in_noise_with_the_real_detector(haar):
         res = FacePipeline(detector=haar, crop_size=64).restore_faces(img, lambda cs: cs)
         assert res.n_faces == 0 and "No face" in res.message
         np.testing.assert_array_equal(res.output, img)
+    sliver = np.full((16, 20000, 3), 0.4, np.float32)  # shrunk for the search to under one pixel tall
+    res = FacePipeline(detector=haar, crop_size=64).restore_faces(sliver, lambda cs: cs)
+    assert res.n_faces == 0 and "No face" in res.message
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,20 @@ def test_palette_with_partial_alpha_per_entry():
     np.testing.assert_allclose(img[5, 15], [1 - a, 1 - a, 1], atol=1e-6)  # blue·a + white·(1 − a)
 
 
+def test_colour_key_transparency_is_composited_on_white():
+    """PNG tRNS in RGB and grayscale images: the key colour is transparent, so it becomes white."""
+    rgb = np.zeros((16, 20, 3), np.uint8)
+    rgb[:, 10:] = (200, 10, 10)
+    img = load_image(_png_bytes(Image.fromarray(rgb), transparency=(0, 0, 0)))
+    np.testing.assert_allclose(img[2, 1], [1, 1, 1], atol=1e-6)  # the key colour (black)
+    np.testing.assert_allclose(img[2, 15], np.array([200, 10, 10]) / 255, atol=1e-6)  # other colours kept
+    gray = np.zeros((16, 20), np.uint8)
+    gray[:, 10:] = 90
+    img = load_image(_png_bytes(Image.fromarray(gray), transparency=0))
+    np.testing.assert_allclose(img[2, 1], [1, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(img[2, 15], [90 / 255] * 3, atol=1e-6)
+
+
 def test_rgba_array_and_save_to_jpeg_composite_on_white(tmp_path):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 1] = 255  # green

@@ -328,7 +328,8 @@ class HaarDetector:
         """Run the face cascade on the image rolled by `angle` degrees, shrunk to `max_side`."""
         h, w = gray.shape
         k = min(1.0, max_side / max(h, w))
-        small = cv2.resize(gray, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA) if k < 1 else gray
+        small = (cv2.resize(gray, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+                 if k < 1 else gray)  # a sliver (e.g. 16×20000) keeps ≥ 1 px
         sh, sw = small.shape
         eye_ratio = BOX_LANDMARKS[1, 0] - BOX_LANDMARKS[0, 0]
         min_side = int(max(20, self.min_eye_distance * k / eye_ratio))
