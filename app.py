@@ -70,7 +70,7 @@ OWN_DEFAULT_KNOBS = ("steps", "start_step", "eta")  # left to each method under 
 # GPU seconds per (face × sampling step), for @spaces.GPU's duration; generous on purpose.
 SECONDS_PER_FACE_STEP = {"compact": 0.02, "paper": 0.12}
 GPU_BASE_SECONDS, GPU_MAX_SECONDS = 20, 300
-RESTORER_CACHE_SIZE = 3  # (method, tier) pairs kept loaded; the paper tier is ~0.6 GB each
+RESTORER_CACHE_SIZE = 4  # (method, tier) pairs kept loaded (every compact method); a paper model is ~0.6 GB
 DEGRADE_MAX_SIDE = 1024  # the degradation preview works on faces; bigger inputs are shrunk first
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
 LAUNCH = dict(max_file_size="64mb")  # uploads beyond this stop at the server; MAX_PIXELS is checked per image
@@ -124,7 +124,7 @@ def readable_errors():
     """
     try:
         yield
-    except gr.Error:
+    except (gr.Error, StopRequested):
         raise
     except BfrError as e:
         raise gr.Error(str(e)) from e
@@ -200,6 +200,38 @@ def get_restorer(method: str, tier: str) -> Restorer:
         return _restorers[key]
 
 
+def load_restorers(methods: list[str], tier: str, progress=None) -> tuple[list[str], list[str]]:
+    """Load (or find cached) each method's models before any GPU call: the methods that loaded, and a line
+    per one that did not. On ZeroGPU this keeps downloads and loading out of the GPU time, and the GPU
+    worker, forked from this process, finds them loaded."""
+    ready, failures = [], []
+    for name in methods:
+        if progress is not None:
+            progress(0, desc=f"Loading {METHODS[name].title} ({tier}; weights are fetched on first use)")
+        try:
+            with readable_errors():
+                get_restorer(name, tier)
+            ready.append(name)
+        except gr.Error as e:
+            failures.append(f"{METHODS[name].title}: {e.message}")
+    return ready, failures
+
+
+# Sessions whose user pressed Stop: their run ends at the next sampling step, keeping the methods already done.
+_stop_requested: set[str] = set()
+
+
+class StopRequested(Exception):
+    """Raised from a progress report once the user pressed Stop."""
+
+
+def request_stop(request: gr.Request) -> None:
+    """The Stop button: the running restoration ends at its next sampling step."""
+    if request is not None and request.session_hash:
+        _stop_requested.add(request.session_hash)
+        gr.Info("Stopping at the next sampling step; methods already done are kept.")
+
+
 _counter = FacePipeline(detector="auto", use_parse=False)
 
 
@@ -220,17 +252,19 @@ def gpu_estimate(methods, tier, knobs, n_faces) -> float:
     return GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP[tier] * steps * max(1, n_faces)
 
 
-def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None) -> int:
+def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None,
+                session=None) -> int:
     """ZeroGPU duration for one request (run_restore refuses requests beyond GPU_MAX_SECONDS first)."""
     return int(min(GPU_MAX_SECONDS, gpu_estimate(methods, tier, knobs, n_faces)))
 
 
 @spaces.GPU(duration=gpu_seconds)
-def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None
-                ) -> tuple[list[RestoreResult], list[str]]:
+def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None,
+                session=None) -> tuple[list[RestoreResult], list[str]]:
     """The only GPU work: each method restores the photo; results come back as CPU numpy arrays.
 
     A method that fails does not take the others' results with it: its error comes back as a line.
+    When the user of ``session`` presses Stop, the run ends at the next step, keeping what is done.
     """
     results, failures = [], []
     for i, name in enumerate(methods, 1):
@@ -239,6 +273,8 @@ def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n
             progress(0, desc=f"Loading {title}")
 
         def report(done: int, total: int, title: str = title) -> None:
+            if session is not None and session in _stop_requested:
+                raise StopRequested
             if progress is not None:
                 progress((done, total), desc=f"Sampling: {title}", unit="steps")
 
@@ -250,6 +286,11 @@ def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n
                                                 only_center_face=only_center_face, progress=report, **options))
         except gr.Error as e:
             failures.append(f"{METHODS[name].title}: {e.message}")
+        except StopRequested:
+            failures.append(f"Stopped by you during {METHODS[name].title}"
+                            + (f" (skipped: {', '.join(METHODS[m].title for m in methods[i:])})" if i < len(methods)
+                               else ""))
+            break
     return results, failures
 
 
@@ -269,7 +310,7 @@ class Run:
 
 
 def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                own_defaults, progress) -> Run:
+                own_defaults, progress, session: str | None = None) -> Run:
     """Check everything cheap first (image, methods, knobs, output size, faces), then sample."""
     img = read_photo(image)
     methods = check_methods(methods, tier)
@@ -294,9 +335,17 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
         raise gr.Error(f"This request needs about {needed:.0f} s of GPU time ({n_faces} faces × "
                        f"{len(methods)} methods), more than the {GPU_MAX_SECONDS} s one ZeroGPU call may take: tick "
                        "fewer methods, lower the steps, or tick “only the centre face”.")
-    with user_errors(image):
-        results, failures = run_methods(img, methods, tier, knobs, bool(aligned), upscale, bool(only_center_face),
-                                        n_faces, progress)
+    if session is not None:
+        _stop_requested.discard(session)  # a Stop pressed before this run does not end it
+    ready, failures = load_restorers(methods, tier, progress)
+    results, failed = [], []
+    if ready:
+        with user_errors(image):
+            results, failed = run_methods(img, ready, tier, knobs, bool(aligned), upscale, bool(only_center_face),
+                                          n_faces, progress, session)
+    failures += failed
+    if session is not None:
+        _stop_requested.discard(session)
     if not results:
         raise gr.Error(" · ".join(failures))
     out_dir = _new_output_dir()
@@ -377,13 +426,15 @@ def restore(image: str, methods: list[str], tier: str, steps: int, start_step: i
 
 
 def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                   own_defaults=True, progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
-    """The Restore button: the same run as /restore, shown as sliders, a gallery and face crops.
+                   own_defaults=True, progress=gr.Progress(), request: gr.Request = None):  # noqa: B008
+    """The Restore button: the same run as /restore, shown as sliders, a gallery and face crops; the Stop
+    button ends it early (``request`` names the session).
 
     Plain values only (no gr.update): Gradio 6.31's lazy example caching fails on property updates.
     """
+    session = request.session_hash if request is not None else None
     run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
-                      own_defaults, progress)
+                      own_defaults, progress, session)
     by_method = {r.method: r for r in run.results}
     sliders = []
     for name in METHODS:  # one slider per method; those that did not run are emptied
@@ -656,7 +707,9 @@ def build_demo() -> gr.Blocks:
                             upscale = gr.Slider(1, 4, value=1, step=0.5, label="Upscale",
                                                 info="output size relative to the input")
                             only_center = gr.Checkbox(False, label="Only the centre face")
-                        run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                        with gr.Row():
+                            run = gr.Button("Restore", variant="primary", elem_id="restore-button", scale=3)
+                            stop = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
                     with gr.Column(scale=3, min_width=360):
                         message = gr.Markdown("Results appear here.", elem_id="message")
                         sliders = [gr.ImageSlider(label=f"{info.title} — before / after (drag the handle)",
@@ -734,6 +787,7 @@ def build_demo() -> gr.Blocks:
         run.click(restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
                   concurrency_id="gpu")
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
+        stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
         methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private")
         tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private")
         methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)

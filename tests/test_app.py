@@ -515,3 +515,49 @@ def test_preset_comparison_runs_only_after_a_successful_degradation():
     deps = app.build_demo().config["dependencies"]
     compare = next(d for d in deps if d.get("api_name") == "compare_presets")
     assert compare["trigger_only_on_success"] and deps[compare["trigger_after"]]["api_name"] == "degrade"
+
+
+class _Stepping:
+    """A restorer that reports sampling steps (and would return nothing useful: it is stopped first)."""
+
+    def restore(self, *args, progress=None, **kwargs):
+        for done in range(1, 11):
+            progress(done, 10)
+        raise AssertionError("a stop request must end the run at the first step")
+
+
+def test_stop_ends_the_run_at_the_next_step_and_says_what_was_skipped(monkeypatch, clean_face):
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: _Stepping())
+    app._stop_requested.add("session-1")
+    try:
+        results, failures = app.run_methods(np.zeros((64, 64, 3), np.float32), ["difface", "idm"], "compact", {},
+                                            True, 1, False, 1, None, "session-1")
+    finally:
+        app._stop_requested.discard("session-1")
+    assert results == [] and failures == ["Stopped by you during DifFace (skipped: IDM)"]
+    # a Stop pressed before a run does not end the next one: run_restore clears it first
+    app._stop_requested.add("session-2")
+    with pytest.raises(gr.Error, match="must end the run"):  # it ran all its steps
+        app.run_restore(str(clean_face), ["difface"], "compact", 20, 8, 0.5, 0, True, 1, False, False, None,
+                        "session-2")
+    assert "session-2" not in app._stop_requested
+    deps = app.build_demo().config["dependencies"]
+    assert any(d.get("api_name") == "stop" for d in deps)
+
+
+@needs_weights
+def test_a_method_that_cannot_load_is_reported_and_the_others_run(monkeypatch, clean_face):
+    from bfr.errors import WeightsUnavailableError
+
+    if not method_status("idm", "compact")[0]:
+        pytest.skip("needs a second compact method")
+    real = app.get_restorer
+
+    def get(name, tier):
+        if name == "idm":
+            raise WeightsUnavailableError("idm64.safetensors is missing")
+        return real(name, tier)
+
+    monkeypatch.setattr(app, "get_restorer", get)
+    run = _run(clean_face, ["idm", "difface"])
+    assert [r.method for r in run.results] == ["difface"] and "IDM: idm64.safetensors is missing" in run.message
