@@ -166,6 +166,9 @@ class RestoreResult:
     tier: str
 
 
+BATCH_PIXELS = 4 * 512 * 512  # faces restored at once: 4 at 512 px (the paper tier on a GPU), 256 at 64 px
+
+
 class Restorer:
     """A method plus the face pipeline around it: whole photos in, restored photos out."""
 
@@ -178,9 +181,20 @@ class Restorer:
         return self.model.name
 
     def restore_crops(self, crops: list[np.ndarray], progress: Progress | None = None, **options) -> list[np.ndarray]:
-        """Restore aligned crops (the model's framing), as one batch."""
-        batch = torch.cat([to_tensor(c) for c in crops])
-        out = self.model.restore(batch, progress=progress, **options)
+        """Restore aligned crops (the model's framing) in batches of at most ``BATCH_PIXELS`` pixels (4 faces at
+        512 px, 256 at 64 px): a group photo must not take all the memory at once. Batch k samples with seed
+        + k; progress counts the steps of all batches."""
+        size = max(1, BATCH_PIXELS // self.model.resolution ** 2)
+        chunks = [crops[i:i + size] for i in range(0, len(crops), size)]
+        seed = options.pop("seed", self.model.defaults.get("seed", 0))
+        out = []
+        for k, chunk in enumerate(chunks):
+            def report(done: int, total: int, k: int = k) -> None:
+                if progress is not None:
+                    progress(k * total + done, len(chunks) * total)
+
+            batch = torch.cat([to_tensor(c) for c in chunk])
+            out += self.model.restore(batch, progress=report, seed=None if seed is None else seed + k, **options)
         return [from_tensor(o[None]) for o in out]
 
     def degrade(self, image, *, variants: int = 4, aligned: bool = True, progress: Progress | None = None,
