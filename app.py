@@ -72,6 +72,7 @@ SECONDS_PER_FACE_STEP = {"compact": 0.02, "paper": 0.12}
 GPU_BASE_SECONDS, GPU_MAX_SECONDS = 20, 300
 RESTORER_CACHE_SIZE = 4  # (method, tier) pairs kept loaded (every compact method); a paper model is ~0.6 GB
 DEGRADE_MAX_SIDE = 1024  # the degradation preview works on faces; bigger inputs are shrunk first
+PREVIEW_MAX_SIDE = 2048  # sliders and gallery show at most this; the PNG downloads keep the full size
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
 LAUNCH = dict(max_file_size="64mb")  # uploads beyond this stop at the server; MAX_PIXELS is checked per image
 CUSTOM = "custom"
@@ -376,6 +377,15 @@ def summary(run: Run) -> dict:
     }
 
 
+def _preview(img: np.ndarray) -> np.ndarray:
+    """uint8 for display, at most PREVIEW_MAX_SIDE px: a 16 MP photo per slider would be slow to encode and send."""
+    h, w = img.shape[:2]
+    if max(h, w) > PREVIEW_MAX_SIDE:
+        s = PREVIEW_MAX_SIDE / max(h, w)
+        img = resize(img, (max(1, round(h * s)), max(1, round(w * s))))
+    return to_uint8(img)
+
+
 def _caption(r: RestoreResult) -> str:
     return f"{METHODS[r.method].title} · {r.tier} · {r.seconds:.1f} s"
 
@@ -440,8 +450,8 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
     for name in METHODS:  # one slider per method; those that did not run are emptied
         r = by_method.get(name)
         before = run.image if r is None or r.image.shape == run.image.shape else resize(run.image, r.image.shape[:2])
-        sliders.append(None if r is None else (to_uint8(before), to_uint8(r.image)))
-    gallery = [(to_uint8(run.image), "Input")] + [(to_uint8(r.image), _caption(r)) for r in run.results]
+        sliders.append(None if r is None else (_preview(before), _preview(r.image)))
+    gallery = [(_preview(run.image), "Input")] + [(_preview(r.image), _caption(r)) for r in run.results]
     faces = []
     for i in range(run.n_faces):
         faces.append((to_uint8(run.results[0].faces[i][0]), f"Face {i + 1} · input"))

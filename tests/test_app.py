@@ -561,3 +561,11 @@ def test_a_method_that_cannot_load_is_reported_and_the_others_run(monkeypatch, c
     monkeypatch.setattr(app, "get_restorer", get)
     run = _run(clean_face, ["idm", "difface"])
     assert [r.method for r in run.results] == ["difface"] and "IDM: idm64.safetensors is missing" in run.message
+
+
+def test_previews_are_capped_and_downloads_keep_the_full_size():
+    big = np.random.default_rng(0).random((2100, 4200, 3)).astype(np.float32)
+    shown = app._preview(big)
+    assert shown.shape == (1024, 2048, 3) and shown.dtype == np.uint8
+    small = np.full((300, 200, 3), 0.5, np.float32)
+    assert app._preview(small).shape == (300, 200, 3)
