@@ -464,6 +464,21 @@ def test_aligned_mode_keeps_the_size():
     assert up.output.shape == (512, 512, 3)
 
 
+def test_a_grayscale_photo_keeps_gray_faces():
+    """A model that tints its output must not put colour faces into a black-and-white photo."""
+    path = need(REAL / "cropped_faces" / "Julia_Roberts_crop.png")
+    gray = np.repeat(load_rgb(path, max_side=128).mean(axis=2, keepdims=True), 3, axis=2)
+    tint = lambda cs: [np.clip(c * np.array([1.2, 0.9, 0.7], np.float32), 0, 1) for c in cs]  # noqa: E731
+    for framing, size in (("ffhq", 128), ("lfw", 64)):
+        res = FacePipeline(detector=StubDetector([]), template=framing, crop_size=size).restore_faces(
+            gray, tint, aligned=True)
+        assert np.abs(res.output - res.output[..., :1]).max() < 1e-5
+        assert np.abs(res.faces[0].restored_crop - res.faces[0].restored_crop[..., :1]).max() < 1e-6
+    colour = gray * np.array([1.0, 0.8, 0.6], np.float32)  # (that photo is black and white itself)
+    res = FacePipeline(detector=StubDetector([]), crop_size=128).restore_faces(colour, tint, aligned=True)
+    assert np.abs(res.output - res.output[..., :1]).max() > 0.1  # colour photos are left as the model made them
+
+
 @needs_cascades
 def test_restore_faces_end_to_end_with_haar(blake):
     img, faces = blake

@@ -197,7 +197,7 @@ class FacePipeline:
                 f", upscaled ×{self.upscale:g}." if self.upscale != 1 else "."
             )
             return FaceRestoreResult(output, [], name, 0, self._with_reason(msg))
-        restored = _run_restore(restore_fn, [f.crop for f in faces], batch_size)
+        restored = _keep_gray(img, _run_restore(restore_fn, [f.crop for f in faces], batch_size))
         output = self.paste(img, restored, [f.affine for f in faces], background=background)
         pairs = [RestoredFace(f.crop, r, f.face) for f, r in zip(faces, restored, strict=True)]
         plural = "s" if len(faces) != 1 else ""
@@ -218,7 +218,7 @@ class FacePipeline:
         else:
             affine = ffhq_to_lfw_affine(h, w, cs)
         crop = warp_image(img, affine, (cs, cs), border="replicate")
-        restored = _run_restore(restore_fn, [crop], None)[0]
+        restored = _keep_gray(img, _run_restore(restore_fn, [crop], None))[0]
         if self.template_name == "ffhq":
             # The whole image is the face: map the crop straight back, no blending.
             to_crop = output_to_crop_affine(affine, self.upscale, cs, restored.shape[0])
@@ -228,6 +228,15 @@ class FacePipeline:
             output = paste_faces(img, [restored], [affine], upscale=self.upscale, crop_size=cs, background=background)
         msg = f"Treated the whole image as one FFHQ-aligned face (restored in {self.template_name} framing at {cs} px)."
         return FaceRestoreResult(output, [RestoredFace(crop, restored, None)], "none (aligned input)", 1, msg)
+
+
+def _keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:
+    """Restored faces of a grayscale photo made gray again (as GFPGAN/CodeFormer do): a model may tint
+    them, and colour faces pasted into a black-and-white photo look wrong."""
+    if np.abs(img - img[..., :1]).max() > 1.5 / 255:
+        return restored
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    return [np.repeat((r @ luma)[..., None], 3, axis=2).astype(np.float32) for r in restored]
 
 
 def _run_restore(restore_fn: RestoreFn, crops: list[np.ndarray], batch_size: int | None) -> list[np.ndarray]:
