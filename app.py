@@ -234,13 +234,15 @@ def request_stop(request: gr.Request) -> None:
 
 
 _counter = FacePipeline(detector="auto", use_parse=False)
+_counter_lock = threading.Lock()  # OpenCV's cascade is not safe to share between threads (e.g. an example + /restore)
 
 
 def count_faces(img: np.ndarray, aligned: bool, only_center_face: bool) -> tuple[int, str]:
     """Faces the restorer will see (to size the GPU request, and to skip photos without faces)."""
     if aligned:
         return 1, "none (aligned input)"
-    faces = _counter.detect(img)
+    with _counter_lock:
+        faces = _counter.detect(img)
     return (min(len(faces), 1) if only_center_face else len(faces)), _counter.detector.name
 
 
