@@ -173,8 +173,10 @@ def test_bundled_file_without_source_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "COMPACT_WEIGHTS_DIR", tmp_path / "compact")
     spec = get_spec("swinir64")
     ok, why = available(spec)
-    assert not ok and "not bundled in this version" in why and "bfr train" in why
-    with pytest.raises(WeightsUnavailableError, match="swinir64.safetensors"):
+    assert not ok and "not bundled in this version" in why and "`python -m bfr train backbone`" in why
+    with pytest.raises(WeightsUnavailableError, match="swinir64.safetensors.*make it with `python -m bfr train backb"):
         resolve(spec)
+    ok, why = available(get_spec("flipnet_sd21"))  # published by no one: bfr's own command is named
+    assert not ok and "no public source; make it with `python -m bfr train flipnet --tier paper" in why
     save_safetensors(tiny().state_dict(), tmp_path / "compact" / "swinir64.safetensors")
     assert resolve(spec) == tmp_path / "compact" / "swinir64.safetensors"

@@ -25,6 +25,7 @@ class WeightSpec:
     license: str = "unknown"
     description: str = ""
     bundled: bool = False  # shipped inside the package, in bfr/weights/compact/
+    made_by: str = ""  # the bfr command that makes the file, for weights no one publishes
 
     @property
     def remote(self) -> str | None:
@@ -68,6 +69,7 @@ CATALOG: dict[str, WeightSpec] = {
             filename="prior64.safetensors",
             bundled=True,
             license="see bfr/weights/compact/prior64.md",
+            made_by="python -m bfr train prior",
             description="Compact tier: 64 px face diffusion prior trained by bfr.",
         ),
         WeightSpec(
@@ -75,6 +77,7 @@ CATALOG: dict[str, WeightSpec] = {
             filename="idm64.safetensors",
             bundled=True,
             license="see bfr/weights/compact/idm64.md",
+            made_by="python -m bfr train idm",
             description="Compact tier: 64 px IDM (conditional diffusion restorer, extrinsic rounds) trained by bfr.",
         ),
         WeightSpec(
@@ -88,6 +91,7 @@ CATALOG: dict[str, WeightSpec] = {
             filename="swinir64_adapted.safetensors",
             bundled=True,
             license="see bfr/weights/compact/swinir64_adapted.md",
+            made_by="python -m bfr adapt LQ_DIR -o RUN --bundle DIR",
             description="Compact tier: swinir64 adapted without ground truth to the 'camera' degradation "
             "(Kuai et al.'s unsupervised fine-tuning on prior64 pseudo-targets).",
         ),
@@ -96,6 +100,7 @@ CATALOG: dict[str, WeightSpec] = {
             filename="flipnet64.safetensors",
             bundled=True,
             license="see bfr/weights/compact/flipnet64.md",
+            made_by="python -m bfr train flipnet",
             description="Compact tier: FLIPNET adapters (LoRA, BoostHub, mode and face embedding) on prior64, "
                         "trained by bfr.",
         ),
@@ -103,8 +108,9 @@ CATALOG: dict[str, WeightSpec] = {
             name="flipnet_sd21",
             filename="flipnet_sd21.safetensors",
             license="none published (no public weights; bring your own)",
-            description="FLIPNET adapters for Stable Diffusion 2.1-base: untrained in bfr; Miao et al. released no "
-                        "code or weights.",
+            description="FLIPNET adapters for Stable Diffusion 2.1-base: Miao et al. released no code or weights; "
+                        "bfr trains them on a GPU.",
+            made_by="python -m bfr train flipnet --tier paper --clean-dir FFHQ_DIR",
         ),
         WeightSpec(
             name="sd21_unet",
@@ -127,6 +133,7 @@ CATALOG: dict[str, WeightSpec] = {
             filename="swinir64.safetensors",
             bundled=True,
             license="see bfr/weights/compact/swinir64.md",
+            made_by="python -m bfr train backbone",
             description="Compact tier: 64 px SwinIR restorer trained by bfr.",
         ),
     )

@@ -155,7 +155,8 @@ def _unavailable(spec: WeightSpec, why: str) -> WeightsUnavailableError:
     if src:
         where = f"Download it from {src} and {_how_to_place(spec)}."
     else:
-        where = f"It has no public download; {_how_to_place(spec)}."
+        make = f"make it with `{spec.made_by}`, then " if spec.made_by else ""
+        where = f"It has no public download; {make}{_how_to_place(spec)}."
     return WeightsUnavailableError(f"Weights {spec.name!r} ({spec.filename}) are not on this machine: {why}. {where}")
 
 
@@ -269,11 +270,11 @@ def available(weights: str | WeightSpec) -> tuple[bool, str]:
     found = find_local(spec)
     if found is not None:
         return True, f"found at {found}"
+    made = f"; make it with `{spec.made_by}` (see the README)" if spec.made_by else ""
     if spec.remote is None and spec.bundled:
-        return False, (f"{spec.filename} is not bundled in this version of bfr yet (a compact model this project "
-                       "trains: see `python -m bfr train --help` and the README)")
+        return False, f"{spec.filename} is not bundled in this version of bfr yet{made}"
     if spec.remote is None:
-        return False, f"{spec.filename} is not in this install and has no public source"
+        return False, f"{spec.filename} is not in this install and has no public source{made}"
     off, var = offline()
     if off:
         return False, f"{spec.filename} is not downloaded and downloads are off ({var})"
