@@ -457,7 +457,7 @@ def adapt(cfg: AdaptConfig) -> Path | None:
         log.write(step=0, seconds=0.0, round=round_step, **evaluation())
         save_preview(ema.model, lq[preview], targets[preview], out / "samples_000000.png")
 
-    last_step = cfg.max_steps or cfg.total_steps
+    last_step = cfg.total_steps if cfg.max_steps is None else cfg.max_steps  # 0: make the targets only
     bar = tqdm(total=last_step, initial=step, desc="adapt", dynamic_ncols=True)
     data_gen = torch.Generator().manual_seed(cfg.seed + step)
     bce = nn.BCEWithLogitsLoss()

@@ -95,7 +95,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     ema.model.to(accelerator.device)
 
     stop = StopSignal(cfg.max_minutes)
-    last_step = cfg.max_steps or cfg.total_steps
+    last_step = cfg.total_steps if cfg.max_steps is None else cfg.max_steps
     bar = tqdm(total=last_step, initial=step, desc="backbone", dynamic_ncols=True)
     running = None
     data_gen = torch.Generator().manual_seed(cfg.seed + step)

@@ -361,7 +361,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                                                     "prior_sha256": prior_sha}))
 
     stop = StopSignal(cfg.max_minutes)
-    last_step = min(cfg.max_steps or cfg.total_steps, cfg.total_steps)
+    last_step = cfg.total_steps if cfg.max_steps is None else min(cfg.max_steps, cfg.total_steps)
     bar = tqdm(total=cfg.total_steps, initial=step, desc=f"flipnet:{stage}", dynamic_ncols=True)
     running: dict[str, float] = {}
 

@@ -91,7 +91,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     ema.model.to(accelerator.device)
 
     stop = StopSignal(cfg.max_minutes)
-    last_steps = cfg.max_steps or cfg.total_steps
+    last_steps = cfg.total_steps if cfg.max_steps is None else cfg.max_steps
     bar = tqdm(total=last_steps, initial=step, desc="prior", dynamic_ncols=True)
     running = None
     while step < last_steps and not stop:
