@@ -75,6 +75,21 @@ def lowpass_factor(resolution: int, path: str = "swinir") -> int:
     return max(2, round(PAPER_FACTORS[path] * resolution / PAPER_RESOLUTION))
 
 
+def fill_indices(start: int | None, min_index: int | None, respacing: str, resolution: int) -> tuple[int, int]:
+    """(start, min_index) with the missing ones taken from ``recipe_indices`` at ``resolution`` (a given
+    start caps the default floor); checked: 1 ≤ min_index ≤ start. The defaults are "250" indices."""
+    if start is None or min_index is None:
+        if respacing != "250":
+            raise InputError(f"give start and min_index for respacing {respacing!r} (the defaults are \"250\" indices)")
+        default_start, default_min = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"),
+                                                    resolution)
+        start = default_start if start is None else start
+        min_index = min(default_min, start) if min_index is None else min_index
+    if not 1 <= min_index <= start:
+        raise InputError(f"need 1 ≤ min_index ≤ start, got min_index={min_index}, start={start}")
+    return start, min_index
+
+
 def lowpass(x: torch.Tensor, factor: int) -> torch.Tensor:
     """U(D(x)): cubic downsampling by ``factor`` with antialiasing, cubic upsampling back.
 
@@ -142,14 +157,7 @@ def pseudo_targets(
     size = int(getattr(prior, "image_size", references.shape[-1]))
     factor = factor or lowpass_factor(size, "swinir")
     diffusion = GaussianDiffusion.create(1000, "linear", respacing=respacing, learn_sigma=True)
-    if start is None or min_index is None:
-        if respacing != "250":
-            raise InputError(f"give start and min_index for respacing {respacing!r} (the defaults are \"250\" indices)")
-        default_start, default_min = recipe_indices(diffusion, size)
-        start = default_start if start is None else start
-        min_index = min(default_min, start) if min_index is None else min_index  # a given start caps the floor
-    if not 1 <= min_index <= start:
-        raise InputError(f"need 1 ≤ min_index ≤ start, got min_index={min_index}, start={start}")
+    start, min_index = fill_indices(start, min_index, respacing, size)
     if not 1 <= start < diffusion.num_timesteps:  # the reference is diffused to index ``start``
         raise InputError(f"start must lie in [1, {diffusion.num_timesteps - 1}] for respacing {respacing!r}, "
                          f"got {start}")

@@ -35,11 +35,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
-from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
 from bfr.imageio import load_image, save_image, to_tensor
 from bfr.methods.base import resize
-from bfr.methods.unsupervised import lowpass_factor, pseudo_targets, recipe_indices
+from bfr.methods.unsupervised import fill_indices, lowpass_factor, pseudo_targets
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
 from bfr.training.checkpoint import resume_or_init, save_state
@@ -357,16 +356,8 @@ def resolve_indices(cfg: AdaptConfig, resolution: int) -> AdaptConfig:
         old = json.loads(recorded.read_text())
         cfg = replace(cfg, start=old.get("start") if cfg.start is None else cfg.start,
                       min_index=old.get("min_index") if cfg.min_index is None else cfg.min_index)
-    if cfg.start is None or cfg.min_index is None:
-        if cfg.respacing != "250":
-            raise InputError(f"give start and min_index for respacing {cfg.respacing!r} (the defaults are \"250\" "
-                             "indices)")
-        start, min_index = recipe_indices(GaussianDiffusion.create(1000, "linear", respacing="250"), resolution)
-        start = start if cfg.start is None else cfg.start
-        cfg = replace(cfg, start=start, min_index=min(min_index, start) if cfg.min_index is None else cfg.min_index)
-    if not 1 <= cfg.min_index <= cfg.start:
-        raise InputError(f"need 1 ≤ min_index ≤ start, got min_index={cfg.min_index}, start={cfg.start}")
-    return cfg
+    start, min_index = fill_indices(cfg.start, cfg.min_index, cfg.respacing, resolution)
+    return replace(cfg, start=start, min_index=min_index)
 
 
 def adapt(cfg: AdaptConfig) -> Path | None:
