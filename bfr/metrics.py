@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg, special
+from scipy import special
 
 from bfr.errors import InputError, WeightsUnavailableError
 
@@ -459,15 +459,17 @@ class LandmarkDistance:
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """||mu1 − mu2||² + tr(cov1 + cov2 − 2 (cov1 cov2)^½), the Fréchet distance of two Gaussians."""
+    """||mu1 − mu2||² + tr(cov1 + cov2 − 2 (cov1 cov2)^½), the Fréchet distance of two Gaussians.
+
+    tr((cov1 cov2)^½) is the sum of the square roots of the eigenvalues of cov1 cov2 (real and
+    non-negative: the product is similar to cov1^½ cov2 cov1^½), which stays exact for the singular
+    covariances of sets smaller than the feature size, where a matrix square root is ill-posed.
+    """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
-        eps = np.eye(len(cov1)) * 1e-6
-        covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    eig = np.linalg.eigvals(cov1 @ cov2).real
+    trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt)
 
 
 class InceptionFeatures:
@@ -503,11 +505,21 @@ class InceptionFeatures:
 
 
 def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """FID between two feature sets (N, D). Strongly biased upwards for small N: compare like with like."""
+    """FID between two feature sets (N, D). Strongly biased upwards for small N: compare like with like.
+
+    With fewer images than feature dimensions the covariances are singular; there the trace term
+    is computed in sample space: with A, B the centred features over √(N − 1), the non-zero
+    eigenvalues of cov_a cov_b = AᵀA BᵀB are the squared singular values of A Bᵀ, so
+    tr((cov_a cov_b)^½) is the nuclear norm of A Bᵀ (exact, and no square root of near-zero noise).
+    """
     if len(feats_a) < 2 or len(feats_b) < 2:
         raise InputError("FID needs at least 2 images per set")
-    return frechet_distance(feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0),
-                            np.cov(feats_b, rowvar=False))
+    a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
+    if max(len(a), len(b)) > a.shape[1]:
+        return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    ca, cb = (a - a.mean(0)) / np.sqrt(len(a) - 1), (b - b.mean(0)) / np.sqrt(len(b) - 1)
+    trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + (ca ** 2).sum() + (cb ** 2).sum() - 2 * trace_sqrt)
 
 
 def niqe_description(model: NiqeModel) -> str:

@@ -125,6 +125,26 @@ def test_frechet_distance_by_hand():
     assert M.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3)) == pytest.approx(0, abs=1e-8)
     # 1-D: (m1 − m2)² + s1 + s2 − 2 sqrt(s1 s2)
     assert M.frechet_distance(1.0, 4.0, 3.0, 1.0) == pytest.approx(4 + 4 + 1 - 2 * 2, abs=1e-8)
+    # commuting 2-D covariances: tr((AB)^½) = Σ sqrt(a_i b_i)
+    a, b = np.diag([4.0, 9.0]), np.diag([1.0, 4.0])
+    assert M.frechet_distance(np.zeros(2), a, np.ones(2), b) == pytest.approx(2 + 13 + 5 - 2 * (2 + 6), abs=1e-8)
+    # a rotated, non-diagonal pair against scipy's matrix square root
+    from scipy.linalg import sqrtm
+
+    r = np.array([[0.6, -0.8], [0.8, 0.6]])
+    c1, c2 = r @ a @ r.T, np.array([[2.0, 0.5], [0.5, 1.0]])
+    want = np.trace(c1) + np.trace(c2) - 2 * np.trace(sqrtm(c1 @ c2).real)
+    assert M.frechet_distance(np.zeros(2), c1, np.zeros(2), c2) == pytest.approx(want, abs=1e-8)
+    # sets smaller than the feature size (singular covariances): identical sets are at distance 0, and the
+    # sample-space trace agrees with the covariance form
+    rng = np.random.default_rng(0)
+    f, g = rng.normal(size=(4, 64)), rng.normal(1.0, 2.0, size=(5, 64))
+    assert M.fid(f, f) == pytest.approx(0, abs=1e-9)
+    cov = lambda x: np.cov(x, rowvar=False)  # noqa: E731
+    assert M.fid(f, g) == pytest.approx(M.frechet_distance(f.mean(0), cov(f), g.mean(0), cov(g)), rel=1e-6)
+    big_f, big_g = rng.normal(size=(80, 8)), rng.normal(0.5, 1.5, size=(90, 8))  # more images than dimensions
+    assert M.fid(big_f, big_g) == pytest.approx(
+        M.frechet_distance(big_f.mean(0), cov(big_f), big_g.mean(0), cov(big_g)), rel=1e-9)
 
 
 def test_optional_metrics_say_why_not_and_never_pretend():
