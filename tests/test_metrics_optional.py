@@ -137,13 +137,13 @@ def test_landmark_distance_with_the_offline_detector_on_real_faces():
 
 @needs_data
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="bundled compact weights are missing")
-def test_eval_reports_lpips_and_fid_columns_when_their_weights_are_there(stand_in_hub, tmp_path):
+def test_eval_reports_every_optional_metric_when_its_weights_are_there(stand_in_hub, stand_in_facexlib, tmp_path):
     from bfr.evaluation import run_eval
 
     report = run_eval(tmp_path, n_images=3, steps=10, start_steps=(2,), batch_size=3, device="cpu", progress=False)
-    assert report["metrics"]["lpips"].startswith("LPIPS") and report["metrics"]["fid"].startswith("FID")
+    assert not any(d.startswith("unavailable") for d in report["metrics"].values()), report["metrics"]
     md = (tmp_path / "results.md").read_text()
-    assert "LPIPS ↓" in md and "FID ↓" in md
+    assert all(col in md for col in ("LPIPS ↓", "FID ↓", "IDS ↑", "LMD ↓"))
     rows = {r["label"]: r for r in report["rows"]}
     lq = rows["input (LQ)"]
     assert lq["metrics"]["lpips"]["n"] == 3 and lq["metrics"]["lpips"]["mean"] > 0
@@ -156,3 +156,39 @@ def test_eval_reports_lpips_and_fid_columns_when_their_weights_are_there(stand_i
     assert lq["metrics"]["fid"]["value"] == pytest.approx(M.fid(feats(inp), feats(gt)), rel=1e-4)
     assert "fid" not in rows["ground truth"]["metrics"]  # reference row: no full-reference or set metrics
     assert rows["DifFace N=2"]["metrics"]["lpips"]["n"] == 3
+    assert lq["metrics"]["identity"]["n"] == 3 and -1 <= lq["metrics"]["identity"]["mean"] <= 1
+    lmd = lq["metrics"]["landmarks"]
+    assert lmd["n"] + lmd["missing"] == 3  # a random RetinaFace may miss: counted, not averaged in
+
+
+@pytest.fixture(scope="module")
+def stand_in_facexlib(tmp_path_factory):
+    """facexlib's weights folder with random-weight ArcFace IR-SE50 and RetinaFace-R50 files, keys prefixed
+    ``module.`` as in the released files (DataParallel checkpoints)."""
+    from facexlib.detection.retinaface import RetinaFace
+    from facexlib.recognition.arcface_arch import Backbone
+
+    folder = tmp_path_factory.mktemp("facexlib_weights")
+    torch.manual_seed(0)
+    for net, name in ((Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se"), M.ARCFACE_FILE),
+                      (RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu")),
+                       M.RETINAFACE_FILE)):
+        torch.save({f"module.{k}": v for k, v in _half_state(net).items()}, folder / name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BFR_FACEXLIB_WEIGHTS", str(folder))
+        yield folder
+
+
+def test_identity_and_landmark_metrics_load_facexlib_files(stand_in_facexlib):
+    for name in ("identity", "landmarks"):
+        ok, why = M.metric_status(name)
+        assert ok, why
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    ids = M.IdentitySimilarity()
+    assert ids(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    other = ids(x, y)
+    assert other.shape == (2,) and (other < 0.9999).all() and (other >= -1).all()
+    lmd = M.LandmarkDistance(detect_size=128)  # RetinaFace from the file: a random one finds no real face
+    d = lmd(x, x).numpy()
+    assert d.shape == (2,) and np.all(np.isnan(d) | (d == 0))
