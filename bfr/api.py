@@ -123,7 +123,8 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
             model = DifFace(prior, backbone, resolution=512, framing="ffhq", tier=tier, device=dev)
     elif method == "flipnet":
         if tier == "compact":
-            prior_file, adapters = resolve("prior64", weights.get("prior64")), resolve("flipnet64", weights.get("flipnet64"))
+            prior_file = resolve("prior64", weights.get("prior64"))
+            adapters = resolve("flipnet64", weights.get("flipnet64"))
             net = attach_adapters(load_net("prior64", prior_file), adapters, prior_file)
             model = FLIPNET(net, resolution=adapters_metadata(adapters)["resolution"], framing="lfw", tier=tier,
                             device=dev)

@@ -8,6 +8,7 @@ Images are small synthetic arrays; one test also uses LFW faces (skipped when ab
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -124,8 +125,9 @@ def test_kernel_normalized_symmetric_and_rotation():
 def test_stronger_blur_lowers_laplacian_variance_on_checkerboard():
     img = checkerboard(64, 64)
     rng = np.random.default_rng(0)
-    energies = [lap_var(apply(img, replace(NONE, sigma_x=s, sigma_y=s, kernel_size=21), rng)) for s in (0, 0.5, 1, 2, 3)]
-    assert all(a > 1.2 * b for a, b in zip(energies, energies[1:])), energies
+    energies = [lap_var(apply(img, replace(NONE, sigma_x=s, sigma_y=s, kernel_size=21), rng))
+                for s in (0, 0.5, 1, 2, 3)]
+    assert all(a > 1.2 * b for a, b in pairwise(energies)), energies
 
 
 def test_stronger_blur_lowers_laplacian_variance_on_a_face():
@@ -134,7 +136,7 @@ def test_stronger_blur_lowers_laplacian_variance_on_a_face():
     path = sorted(LFW.glob("*.jpg"))[0]
     face = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     energies = [lap_var(degrade(face, replace(NONE, sigma_x=s, sigma_y=s))[0]) for s in (0.0, 1.0, 2.0, 4.0, 8.0)]
-    assert all(a > b for a, b in zip(energies, energies[1:])), energies
+    assert all(a > b for a, b in pairwise(energies)), energies
     assert energies[-1] < 0.05 * energies[0]
 
 
@@ -153,7 +155,7 @@ def test_lower_jpeg_quality_lowers_psnr_on_checkerboard():
     # gray board: a saturated colour one is dominated by 4:2:0 chroma loss at every quality
     img = to_gray(checkerboard(48, 48, cell=3)) * 0.8 + 0.1
     scores = [psnr(jpeg(img, q), img) for q in (100, 90, 70, 50, 30, 10)]
-    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+    assert all(a > b for a, b in pairwise(scores)), scores
     assert scores[0] > 40 and scores[-1] < 30, scores
     assert apply(img, replace(NONE, jpeg_quality=30), np.random.default_rng(0)).dtype == np.float32
     for bad in (0, 101):
@@ -244,7 +246,7 @@ def test_test_grid_layout():
     assert all(p.sigma_y < p.sigma_x and p.kernel_size == 41 and not p.gray for p in grid)  # anisotropic
     qualities = [p.jpeg_quality for p in grid]
     assert all(qualities.count(q) == 4 for q in (30, 40, 50, 60, 70))  # balanced
-    for a, b in zip(grid, grid[1:]):  # neighbours never share angle, scale or quality
+    for a, b in pairwise(grid):  # neighbours never share angle, scale or quality
         assert a.angle != b.angle and a.scale != b.scale and a.jpeg_quality != b.jpeg_quality
     g64 = test_grid(64)
     assert [p.noise for p in g64] == [p.noise for p in grid]

@@ -275,18 +275,18 @@ def test_boosthub_starts_with_the_sites_own_attention_projections():
     net = FlipNet(prior, TINY_FLIP)
     sites = [m for m in reference.modules() if type(m).__name__ == "AttentionBlock"]
     assert len(sites) == len(net.boost) > 0
-    for site, hub in zip(sites, net.boost):
+    for site, hub in zip(sites, net.boost, strict=True):
         c, heads = site.qkv.in_channels, site.num_heads
         z = torch.randn(2, c, 5)
         with torch.no_grad():  # the prior's own split of its 1×1 qkv conv (bias left out: BoostHub has none)
             qkv = (site.qkv(z) - site.qkv.bias.view(1, -1, 1)).reshape(2 * heads, 3 * (c // heads), 5)
-            for part, linear in zip(qkv.split(c // heads, dim=1), (hub.to_q, hub.to_k, hub.to_v)):
+            for part, linear in zip(qkv.split(c // heads, dim=1), (hub.to_q, hub.to_k, hub.to_v), strict=True):
                 torch.testing.assert_close(linear(z.transpose(1, 2)).transpose(1, 2), part.reshape(2, c, 5))
         assert hub.heads == heads
 
     unet, _ = tiny_sd()
     sd = FlipNet(unet, dict(backbone="sd", lora_rank=4, embed=dict(image_size=32, grid=4, dim=32, base_channels=16)))
-    for site, hub in zip(sd.sites, sd.boost):
+    for site, hub in zip(sd.sites, sd.boost, strict=True):
         assert hub.heads == site.heads
         for name in ("to_q", "to_k", "to_v"):
             torch.testing.assert_close(getattr(hub, name).weight, getattr(site, name).base_layer.weight)

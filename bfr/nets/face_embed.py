@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class FaceEncoder(nn.Module):
         super().__init__()
         widths = _widths(cfg)
         layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
+        for cin, cout in pairwise(widths):
             layers += [_ResBlock(cin), nn.Conv2d(cin, cout, 4, stride=2, padding=1)]
         layers += [_ResBlock(widths[-1]), nn.GroupNorm(8, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], cfg.dim, 1)]
         self.body = nn.Sequential(*layers)
@@ -70,7 +71,7 @@ class FaceDecoder(nn.Module):
         widths = _widths(cfg)[::-1]
         self.grid = cfg.grid
         layers: list[nn.Module] = [nn.Conv2d(cfg.dim, widths[0], 1), _ResBlock(widths[0])]
-        for cin, cout in zip(widths[:-1], widths[1:]):
+        for cin, cout in pairwise(widths):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1), _ResBlock(cout)]
         layers += [nn.GroupNorm(8, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
         self.body = nn.Sequential(*layers)

@@ -161,7 +161,7 @@ class FlipNet(nn.Module):
             time_module, time_dim = prior.time_embedding, prior.time_embedding.linear_2.out_features
             self.face_attention = None
         self.boost = nn.ModuleList()
-        for site, d in zip(self.sites, dims):  # BoostHub starts as the site's own attention (see above)
+        for site, d in zip(self.sites, dims, strict=True):  # BoostHub starts as the site's own attention (see above)
             heads, w_q, w_k, w_v = site_projections(site, cfg.backbone)
             hub = AddedAttention(d, d, heads=heads)
             for linear, w in ((hub.to_q, w_q), (hub.to_k, w_k), (hub.to_v, w_v)):
@@ -284,8 +284,9 @@ class FlipNet(nn.Module):
         expected = set(self.adapter_state_dict())
         missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unknown:
-            raise KeyError(f"FLIPNET adapter weights do not fit this network: missing {missing[:5]}"
-                           f"{' …' if len(missing) > 5 else ''}, unexpected {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
+            more = lambda keys: " …" if len(keys) > 5 else ""  # noqa: E731
+            raise KeyError(f"FLIPNET adapter weights do not fit this network: missing {missing[:5]}{more(missing)}, "
+                           f"unexpected {unknown[:5]}{more(unknown)}")
         super().load_state_dict(state, strict=False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -300,7 +300,9 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, int(model_channels * channel_mult[0]), out_channels, 3, padding=1))
+            normalization(ch),
+            nn.SiLU(),
+            zero_module(conv_nd(dims, int(model_channels * channel_mult[0]), out_channels, 3, padding=1)),
         )
         if use_fp16:
             self.convert_to_fp16()

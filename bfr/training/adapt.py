@@ -331,7 +331,7 @@ def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],
             out = pseudo_targets(prior, references(idx), start=cfg.start, respacing=cfg.respacing,
                                  min_index=cfg.min_index, factor=factor, seed=cfg.seed + 7919 * round_step + idx[0],
                                  progress=progress, batch_size=cfg.gen_batch_size)
-            for i, t in zip(idx, out):
+            for i, t in zip(idx, out, strict=True):
                 have[names[i]] = (t * 255).round().clamp(0, 255).to(torch.uint8)
             cache.save(have, round_step)
             log.write(step=round_step, event="pseudo_targets", round=round_step, generated=len(idx),
@@ -577,7 +577,7 @@ def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "came
         (out / sub).mkdir(parents=True, exist_ok=True)
     manifest = {"source": "LFW test split (lfw150-splits/test.txt)", "resolution": resolution, "preset": preset,
                 "seed": seed, "holdout_fraction": holdout_fraction, "split": "by person", "images": {}}
-    for p, x, y, prm in zip(files, hq, lq, params):
+    for p, x, y, prm in zip(files, hq, lq, params, strict=True):
         name = p.stem + ".png"
         part = "holdout" if _person(p.name) in held else "adapt"
         save_image(y[None], out / part / name)

@@ -47,7 +47,8 @@ class BackboneConfig:
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
 
 
-def validation_set(resolution: int, degradation: str, n: int = 64, seed: int = 2024) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_set(resolution: int, degradation: str, n: int = 64,
+                   seed: int = 2024) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed (HQ, LQ) pairs in [0, 1] from the test split: the same every run."""
     hq = load_faces(split_files("test")[1::7][:n], resolution).float() / 255.0
     lq, params = degrade_batch(hq, preset(degradation, resolution), seed=seed, return_params=True)
@@ -79,7 +80,8 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     torch.manual_seed(cfg.seed)
     print(f"loading LFW faces at {cfg.resolution} px …")
-    batches = FaceBatches(load_faces(split_files("train")[:cfg.train_images], cfg.resolution), cfg.batch_size, seed=cfg.seed)
+    faces = load_faces(split_files("train")[:cfg.train_images], cfg.resolution)
+    batches = FaceBatches(faces, cfg.batch_size, seed=cfg.seed)
     val_hq, val_lq = validation_set(cfg.resolution, cfg.degradation)
     degradation = preset(cfg.degradation, cfg.resolution)
 

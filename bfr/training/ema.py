@@ -26,8 +26,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = self.decay(step)
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
             if p.requires_grad:  # frozen weights (e.g. FLIPNET's prior) equal their copy: skip them
                 ema_p.lerp_(p.detach().to(ema_p.dtype), 1 - d)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)

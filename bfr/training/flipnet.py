@@ -328,7 +328,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     if cfg.tier == "compact":
         perceptual, perceptual_note = perceptual_loss(cfg.lpips_weight, device)
     else:
-        perceptual, perceptual_note = None, "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
+        perceptual = None
+        perceptual_note = "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
 
     net, vae = build(cfg)
     net = net.to(device)
@@ -480,7 +481,8 @@ def embedding_check(net: FlipNet, hq: torch.Tensor, lq: torch.Tensor) -> dict[st
     a, b = pooled(net.embedder.tokens(hq * 2 - 1, "hq")), pooled(net.embedder.tokens(lq * 2 - 1, "lq"))
     top1 = ((b @ a.t()).argmax(dim=1) == torch.arange(len(a), device=a.device)).float().mean().item()
     face = net.embedder.fit(hq * 2 - 1)
-    return {"val_retrieval_top1": top1, "val_recon_l1_hq": (net.embedder.reconstruct(face, "hq") - face).abs().mean().item()}
+    recon_l1 = (net.embedder.reconstruct(face, "hq") - face).abs().mean().item()
+    return {"val_retrieval_top1": top1, "val_recon_l1_hq": recon_l1}
 
 
 @torch.no_grad()
@@ -514,7 +516,8 @@ def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds:
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
                for k, v in net.adapter_state_dict().items()}
     meta = {"kind": "flipnet", "config": json.dumps(net.config.to_dict()), "prior_sha256": json.dumps(prior_sha),
-            "resolution": json.dumps(cfg.resolution), "steps": json.dumps(step), "train_seconds": json.dumps(round(seconds)),
+            "resolution": json.dumps(cfg.resolution), "steps": json.dumps(step),
+            "train_seconds": json.dumps(round(seconds)),
             "hardware": json.dumps(hardware()), "finished": json.dumps(finished), "losses": json.dumps(perceptual_note),
             "tier": json.dumps(cfg.tier)}
     path = out / f"{WEIGHTS_NAME[cfg.tier]}.safetensors"
