@@ -151,6 +151,13 @@ def test_ema_copy_has_its_own_hooks():
     ema = EMA(net)
     randomize(net)
     assert (run(net) - run(ema.model)).abs().max() > 1e-4  # the copy still is the fresh (prior-equal) network
+    # Given the same weights, the copy computes the same output: its hooks read its own context and
+    # weights (hooks still bound to the original would see no context and drop BoostHub, face
+    # attention and the mode embedding, leaving only the copy's LoRA).
+    ema.model.load_state_dict(net.state_dict())
+    for mode in ("restore", "degrade"):
+        torch.testing.assert_close(run(ema.model, mode), run(net, mode))
+    assert (run(ema.model, phi=0.0) - run(ema.model)).abs().max() > 1e-4  # BoostHub acts in the copy
 
 
 def test_contrastive_loss_rewards_matched_pairs_both_ways():
