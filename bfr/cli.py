@@ -49,7 +49,7 @@ def cmd_degrade(args: argparse.Namespace) -> None:
         weights = dict(w.split("=", 1) for w in args.weights or [])
         restorer = bfr.load("flipnet", tier=args.tier, device=args.device, weights=weights)
         for path in _inputs(args.inputs):
-            variants = restorer.degrade(path, variants=args.variants, seed=args.seed)
+            variants = restorer.degrade(path, variants=args.variants, seed=args.seed, color_fix=not args.no_color_fix)
             for k, lq in enumerate(variants):
                 name = f"{path.stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
                 save_image(lq, out_dir / name)
@@ -74,7 +74,8 @@ def cmd_restore(args: argparse.Namespace) -> None:
     from bfr.imageio import save_image
 
     options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta, seed=args.seed,
-                                      sampler=args.sampler, phi=args.phi).items() if v is not None}
+                                      sampler=args.sampler, phi=args.phi,
+                                      color_fix=False if args.no_color_fix else None).items() if v is not None}
     weights = dict(w.split("=", 1) for w in args.weights or [])
     restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector)
     accepted = inspect.signature(restorer.model.restore).parameters
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", default="compact", choices=["compact", "paper"], help="flipnet: weights tier")
     p.add_argument("--device", default=None, help="flipnet: cpu | cuda (default: cuda when present)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="flipnet: local weights for a catalog entry")
+    p.add_argument("--no-color-fix", action="store_true",
+                   help="flipnet: keep the samples' own colours (default: each takes the clean face's "
+                        "channel statistics)")
     p.set_defaults(func=cmd_degrade)
 
     p = sub.add_parser("restore", help="restore every face in photos (or aligned face crops)")
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
     p.add_argument("--phi", type=float, default=None, help="FLIPNET's BoostHub scale φ (default 1; 0 = no condition)")
+    p.add_argument("--no-color-fix", action="store_true",
+                   help="FLIPNET: keep the samples' own colours (default: each takes the input's channel statistics)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"])

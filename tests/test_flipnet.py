@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from bfr.errors import InputError, WeightsUnavailableError
@@ -191,6 +192,34 @@ def test_restore_and_degrade_shapes_ranges_and_seeds():
     variants = m.degrade(lq[:1], variants=3, steps=5, seed=0)
     assert variants.shape == (1, 3, 3, 20, 24)
     assert (variants[0, 0] - variants[0, 1]).abs().mean() > 1e-3
+
+
+def test_match_color_undoes_a_per_channel_affine_change():
+    from bfr.methods.base import match_color
+
+    g = torch.Generator().manual_seed(0)
+    ref = 0.3 + 0.4 * torch.rand(2, 3, 12, 12, generator=g)
+    gain, shift = torch.tensor([0.5, 1.5, 0.8]).view(1, 3, 1, 1), torch.tensor([0.1, -0.2, 0.05]).view(1, 3, 1, 1)
+    torch.testing.assert_close(match_color(ref * gain + shift, ref), ref, atol=1e-4, rtol=0)  # eps 1e-5 in 1/std
+    # any sizes: the statistics of a larger reference
+    big = F.interpolate(ref, size=24, mode="nearest")
+    out = match_color(torch.rand(2, 3, 8, 8, generator=g), big)
+    torch.testing.assert_close(out.mean((2, 3)), big.mean((2, 3)), atol=1e-5, rtol=0)
+
+
+def test_color_fix_gives_each_sample_its_condition_faces_channel_statistics():
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net)
+    m = method(net)
+    g = torch.Generator().manual_seed(3)
+    cond = 0.25 + 0.5 * torch.rand(2, 3, 16, 16, generator=g)  # away from 0 and 1: no clamping
+    raw = m.restore(cond, steps=4, seed=0, color_fix=False)
+    fixed = m.restore(cond, steps=4, seed=0)
+    torch.testing.assert_close(fixed.mean((2, 3)), cond.mean((2, 3)), atol=2e-3, rtol=0)
+    torch.testing.assert_close(fixed.std((2, 3)), cond.std((2, 3)), atol=2e-2, rtol=0)
+    assert (raw.mean((2, 3)) - cond.mean((2, 3))).abs().max() > 0.02
+    variants = m.degrade(cond, variants=2, steps=4, seed=0)  # (B, K, 3, H, W): variant k of face b → face b
+    torch.testing.assert_close(variants.mean((3, 4)), cond.mean((2, 3))[:, None].expand(2, 2, 3), atol=2e-3, rtol=0)
 
 
 def test_progress_reports_every_step():
@@ -480,7 +509,7 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     randomize(net)
     save_adapters(net, tmp_path / "flip.safetensors", sha256_of(prior_path))
     face = tmp_path / "face.png"
-    Image.fromarray((np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8)).save(face)
+    Image.fromarray((64 + np.random.default_rng(0).random((24, 24, 3)) * 128).astype(np.uint8)).save(face)  # no clamping
     weights = ["--weights", f"prior64={prior_path}", "--weights", f"flipnet64={tmp_path / 'flip.safetensors'}"]
 
     assert main(["degrade", str(face), "-o", str(tmp_path / "deg"), "--method", "flipnet", "--variants", "2",
@@ -492,8 +521,16 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     assert main(["restore", str(face), "-o", str(tmp_path / "out"), "--method", "flipnet", "--aligned",
                  "--steps", "3", "--phi", "0.5", *weights]) == 0
     assert (tmp_path / "out" / "face_flipnet.png").is_file()
+    assert main(["restore", str(face), "-o", str(tmp_path / "raw"), "--method", "flipnet", "--aligned",
+                 "--steps", "3", "--phi", "0.5", "--no-color-fix", *weights]) == 0
+    fixed, raw = (np.asarray(Image.open(tmp_path / d / "face_flipnet.png"), dtype=np.float32) for d in ("out", "raw"))
+    src = np.asarray(Image.open(face), dtype=np.float32)
+    # the colour fix gives the output the input's channel means; without it they drift
+    assert np.abs(fixed.mean((0, 1)) - src.mean((0, 1))).max() < 1.0 < np.abs(raw.mean((0, 1)) - src.mean((0, 1))).max()
     assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--phi", "1"]) == 2
     assert "--phi does not apply" in capsys.readouterr().err
+    assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--no-color-fix"]) == 2
+    assert "--color-fix does not apply" in capsys.readouterr().err
 
 
 def test_methods_reports_flipnet_paper_tier_as_needing_adapters(monkeypatch, tmp_path):
