@@ -410,7 +410,9 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     assert json.loads(read_metadata(path)["steps"]) == 14
     card = write_flipnet_card(tmp_path / "run", dest=tmp_path / "bundle", n_test=4)
     text = card.read_text()
-    assert "PSNR" in text and "steps: 14 of 14" in text
+    assert "PSNR" in text and "steps: 14 of 14" in text and "without the colour fix" in text
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert {"psnr", "psnr_no_color_fix", "ssim_no_color_fix", "psnr_input"} <= set(metrics)
     assert (tmp_path / "bundle" / "flipnet64.safetensors").is_file()
     # the exported adapters load around the same prior and restore
     net = attach_adapters(UNetModel(**TINY_PRIOR), tmp_path / "bundle" / "flipnet64.safetensors")
@@ -509,7 +511,8 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     randomize(net)
     save_adapters(net, tmp_path / "flip.safetensors", sha256_of(prior_path))
     face = tmp_path / "face.png"
-    Image.fromarray((64 + np.random.default_rng(0).random((24, 24, 3)) * 128).astype(np.uint8)).save(face)  # no clamping
+    pixels = 64 + np.random.default_rng(0).random((24, 24, 3)) * 128  # mid-range: the colour fix never clamps
+    Image.fromarray(pixels.astype(np.uint8)).save(face)
     weights = ["--weights", f"prior64={prior_path}", "--weights", f"flipnet64={tmp_path / 'flip.safetensors'}"]
 
     assert main(["degrade", str(face), "-o", str(tmp_path / "deg"), "--method", "flipnet", "--variants", "2",
