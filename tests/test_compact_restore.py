@@ -3,7 +3,7 @@
 DifFace: eight held-out LFW test faces (never seen in training) under a strong degradation
 (blur σ 12, ×32 downsampling, noise 10, JPEG 40 at 512-px scale = σ 1.5, ×4 at 64 px).
 IDM: the first held-out faces of its own test slice (the `gfpgan` ranges it was trained on).
-Fixed seeds throughout.
+FLIPNET: DifFace's eight faces, in both modes. Fixed seeds throughout.
 """
 
 import pytest
@@ -11,13 +11,15 @@ import torch
 
 from bfr.api import method_status
 from bfr.degradations import DegradationParams, degrade
-from bfr.metrics import psnr, ssim
+from bfr.metrics import niqe, psnr, ssim
 from bfr.paths import data_dir
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here")
 needs_difface = pytest.mark.skipif(not method_status("difface", "compact")[0],
                                    reason="compact DifFace weights are not bundled")
 needs_idm = pytest.mark.skipif(not method_status("idm", "compact")[0], reason="compact IDM weights are not bundled")
+needs_flipnet = pytest.mark.skipif(not method_status("flipnet", "compact")[0],
+                                   reason="compact FLIPNET weights are not bundled")
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +90,39 @@ def test_idm_follows_its_own_lq(idm_case):
     out = model.restore(lq[:4], steps=10, seed=0)
     distance = ((out[:, None] - hq[None, :4]) ** 2).mean((2, 3, 4))  # restored i × ground truth j
     assert torch.equal(distance.argmin(1), torch.arange(4))
+
+
+# ------------------------------------------------------------------------------ FLIPNET
+
+
+@pytest.fixture(scope="module")
+def flipnet_case(case):
+    import bfr
+
+    _, hq, lq = case
+    return bfr.load("flipnet", tier="compact", device="cpu").model, hq, lq
+
+
+@needs_flipnet
+def test_flipnet_restores_from_the_condition_toward_realism(flipnet_case):
+    """Restoration mode at its defaults (pure noise, 50 DDIM steps, φ = 1, colour fix): more realistic than the
+    input (NIQE), and the LQ face steers it through BoostHub: φ = 1 is closer to the truth than φ = 0, which
+    keeps only the face tokens and the colour fix."""
+    model, hq, lq = flipnet_case
+    out = model.restore(lq, seed=0)
+    assert niqe(out).mean() < niqe(lq).mean()
+    without = model.restore(lq, seed=0, phi=0.0)
+    assert psnr(out, hq).mean() > psnr(without, hq).mean() + 1.0
+    assert ssim(out, hq).mean() > ssim(without, hq).mean()
+
+
+@needs_flipnet
+def test_flipnet_degradation_mode_makes_different_degraded_versions_of_the_face(flipnet_case):
+    model, hq, _ = flipnet_case
+    hq = hq[:3]
+    variants = model.degrade(hq, variants=2, steps=25, seed=0)  # (3, 2, 3, 64, 64)
+    a, b = variants[:, 0], variants[:, 1]
+    assert (a - b).abs().mean() > 0.01  # another seed, another degradation
+    assert (psnr(a, hq) < 35).all()  # degraded, not a copy
+    unsteered = model.degrade(hq, variants=1, steps=25, seed=0, phi=0.0)[:, 0]
+    assert psnr(a, hq).mean() > psnr(unsteered, hq).mean() + 1.0  # a version of this face
