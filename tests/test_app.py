@@ -185,8 +185,9 @@ def test_flipnet_degradation_mode_endpoint(client, clean_face):
     assert min(np.abs(a - b).mean() for a, b in itertools.combinations(images, 2)) > 0.005
     again, _ = client.predict(gradio_client.handle_file(str(clean_face)), 3, 7, True, api_name="/degrade_flipnet")
     np.testing.assert_allclose(load_image(again[0]["image"]), images[0], atol=2 / 255)
-    assert "Variants must lie" in app_error(lambda: client.predict(
+    refused = app_error(lambda: client.predict(
         gradio_client.handle_file(str(clean_face)), 0, 7, True, api_name="/degrade_flipnet"))
+    assert "Variants must lie" in refused or "less than minimum value 1" in refused  # ours, or Gradio's slider check
 
 
 def test_degrade_custom_settings(client, clean_face):
