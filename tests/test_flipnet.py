@@ -411,6 +411,8 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     card = write_flipnet_card(tmp_path / "run", dest=tmp_path / "bundle", n_test=4)
     text = card.read_text()
     assert "PSNR" in text and "steps: 14 of 14" in text and "without the colour fix" in text
+    log_rows = [line for line in text.splitlines() if line.startswith(("| degrade |", "| restore |"))]
+    assert log_rows and len(log_rows) == len(set(log_rows))  # the last logged step shown once
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert {"psnr", "psnr_no_color_fix", "ssim_no_color_fix", "psnr_input"} <= set(metrics)
     assert (tmp_path / "bundle" / "flipnet64.safetensors").is_file()

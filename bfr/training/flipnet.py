@@ -566,7 +566,9 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     embed_rows = [r for r in log if r.get("stage") == "embed"]
     table = ["| stage | step | held-out ε-MSE (degrade) | held-out ε-MSE (restore) | val PSNR (20 steps) |",
              "|---|---|---|---|---|"]
-    for r in rows[:: max(1, len(rows) // 12)] + rows[-1:]:
+    shown = rows[:: max(1, len(rows) // 12)]
+    shown += [r for r in rows[-1:] if r not in shown]  # the last row once, even when the stride hits it
+    for r in shown:
         table.append(f"| {r['stage']} | {r['step']} | {r['heldout_degrade']:.4f} | {r['heldout_restore']:.4f} | "
                      f"{r.get('val_psnr', float('nan')):.2f} |")
     embed_line = (f"after {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
