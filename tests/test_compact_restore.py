@@ -23,15 +23,22 @@ needs_flipnet = pytest.mark.skipif(not method_status("flipnet", "compact")[0],
 
 
 @pytest.fixture(scope="module")
-def case():
-    import bfr
+def faces():
+    """Eight held-out test faces and their strongly degraded versions."""
     from bfr.training.data import load_faces, split_files
 
     hq = load_faces(split_files("test")[::95][:8], 64).float() / 255
     params = DegradationParams(sigma_x=1.5, sigma_y=1.5, scale=4.0, noise=10.0, jpeg_quality=40)
     lq = torch.stack([torch.from_numpy(degrade(x.permute(1, 2, 0).numpy(), params, seed=i)[0]).permute(2, 0, 1)
                       for i, x in enumerate(hq)])
-    return bfr.load("difface", tier="compact", device="cpu").model, hq, lq
+    return hq, lq
+
+
+@pytest.fixture(scope="module")
+def case(faces):
+    import bfr
+
+    return bfr.load("difface", tier="compact", device="cpu").model, *faces
 
 
 @needs_difface
@@ -96,11 +103,10 @@ def test_idm_follows_its_own_lq(idm_case):
 
 
 @pytest.fixture(scope="module")
-def flipnet_case(case):
+def flipnet_case(faces):
     import bfr
 
-    _, hq, lq = case
-    return bfr.load("flipnet", tier="compact", device="cpu").model, hq, lq
+    return bfr.load("flipnet", tier="compact", device="cpu").model, *faces
 
 
 @needs_flipnet
