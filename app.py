@@ -484,7 +484,8 @@ def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, 
 
     Args:
         image: a clean face photo (shrunk to at most 1024 px on its longer side first).
-        preset: "difface", "gfpgan", "mild", "camera" (random settings in the preset's ranges) or "custom".
+        preset: "difface", "gfpgan", "mild", "camera", "camera-lowres" (random settings in the preset's ranges)
+            or "custom".
         seed: random seed; the same seed gives the same degradation.
         blur: Gaussian blur σ in pixels (custom only; 0 = none).
         downsample: downsampling factor r ≥ 1 (custom only; 1 = none).

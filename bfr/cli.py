@@ -106,11 +106,15 @@ def cmd_restore(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     if args.tier != "compact" and args.what != "flipnet":
         raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
+    if args.schedule_steps is not None and args.what not in ("prior", "backbone"):
+        raise BfrError(f"--schedule-steps sets the prior's and the backbone's schedule, not {args.what}'s")
     if args.what == "prior":
         from bfr.training.prior import PriorConfig, train_prior
 
         cfg = PriorConfig(out_dir=args.output or "runs/prior64", batch_size=args.batch_size, max_steps=args.steps,
                           max_minutes=args.minutes, init_from=args.init_from, mixed_precision=args.precision)
+        if args.schedule_steps is not None:
+            cfg.total_steps = args.schedule_steps
         train_prior(cfg)
     elif args.what == "backbone":
         from bfr.training.backbone import BackboneConfig, train_backbone
@@ -118,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = BackboneConfig(out_dir=args.output or "runs/swinir64", batch_size=args.batch_size,
                              max_steps=args.steps, max_minutes=args.minutes, init_from=args.init_from,
                              mixed_precision=args.precision)
+        if args.schedule_steps is not None:
+            cfg.total_steps = args.schedule_steps
         train_backbone(cfg)
     elif args.what == "flipnet":
         from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
@@ -270,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones); idm: "
                    "default the bundled prior64, 'scratch' for none")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--schedule-steps", type=int, default=None,
+                   help="prior/backbone: length of the cosine lr schedule (defaults 60000 / 30000); "
+                        "a shorter one anneals a resumed run")
     p.add_argument("--rounds", type=int, default=3,
                    help="idm: training rounds; each after the first cleans the training faces with the previous one")
     p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")
@@ -323,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-set", help="LFW test faces under an unseen degradation, split adapt / holdout")
     p.add_argument("output", help="folder for adapt/, holdout/, holdout_gt/ and manifest.json")
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--preset", default="camera", help="degradation preset (default camera: unseen in training)")
+    p.add_argument("--preset", default="camera-lowres",
+                   help="degradation preset (default camera-lowres: a small-sensor photo of a small face, "
+                        "unseen in training)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_set)
     p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ LPIPS/ID/LMD/FID where their weights are here) on a "

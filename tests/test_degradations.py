@@ -333,3 +333,16 @@ def test_real_faces_grid_degrades_more_than_mild():
         grid = np.mean([psnr(degrade(face, p, seed=0)[0], face) for p in test_grid(150)[::4]])
         assert mild > grid + 3, (mild, grid)
         assert np.array_equal(degrade(face, "difface", seed=1)[0], degrade(face, "difface", seed=1)[0])
+
+
+def test_camera_lowres_downsamples_at_every_face_size():
+    """The unsupervised demo's preset: "camera" loses its downsampling at 64 px, this one keeps it."""
+    assert preset("camera", 64).scale == (1.0, 1.0)
+    low = preset("camera-lowres", 64)
+    assert isinstance(low, CameraConfig) and low.scale == (1.5, 2.5)
+    assert 512 / PRESETS["camera-lowres"].scale[1] == 64 / low.scale[1]  # the same smallest sensor face
+    assert low.read_noise[1] == 3 * PRESETS["camera"].read_noise[1]
+    img = card(64, 64)
+    lq, params = degrade(img, "camera-lowres", seed=3)
+    assert 1.5 <= params.scale <= 2.5 and lq.shape == img.shape
+    assert np.abs(lq - img).mean() > np.abs(degrade(img, "camera", seed=3)[0] - img).mean()

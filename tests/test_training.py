@@ -88,3 +88,28 @@ def test_ema_averages_trainable_weights_and_leaves_frozen_ones_alone():
     ema.update(net, step=10**6)  # decay 0.5: halfway to the trained weights
     torch.testing.assert_close(ema.model[1].weight, net[1].weight - 0.5)
     torch.testing.assert_close(ema.model[0].weight, net[0].weight - 1.0)  # frozen: untouched (not copied)
+
+
+@pytest.mark.parametrize("what,module,fn", [("prior", "bfr.training.prior", "train_prior"),
+                                            ("backbone", "bfr.training.backbone", "train_backbone")])
+def test_schedule_steps_reaches_the_training_config(tmp_path, monkeypatch, what, module, fn):
+    import importlib
+
+    from bfr.cli import main
+    from bfr.training.common import warmup_cosine
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), fn, seen.append)
+    assert main(["train", what, "-o", str(tmp_path / what), "--schedule-steps", "17500"]) == 0
+    assert seen[0].total_steps == 17500
+    # resuming step 13,559 of the prior under it: the rate drops from 90% of the base to about a fifth
+    assert warmup_cosine(13559, 2e-4, 500, 60000) > 0.85 * 2e-4 > 3.5 * warmup_cosine(13559, 2e-4, 500, 17500)
+    assert main(["train", what, "-o", str(tmp_path / what)]) == 0
+    assert seen[1].total_steps in (60000, 30000)  # the defaults stay when it is not given
+
+
+def test_schedule_steps_is_refused_where_it_means_nothing(tmp_path):
+    from bfr.cli import main
+
+    assert main(["train", "idm", "-o", str(tmp_path / "i"), "--schedule-steps", "10"]) == 2
+    assert main(["train", "flipnet", "-o", str(tmp_path / "f"), "--schedule-steps", "10"]) == 2

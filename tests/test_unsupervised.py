@@ -291,6 +291,41 @@ def test_adapt_with_gan_caches_targets_exports_and_resumes(tmp_path, tiny_compac
     assert json.loads(read_metadata(run / "adapted.safetensors")["steps"]) == 6
 
 
+def test_a_stop_during_generation_acts_after_one_batch_and_keeps_it(tmp_path, tiny_compact, count_prior_calls,
+                                                                    monkeypatch):
+    from safetensors.torch import load_file
+
+    import bfr.training.adapt as adapt_module
+    from bfr.imageio import save_image
+    from bfr.training.adapt import AdaptConfig, adapt
+
+    lq_dir = tmp_path / "lq5"
+    for i, img in enumerate(smooth_images(5, size=16, seed=3)):
+        save_image(img[None], lq_dir / f"face_{i}.png")
+    armed = [True]
+
+    class StopAfterFirstCall:  # as a SIGTERM that arrives while the first batch is being sampled
+        def __init__(self, *_):
+            pass
+
+        def __bool__(self):
+            return armed[0] and bool(count_prior_calls)
+
+    monkeypatch.setattr(adapt_module, "StopSignal", StopAfterFirstCall)
+    run = tmp_path / "run"
+    cfg = AdaptConfig(**{**tiny_compact, "lq_dir": str(lq_dir)}, out_dir=str(run), batch_size=2, max_steps=2,
+                      eval_every=100, sample_every=100, save_every=100, gan_weight=0.0, mixed_precision="no",
+                      gen_batch_size=2, cache_every=100, start=6, min_index=3)
+    assert adapt(cfg) is None
+    assert count_prior_calls == [2] * 6  # one batch of two, not the whole cache chunk of 100
+    assert sorted(load_file(str(run / "pseudo_targets.safetensors"))) == ["face_0.png", "face_1.png"]
+    armed[0] = False
+    assert adapt(cfg) is not None  # resumes: the other three are made (a batch of two, one of one), then it trains
+    assert count_prior_calls == [2] * 6 + [2] * 6 + [1] * 6
+    assert sorted(load_file(str(run / "pseudo_targets.safetensors"))) == [f"face_{i}.png" for i in range(5)]
+    assert [r["generated"] for r in read_log(run) if r.get("event") == "pseudo_targets"] == [2, 3]
+
+
 def test_adapt_regenerates_targets_with_the_improved_restorer(tmp_path, tiny_compact, count_prior_calls):
     from bfr.training.adapt import AdaptConfig, adapt
     from bfr.weights import read_metadata
@@ -419,6 +454,20 @@ def test_evaluate_holdout_numbers(tmp_path):
             return gt[: len(x)] if len(x) == len(gt) else x
 
     assert evaluate_holdout(Oracle(), tmp_path)["psnr_after"] > 90
+    assert "niqe_after" not in res  # no NIQE model for 16-px faces ships: not fitted on the fly
+
+
+@needs_lfw
+def test_evaluate_holdout_reports_niqe_at_the_bundled_size(tmp_path):
+    from bfr.metrics import load_niqe_model, niqe
+    from bfr.training.adapt import evaluate_holdout, list_images, make_demo_set, read_images
+
+    make_demo_set(tmp_path, resolution=64, limit=12)
+    res = evaluate_holdout(torch.nn.Identity(), tmp_path)
+    gt = read_images(list_images(tmp_path / "holdout_gt"), 64).float() / 255
+    assert res["niqe_truth"] == pytest.approx(niqe(gt, load_niqe_model(64)).nanmean().item())
+    assert res["niqe_after"] == res["niqe_before"]
+    assert res["niqe_before"] > res["niqe_truth"] + 0.5  # camera-lowres faces look less natural than the truth
 
 
 def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny_compact, capsys):

@@ -13,7 +13,11 @@ them to the face size in use (see ``synth.scale_to`` for what is kept the same).
   smaller than a 512-px face shrunk 4×) and mostly noise and JPEG remain.
 - "camera": small-sensor pipeline (downsample, RGGB mosaic, shot + read noise in linear
   light, OpenCV demosaic, gamma, JPEG 70–95), r ∈ [1, 4]: a degradation no bfr model is
-  trained on.
+  trained on. At 64 px its downsampling vanishes like "mild"'s (r ∈ [1, 4] at 512 px is 1 at 64).
+- "camera-lowres": the same pipeline for a face the sensor saw 26–43 px wide: r ∈ [12, 20]
+  at 512 px (1.5–2.5 at 64 px), with three times the sensor noise
+  (shot 3e-4–3e-2, read 3e-3–6e-2): the degradation of the compact unsupervised demonstration
+  (`bfr demo-set`), downsampling included at every face size.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ PRESETS: dict[str, DegradationConfig | CameraConfig] = {
     "gfpgan": DegradationConfig(sigma=(0.1, 10.0), scale=(0.8, 8.0), noise=(0.0, 20.0), jpeg=(60, 100), gray_prob=0.0),
     "mild": DegradationConfig(sigma=(1.0, 3.0), scale=(2.0, 4.0), noise=(0.0, 5.0), jpeg=(60, 90), gray_prob=0.0),
     "camera": CameraConfig(),
+    "camera-lowres": CameraConfig(scale=(12.0, 20.0), shot_noise=(3e-4, 3e-2), read_noise=(3e-3, 6e-2)),
 }
 
 

@@ -39,7 +39,7 @@ from bfr.errors import InputError
 from bfr.imageio import load_image, save_image, to_tensor
 from bfr.methods.base import resize
 from bfr.methods.unsupervised import fill_indices, lowpass_factor, pseudo_targets
-from bfr.metrics import psnr, ssim
+from bfr.metrics import load_niqe_model, niqe, niqe_model_path, psnr, ssim
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
@@ -318,10 +318,10 @@ def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],
               f"{cfg.start} prior calls per batch of {cfg.gen_batch_size}")
         prior = load_prior().eval().requires_grad_(False).to(device)
         bar = tqdm(total=len(missing), desc="pseudo-targets", unit="img", dynamic_ncols=True)
-        chunk = max(cfg.gen_batch_size, cfg.cache_every)
-        for c in range(0, len(missing), chunk):
+        unsaved, seconds = 0, 0.0
+        for c in range(0, len(missing), cfg.gen_batch_size):  # a stop acts after one batch, not one cache chunk
             t0 = time.time()
-            idx = missing[c:c + chunk]
+            idx = missing[c:c + cfg.gen_batch_size]
             done_before = bar.n
 
             def progress(done: int, total: int, base: int = done_before, count: int = len(idx)) -> None:
@@ -333,9 +333,12 @@ def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],
                                  progress=progress, batch_size=cfg.gen_batch_size)
             for i, t in zip(idx, out, strict=True):
                 have[names[i]] = (t * 255).round().clamp(0, 255).to(torch.uint8)
-            cache.save(have, round_step)
-            log.write(step=round_step, event="pseudo_targets", round=round_step, generated=len(idx),
-                      seconds=time.time() - t0)
+            unsaved, seconds = unsaved + len(idx), seconds + time.time() - t0
+            if unsaved >= cfg.cache_every or c + len(idx) == len(missing) or stop:
+                cache.save(have, round_step)
+                log.write(step=round_step, event="pseudo_targets", round=round_step, generated=unsaved,
+                          seconds=seconds)
+                unsaved, seconds = 0, 0.0
             if stop:
                 bar.close()
                 print(f"stopped during pseudo-target generation; {len(have)} of {len(names)} cached")
@@ -540,12 +543,12 @@ def _person(name: str) -> str:
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
 
 
-def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "camera", seed: int = 0,
+def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "camera-lowres", seed: int = 0,
                   holdout_fraction: float = 0.2, limit: int | None = None) -> dict:
     """Write LFW test faces degraded by ``preset`` as PNGs: ``adapt/``, ``holdout/``, ``holdout_gt/``.
 
     The LFW test split (never used to train the compact models) is resized to ``resolution``
-    and degraded with one generator seeded ``seed`` ("camera" by default: a small-sensor
+    and degraded with one generator seeded ``seed`` ("camera-lowres" by default: a small-sensor
     pipeline no bfr model was trained on). The split is by person, so no identity is in
     both halves: people are shuffled with ``seed`` and moved to the holdout until it holds
     ``holdout_fraction`` of the images (it can overshoot by one person's images). Ground truth
@@ -593,7 +596,8 @@ def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "came
 @torch.no_grad()
 def evaluate_holdout(restorer_net: nn.Module, folder: str | Path, batch_size: int = 32) -> dict[str, float]:
     """Mean PSNR / SSIM of ``holdout/`` (before) and of the restorer's outputs on it (after) against
-    ``holdout_gt/``; images are used at their stored size."""
+    ``holdout_gt/``; images are used at their stored size. Also mean NIQE (before, after and of the
+    ground truth) where the LFW pristine model for that size is bundled or cached (64 px ships)."""
     folder = Path(folder)
     files = list_images(folder / "holdout")
     gts = [folder / "holdout_gt" / p.name for p in files]
@@ -603,8 +607,13 @@ def evaluate_holdout(restorer_net: nn.Module, folder: str | Path, batch_size: in
     lq = read_images(files, size).float() / 255
     gt = read_images(gts, size).float() / 255
     out = run_restorer(restorer_net, lq, batch_size)
-    return {"psnr_before": psnr(lq, gt).mean().item(), "psnr_after": psnr(out, gt).mean().item(),
-            "ssim_before": ssim(lq, gt).mean().item(), "ssim_after": ssim(out, gt).mean().item(), "n": len(files)}
+    res = {"psnr_before": psnr(lq, gt).mean().item(), "psnr_after": psnr(out, gt).mean().item(),
+           "ssim_before": ssim(lq, gt).mean().item(), "ssim_after": ssim(out, gt).mean().item(), "n": len(files)}
+    if niqe_model_path(size).is_file():  # the method's claim is realism: NIQE where its model needs no fitting
+        model = load_niqe_model(size)
+        res.update({f"niqe_{k}": niqe(x, model).nanmean().item() for k, x in
+                    (("before", lq), ("after", out), ("truth", gt))})
+    return res
 
 
 # ---------------------------------------------------------------------------- model card
@@ -642,12 +651,22 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
     held = [r for r in evals if "holdout_psnr_after" in r]
     if held:
         first, last = held[0], held[-1]
+        has_niqe = "holdout_niqe_after" in first and "holdout_niqe_after" in last
+
+        def row(name: str, rec: dict, when: str) -> str:
+            cells = [name, f"{rec[f'holdout_psnr_{when}']:.2f}", f"{rec[f'holdout_ssim_{when}']:.4f}"]
+            return "| " + " | ".join(cells + ([f"{rec[f'holdout_niqe_{when}']:.2f}"] if has_niqe else [])) + " |"
+
         lines += ["## Held-out result", "",
-                  f"On {last['holdout_n']} held-out faces of `{cfg['eval_dir']}` (never used for adaptation): "
-                  f"degraded input {last['holdout_psnr_before']:.2f} dB / SSIM {last['holdout_ssim_before']:.4f}; "
-                  f"starting restorer (step {first['step']}) {first['holdout_psnr_after']:.2f} dB / "
-                  f"{first['holdout_ssim_after']:.4f}; adapted (step {last['step']}) "
-                  f"{last['holdout_psnr_after']:.2f} dB / {last['holdout_ssim_after']:.4f}.", ""]
+                  f"{last['holdout_n']} held-out faces of `{cfg['eval_dir']}` (other people, never used for "
+                  "adaptation), against their ground truth" + (
+                      "; NIQE (lower is more natural, LFW-fitted model) needs no ground truth: the truth itself "
+                      f"scores {last['holdout_niqe_truth']:.2f}." if has_niqe else "."), "",
+                  "| | PSNR (dB) | SSIM |" + (" NIQE |" if has_niqe else ""),
+                  "|---|---|---|" + ("---|" if has_niqe else ""),
+                  row("degraded input", last, "before"),
+                  row(f"starting restorer (step {first['step']})", first, "after"),
+                  row(f"adapted (step {last['step']})", last, "after"), ""]
     lines += [
         "## Pseudo-targets",
         "",
@@ -673,7 +692,7 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
     ]
     if evals:
         keys = [k for k in evals[-1] if k not in ("time", "lr", "holdout_n", "holdout_psnr_before",
-                                                   "holdout_ssim_before")]
+                                                   "holdout_ssim_before", "holdout_niqe_before", "holdout_niqe_truth")]
         lines += ["## Log (every evaluation)", "", "`target_l1`: L1 of the exported (EMA) restorer to the current "
                   "pseudo-targets (first 64 images); `holdout_*_after`: the restorer on the held-out faces.", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
