@@ -530,15 +530,17 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--steps", "10", "--start-steps", "2",
                  "--device", "cpu"]) == 0  # by default every method: those without weights say why
     out = capsys.readouterr().out
-    assert "results.md" in out and "skipped unsupervised/compact" in out  # no adapted compact restorer is bundled
+    assert "results.md" in out
     md = (tmp_path / "e" / "results.md").read_text()
     # a bundled method gives one row at the compact tier's own defaults; one without weights says why
-    rows = {"idm": "| idm | compact | IDM, 10 steps |", "flipnet": "| flipnet | compact | FLIPNET, 50 steps |"}
+    rows = {"idm": "| idm | compact | IDM, 10 steps |", "flipnet": "| flipnet | compact | FLIPNET, 50 steps |",
+            "unsupervised": "| unsupervised | compact | Unsupervised BFR (Kuai et al.) |"}
     for method, row in rows.items():
         assert (row in md) == method_status(method, "compact")[0]
         assert (f"skipped {method}/compact" in out) != method_status(method, "compact")[0]
     # the bench's measurements are tested above through run_bench: here only the wiring
     assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu"]) == 0
-    assert "skipped unsupervised/compact" in capsys.readouterr().out
-    assert (tmp_path / "b" / "bench.md").is_file()
+    bundled = method_status("unsupervised", "compact")[0]
+    assert ("skipped unsupervised/compact" in capsys.readouterr().out) != bundled
+    assert ("| unsupervised | compact |" in (tmp_path / "b" / "bench.md").read_text()) == bundled
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--start-steps", "300"]) == 2

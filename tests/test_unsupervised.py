@@ -324,6 +324,8 @@ def test_a_stop_during_generation_acts_after_one_batch_and_keeps_it(tmp_path, ti
     assert count_prior_calls == [2] * 6 + [2] * 6 + [1] * 6
     assert sorted(load_file(str(run / "pseudo_targets.safetensors"))) == [f"face_{i}.png" for i in range(5)]
     assert [r["generated"] for r in read_log(run) if r.get("event") == "pseudo_targets"] == [2, 3]
+    # stopped between evaluations (every 100): the exported weights still get their own row
+    assert [r["step"] for r in read_log(run) if "target_l1" in r] == [0, 2]
 
 
 def test_adapt_regenerates_targets_with_the_improved_restorer(tmp_path, tiny_compact, count_prior_calls):
@@ -468,6 +470,27 @@ def test_evaluate_holdout_reports_niqe_at_the_bundled_size(tmp_path):
     assert res["niqe_truth"] == pytest.approx(niqe(gt, load_niqe_model(64)).nanmean().item())
     assert res["niqe_after"] == res["niqe_before"]
     assert res["niqe_before"] > res["niqe_truth"] + 0.5  # camera-lowres faces look less natural than the truth
+
+
+@needs_lfw
+def test_card_of_a_demo_set_run_names_the_degradation_and_tabulates_the_holdout(tmp_path, tiny_compact):
+    from bfr.training.adapt import AdaptConfig, adapt, make_demo_set
+
+    make_demo_set(tmp_path / "demo", resolution=64, limit=12)
+    run = tmp_path / "run"
+    adapt(AdaptConfig(**{**tiny_compact, "lq_dir": str(tmp_path / "demo" / "adapt")}, out_dir=str(run),
+                      eval_dir=str(tmp_path / "demo"), batch_size=2, max_steps=3, eval_every=2, sample_every=100,
+                      save_every=100, gan_weight=0.0, mixed_precision="no", gen_batch_size=8, start=4, min_index=2))
+    card = (run / "adapted.md").read_text()
+    evals = [r for r in read_log(run) if "holdout_niqe_after" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]  # step 3 is the exported weights, logged though off-schedule
+    assert "the `camera-lowres` preset at 64 px, seed 0" in card
+    assert "| | PSNR (dB) | SSIM | NIQE |" in card
+    assert f"| degraded input | {evals[-1]['holdout_psnr_before']:.2f} |" in card
+    assert f"| starting restorer (step 0) | {evals[0]['holdout_psnr_after']:.2f} |" in card
+    assert f"| adapted (step 3) | {evals[-1]['holdout_psnr_after']:.2f} | {evals[-1]['holdout_ssim_after']:.4f} | " \
+           f"{evals[-1]['holdout_niqe_after']:.2f} |" in card
+    assert f"the truth itself scores {evals[-1]['holdout_niqe_truth']:.2f}" in card
 
 
 def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny_compact, capsys):

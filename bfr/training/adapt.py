@@ -516,6 +516,9 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     save(step)
     save_preview(ema.model, lq[preview], targets[preview], out / "samples_final.png")
     final = evaluation()
+    if step % cfg.eval_every:  # stopped between evaluations: the card's last row must be the exported weights
+        log.write(step=step, seconds=seconds, round=round_step, lr=optimizer.param_groups[0]["lr"],
+                  **{f"train_{k}": v for k, v in running.items()}, **final)
     weights = export_weights(
         ema.model, net_config, out / WEIGHTS_FILE, kind="swinir",
         extra={"steps": step, "train_seconds": round(seconds), "hardware": hardware(), "tier": cfg.tier,
@@ -648,6 +651,11 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         "one forward pass (`--method unsupervised`).",
         "",
     ]
+    manifest = Path(cfg["lq_dir"]).parent / "manifest.json"  # a demo set says how its faces were degraded
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        lines += [f"Degradation (unknown to the method): the `{m['preset']}` preset at {m['resolution']} px, seed "
+                  f"{m['seed']}, on the {m['source']}; split {m['split']}.", ""]
     held = [r for r in evals if "holdout_psnr_after" in r]
     if held:
         first, last = held[0], held[-1]
@@ -691,8 +699,9 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         "",
     ]
     if evals:
-        keys = [k for k in evals[-1] if k not in ("time", "lr", "holdout_n", "holdout_psnr_before",
-                                                   "holdout_ssim_before", "holdout_niqe_before", "holdout_niqe_truth")]
+        skip = ("time", "lr", "holdout_n", "holdout_psnr_before", "holdout_ssim_before", "holdout_niqe_before",
+                "holdout_niqe_truth")
+        keys = list(dict.fromkeys(k for r in evals for k in r if k not in skip))  # a row may lack the train_ ones
         lines += ["## Log (every evaluation)", "", "`target_l1`: L1 of the exported (EMA) restorer to the current "
                   "pseudo-targets (first 64 images); `holdout_*_after`: the restorer on the held-out faces.", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

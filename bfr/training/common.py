@@ -65,7 +65,8 @@ def hardware() -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({cpu}, {os.cpu_count()} cores, {n} {'thread' if n == 1 else 'threads'})"
 
 
 class StopSignal:
