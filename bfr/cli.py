@@ -108,6 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
     if args.schedule_steps is not None and args.what not in ("prior", "backbone"):
         raise BfrError(f"--schedule-steps sets the prior's and the backbone's schedule, not {args.what}'s")
+    if args.schedule_steps is not None and args.schedule_steps < 1:
+        raise BfrError(f"--schedule-steps must be a positive number of steps, got {args.schedule_steps}")
     if args.what == "prior":
         from bfr.training.prior import PriorConfig, train_prior
 
@@ -277,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default the bundled prior64, 'scratch' for none")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--schedule-steps", type=int, default=None,
-                   help="prior/backbone: length of the cosine lr schedule (defaults 60000 / 30000); "
-                        "a shorter one anneals a resumed run")
+                   help="prior/backbone: length of the cosine lr schedule, and of the run unless --steps is "
+                        "given (defaults 60000 / 30000); a shorter one anneals a resumed run")
     p.add_argument("--rounds", type=int, default=3,
                    help="idm: training rounds; each after the first cleans the training faces with the previous one")
     p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")

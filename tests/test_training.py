@@ -105,11 +105,12 @@ def test_schedule_steps_reaches_the_training_config(tmp_path, monkeypatch, what,
     # resuming step 13,559 of the prior under it: the rate drops from 90% of the base to about a fifth
     assert warmup_cosine(13559, 2e-4, 500, 60000) > 0.85 * 2e-4 > 3.5 * warmup_cosine(13559, 2e-4, 500, 17500)
     assert main(["train", what, "-o", str(tmp_path / what)]) == 0
-    assert seen[1].total_steps in (60000, 30000)  # the defaults stay when it is not given
+    assert seen[1].total_steps == {"prior": 60000, "backbone": 30000}[what]  # each default stays when not given
 
 
-def test_schedule_steps_is_refused_where_it_means_nothing(tmp_path):
+def test_schedule_steps_is_refused_where_it_means_nothing(tmp_path, capsys):
     from bfr.cli import main
 
-    assert main(["train", "idm", "-o", str(tmp_path / "i"), "--schedule-steps", "10"]) == 2
-    assert main(["train", "flipnet", "-o", str(tmp_path / "f"), "--schedule-steps", "10"]) == 2
+    for what in ("idm", "flipnet"):
+        assert main(["train", what, "-o", str(tmp_path / what), "--schedule-steps", "10"]) == 2
+        assert f"--schedule-steps sets the prior's and the backbone's schedule, not {what}'s" in capsys.readouterr().err

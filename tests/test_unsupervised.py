@@ -435,11 +435,12 @@ def test_demo_set_is_deterministic_split_by_person_about_80_20(tmp_path):
 
 
 @needs_lfw
-def test_evaluate_holdout_numbers(tmp_path):
+def test_evaluate_holdout_numbers(tmp_path, monkeypatch):
     from bfr.imageio import load_image, to_tensor
     from bfr.metrics import psnr, ssim
     from bfr.training.adapt import evaluate_holdout, make_demo_set
 
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))  # no 16-px NIQE model cached by other runs
     make_demo_set(tmp_path, resolution=16, limit=15)
     res = evaluate_holdout(torch.nn.Identity(), tmp_path)
     assert res["psnr_after"] == res["psnr_before"] and res["ssim_after"] == res["ssim_before"]
@@ -449,7 +450,7 @@ def test_evaluate_holdout_numbers(tmp_path):
     assert res["n"] == len(names)
     assert abs(res["psnr_before"] - psnr(lq, gt).mean().item()) < 1e-4
     assert abs(res["ssim_before"] - ssim(lq, gt).mean().item()) < 1e-4
-    assert res["psnr_before"] < 40  # the camera preset really degraded them
+    assert res["psnr_before"] < 40  # the demo preset really degraded them
 
     class Oracle(torch.nn.Module):  # returns the ground truth: PSNR after is the cap
         def forward(self, x):
@@ -491,6 +492,10 @@ def test_card_of_a_demo_set_run_names_the_degradation_and_tabulates_the_holdout(
     assert f"| adapted (step 3) | {evals[-1]['holdout_psnr_after']:.2f} | {evals[-1]['holdout_ssim_after']:.4f} | " \
            f"{evals[-1]['holdout_niqe_after']:.2f} |" in card
     assert f"the truth itself scores {evals[-1]['holdout_niqe_truth']:.2f}" in card
+    adapt(AdaptConfig(**{**tiny_compact, "lq_dir": str(tmp_path / "demo" / "adapt")}, out_dir=str(run),
+                      eval_dir=str(tmp_path / "demo"), batch_size=2, max_steps=3, eval_every=2, sample_every=100,
+                      save_every=100, gan_weight=0.0, mixed_precision="no", gen_batch_size=8, start=4, min_index=2))
+    assert [r["step"] for r in read_log(run) if "holdout_niqe_after" in r] == [0, 2, 3]  # run again: no second row
 
 
 def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny_compact, capsys):

@@ -334,12 +334,13 @@ def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],
             for i, t in zip(idx, out, strict=True):
                 have[names[i]] = (t * 255).round().clamp(0, 255).to(torch.uint8)
             unsaved, seconds = unsaved + len(idx), seconds + time.time() - t0
-            if unsaved >= cfg.cache_every or c + len(idx) == len(missing) or stop:
+            stopping = bool(stop)  # read once: a signal between two reads must not skip the save
+            if unsaved >= cfg.cache_every or c + len(idx) == len(missing) or stopping:
                 cache.save(have, round_step)
                 log.write(step=round_step, event="pseudo_targets", round=round_step, generated=unsaved,
                           seconds=seconds)
                 unsaved, seconds = 0, 0.0
-            if stop:
+            if stopping:
                 bar.close()
                 print(f"stopped during pseudo-target generation; {len(have)} of {len(names)} cached")
                 return None
@@ -516,7 +517,8 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     save(step)
     save_preview(ema.model, lq[preview], targets[preview], out / "samples_final.png")
     final = evaluation()
-    if step % cfg.eval_every:  # stopped between evaluations: the card's last row must be the exported weights
+    logged = any(r.get("step") == step and "target_l1" in r for r in log.read())
+    if step % cfg.eval_every and not logged:  # stopped between evaluations: a row for the exported weights
         log.write(step=step, seconds=seconds, round=round_step, lr=optimizer.param_groups[0]["lr"],
                   **{f"train_{k}": v for k, v in running.items()}, **final)
     weights = export_weights(
@@ -651,9 +653,9 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         "one forward pass (`--method unsupervised`).",
         "",
     ]
-    manifest = Path(cfg["lq_dir"]).parent / "manifest.json"  # a demo set says how its faces were degraded
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
+    manifest = Path(cfg["eval_dir"] or "") / "manifest.json"  # a demo set says how its faces were degraded
+    m = json.loads(manifest.read_text()) if cfg["eval_dir"] and manifest.is_file() else {}
+    if {"preset", "resolution", "seed", "source", "split"} <= set(m):
         lines += [f"Degradation (unknown to the method): the `{m['preset']}` preset at {m['resolution']} px, seed "
                   f"{m['seed']}, on the {m['source']}; split {m['split']}.", ""]
     held = [r for r in evals if "holdout_psnr_after" in r]
