@@ -74,7 +74,9 @@ RESTORER_CACHE_SIZE = 4  # (method, tier) pairs kept loaded (every compact metho
 DEGRADE_MAX_SIDE = 1024  # the degradation preview works on faces; bigger inputs are shrunk first
 PREVIEW_MAX_SIDE = 2048  # sliders and gallery show at most this; the PNG downloads keep the full size
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
-LAUNCH = dict(max_file_size="64mb")  # uploads beyond this stop at the server; MAX_PIXELS is checked per image
+# galleries as tall as their pictures (Gradio reserves 450 px even for one row of small faces)
+CSS = "#gallery .fixed-height, #presets .fixed-height, #flipnet-variants .fixed-height { min-height: 0; }"
+LAUNCH = dict(max_file_size="64mb", css=CSS)  # uploads beyond this stop at the server; MAX_PIXELS per image
 CUSTOM = "custom"
 
 
@@ -731,7 +733,7 @@ def build_demo() -> gr.Blocks:
                                    for name, info in METHODS.items()]
                         gallery = gr.Gallery(label="All methods side by side", format="png",
                                              columns=max(2, min(5, 1 + len(ready))), object_fit="contain",
-                                             elem_id="gallery")
+                                             rows=1, height="auto", elem_id="gallery")
                         per_face = 1 + len(ready)  # each face's input, then each method: two faces a row if narrow
                         faces = gr.Gallery(label="Faces: input and each method", format="png", height=250,
                                            columns=per_face * 2 if per_face <= 3 else per_face,
@@ -774,8 +776,8 @@ def build_demo() -> gr.Blocks:
                                                 interactive=False, elem_id="degraded")
                             params = gr.JSON(label="Parameters used")
                         send = gr.Button("Restore this →", elem_id="send-to-restore")
-                        presets = gr.Gallery(label="Every preset at this seed", format="png", columns=3,
-                                             object_fit="contain", elem_id="presets")
+                        presets = gr.Gallery(label="Every preset at this seed", format="png", columns=4,
+                                             object_fit="contain", rows=2, height="auto", elem_id="presets")
                         presets_table = gr.Markdown(elem_id="presets-table")
                         with gr.Group():
                             gr.Markdown("**FLIPNET degradation mode**: the FLIPNET network with its roles flipped "
@@ -789,7 +791,8 @@ def build_demo() -> gr.Blocks:
                             flip_run = gr.Button("Degrade with FLIPNET", interactive=flipnet_ok,
                                                  elem_id="flipnet-button")
                             flip_gallery = gr.Gallery(label="FLIPNET degraded variants", format="png", columns=4,
-                                                      object_fit="contain", elem_id="flipnet-variants")
+                                                      object_fit="contain", rows=1, height="auto",
+                                                      elem_id="flipnet-variants")
                             flip_note = gr.Markdown(elem_id="flipnet-note")
 
         restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center, own_defaults]

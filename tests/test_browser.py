@@ -132,6 +132,11 @@ def test_degradation_preview_and_restore_this(page):
     page.locator("#degraded img").first.wait_for(state="visible", timeout=60_000)
     page.locator("#presets").get_by_text("Clean input", exact=True).wait_for(timeout=60_000)
     assert page.locator("#presets-table").get_by_text("camera, ↓").count() >= 1
+    # every preset in view at once, and the gallery no taller than its two rows (no blank block under them)
+    thumbs = page.locator("#presets img")
+    assert thumbs.count() == 7 and all(thumbs.nth(i).is_visible() for i in range(7))
+    box, tile = page.locator("#presets").bounding_box(), thumbs.first.bounding_box()
+    assert box["height"] < 2 * tile["height"] + 120, (box, tile)
     assert page.get_by_text("FLIPNET degradation mode").count() == 1
     if method_status("flipnet", "compact")[0]:
         page.locator("#flipnet-button").click()
@@ -142,6 +147,10 @@ def test_degradation_preview_and_restore_this(page):
         assert page.locator("#flipnet-button").is_disabled()
         assert page.get_by_text("Unavailable here").count() == 1
     page.screenshot(path=str(ARTIFACTS / "app_degrade.png"), full_page=True)
+    if method_status("flipnet", "compact")[0]:  # one row of variants, no blank block under it
+        box = page.locator("#flipnet-variants").bounding_box()
+        tile = page.locator("#flipnet-variants img").first.bounding_box()
+        assert box["height"] < tile["height"] + 120, (box, tile)
 
     page.locator("#send-to-restore").click()
     page.locator("#restore-button").wait_for(state="visible", timeout=30_000)
