@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 
 from bfr.errors import InputError, WeightsUnavailableError
+from bfr.faces.detect import FaceDetector, get_detector
+from bfr.faces.paste import FaceParser
 from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
+from bfr.faces.templates import template as template_points
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
 from bfr.methods.difface import COMPACT_START_STEP, DifFace
@@ -171,11 +175,35 @@ BATCH_PIXELS = 4 * 512 * 512  # faces restored at once: 4 at 512 px (the paper t
 
 
 class Restorer:
-    """A method plus the face pipeline around it: whole photos in, restored photos out."""
+    """A method plus the face pipeline around it: whole photos in, restored photos out.
+
+    The face detector and parser (RetinaFace and ParseNet are ~100 MB networks, where their
+    weights are here) load on the first photo that needs them and serve every later one.
+    Calls on one Restorer from several threads run one at a time (OpenCV's cascades are not
+    thread-safe); load one Restorer per thread to run them side by side.
+    """
 
     def __init__(self, model, detector: str = "auto"):
         self.model = model
         self.detector = detector
+        self._detectors: dict[float | None, FaceDetector] = {}  # per min_face_size (the detector filters by it)
+        self._parser: FaceParser | None = None
+        self._lock = threading.RLock()
+
+    def face_pipeline(self, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
+                      min_face_size: float | None = None) -> FacePipeline:
+        """The face pipeline for these options, with this restorer's detector and face parser."""
+        with self._lock:
+            detector: str | FaceDetector = self.detector
+            if not aligned:  # aligned crops never need a detector: do not load one for them
+                if min_face_size not in self._detectors:
+                    self._detectors[min_face_size] = get_detector(self.detector, min_eye_distance=min_face_size)
+                detector = self._detectors[min_face_size]
+            pipeline = FacePipeline(detector=detector, template=self.model.framing, crop_size=self.model.resolution,
+                                    upscale=upscale, only_center_face=only_center_face, min_face_size=min_face_size,
+                                    use_parse=self._parser or "auto")
+            self._parser = pipeline.parser
+            return pipeline
 
     @property
     def name(self) -> str:
@@ -208,27 +236,42 @@ class Restorer:
         if not hasattr(self.model, "degrade"):
             raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")
         img = load_image(image)
-        if not aligned:
-            pipeline = FacePipeline(detector=self.detector, template=self.model.framing,
-                                    crop_size=self.model.resolution)
-            found = pipeline.crops(img)
-            if not found:
-                raise InputError(f"no face found by the {pipeline.detector.name} detector; pass an aligned face crop")
-            img = max(found, key=lambda f: 0.0 if f.face is None else f.face.eye_distance).crop
-        out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
+        with self._lock:
+            if not aligned:
+                pipeline = self.face_pipeline()
+                found = pipeline.crops(img)
+                if not found:
+                    raise InputError(f"no face found by the {pipeline.detector.name} detector; pass an aligned face "
+                                     "crop")
+                img = max(found, key=lambda f: 0.0 if f.face is None else f.face.eye_distance).crop
+            out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
         return [from_tensor(v[None]) for v in out[0]]
 
     def restore(self, image, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
                 min_face_size: float | None = None, progress: Progress | None = None, **options) -> RestoreResult:
         """Restore every face in ``image`` (path, bytes, PIL, or array); ``aligned`` = an FFHQ-aligned crop."""
         img = load_image(image)
-        pipeline = FacePipeline(detector=self.detector, template=self.model.framing, crop_size=self.model.resolution,
-                                upscale=upscale, only_center_face=only_center_face, min_face_size=min_face_size)
-        t0 = time.perf_counter()
-        result: FaceRestoreResult = pipeline.restore_faces(
-            img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned)
+        with self._lock:
+            pipeline = self.face_pipeline(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
+                                          min_face_size=min_face_size)
+            t0 = time.perf_counter()
+            result: FaceRestoreResult = pipeline.restore_faces(
+                img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned)
         return RestoreResult(
             image=result.output, faces=[(f.input_crop, f.restored_crop) for f in result.faces],
-            detector=result.detector, message=result.message, seconds=time.perf_counter() - t0,
-            method=self.model.name, tier=self.model.tier,
+            detector=result.detector, message=result.message + self._enlargement_note(result, upscale),
+            seconds=time.perf_counter() - t0, method=self.model.name, tier=self.model.tier,
         )
+
+    def _enlargement_note(self, result: FaceRestoreResult, upscale: float) -> str:
+        """A sentence when faces are pasted back much larger than the model restores them (soft next to the photo)."""
+        eyes = [f.face.eye_distance for f in result.faces if f.face is not None]
+        if not eyes:
+            return ""
+        t = template_points(self.model.framing, self.model.resolution)
+        zoom = max(eyes) * upscale / float(np.linalg.norm(t[1] - t[0]))
+        if zoom <= 2:
+            return ""
+        hint = "; the paper tier restores at 512 px" if self.model.tier == "compact" else ""
+        return (f" Faces are restored at {self.model.resolution} px and enlarged up to ×{zoom:.1f} to fit back, so "
+                f"they look softer than the photo around them{hint}.")

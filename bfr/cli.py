@@ -6,24 +6,84 @@ import argparse
 import inspect
 import json
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bfr.errors import BfrError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out: importing the presets takes seconds
 
 
 def _inputs(paths: list[str]) -> list[Path]:
     """Expand folders into their images; keep files as given (a bad one fails with a clear message)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        out += [q for q in found if q.resolve() not in {o.resolve() for o in out}]  # each file once
     if not out:
         raise BfrError("no input images found")
     return out
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Output names, one per input: its stem, with the extension (then a number) where stems collide,
+    so that p.png and p.jpg do not overwrite each other's results."""
+    counts = Counter(p.stem for p in paths)
+    names: list[str] = []
+    for p in paths:
+        base = p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _output_dir(path: str) -> Path:
+    """The output folder, made before any work: a path that is a file or cannot be made fails at once."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise BfrError(f"output {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BfrError(f"cannot make the output folder {out}: {e.strerror or e}") from e
+    return out
+
+
+def _weights(items: list[str] | None, method: str, tier: str) -> dict[str, str]:
+    """--weights NAME=PATH items, each naming a file the method uses on this tier."""
+    from bfr.api import METHODS
+
+    info = METHODS.get(method)
+    used = info.tiers.get(tier, ()) if info else ()
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            example = f"{used[0]}=/path/to/file" if used else "NAME=/path/to/file"
+            raise BfrError(f"--weights takes NAME=PATH (e.g. {example}), got {item!r}")
+        if info and name not in used:
+            raise BfrError(f"--weights {name}: {info.title} on the {tier} tier uses {', '.join(used)}")
+        out[name] = path
+    return out
+
+
+def _each(paths: list[Path], work: Callable[[Path, str], None]) -> None:
+    """Run ``work(path, name)`` on every input; a bad one is reported and skipped, and the run then fails."""
+    failed = []
+    for path, name in zip(paths, _names(paths), strict=True):
+        try:
+            work(path, name)
+        except (BfrError, FileNotFoundError) as e:
+            if len(paths) == 1:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(path.name)
+    if failed:
+        raise BfrError(f"{len(failed)} of {len(paths)} inputs failed ({', '.join(failed)}); the others were written")
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -42,29 +102,38 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     from bfr.degradations import degrade, describe, preset
     from bfr.imageio import load_image, save_image
 
-    out_dir = Path(args.output)
+    if args.method not in ("synthetic", "flipnet"):
+        raise BfrError(f"unknown degradation method {args.method!r}; use synthetic or flipnet")
+    if args.variants < 1:
+        raise BfrError(f"--variants must be at least 1, got {args.variants}")
+    if args.resolution is not None and args.resolution < 16:
+        raise BfrError(f"--resolution is a face size in pixels, at least 16; got {args.resolution}")
+    if args.method == "synthetic":
+        preset(args.preset, 512)  # an unknown preset fails here, before any output
+    paths = _inputs(args.inputs)
+    out_dir = _output_dir(args.output)
     if args.method == "flipnet":
         import bfr
 
-        weights = dict(w.split("=", 1) for w in args.weights or [])
-        restorer = bfr.load("flipnet", tier=args.tier, device=args.device, weights=weights)
-        for path in _inputs(args.inputs):
+        restorer = bfr.load("flipnet", tier=args.tier, device=args.device,
+                            weights=_weights(args.weights, "flipnet", args.tier))
+
+        def work(path: Path, stem: str) -> None:
             variants = restorer.degrade(path, variants=args.variants, seed=args.seed, color_fix=not args.no_color_fix)
             for k, lq in enumerate(variants):
-                name = f"{path.stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
+                name = f"{stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
                 save_image(lq, out_dir / name)
                 print(f"{out_dir / name}: FLIPNET degradation mode, seed {args.seed}, variant {k}")
-        return
-    if args.method != "synthetic":
-        raise BfrError(f"unknown degradation method {args.method!r}; use synthetic or flipnet")
-    for path in _inputs(args.inputs):
-        img = load_image(path)
-        for k in range(args.variants):
-            seed = None if args.seed is None else args.seed + k
-            lq, params = degrade(img, preset(args.preset, args.resolution or max(img.shape[:2])), seed=seed)
-            name = f"{path.stem}_{args.preset}" + (f"_{k}" if args.variants > 1 else "") + ".png"
-            save_image(lq, out_dir / name)
-            print(f"{out_dir / name}: {describe(params)}")
+    else:
+        def work(path: Path, stem: str) -> None:
+            img = load_image(path)
+            for k in range(args.variants):
+                seed = None if args.seed is None else args.seed + k
+                lq, params = degrade(img, preset(args.preset, args.resolution or max(img.shape[:2])), seed=seed)
+                name = f"{stem}_{args.preset}" + (f"_{k}" if args.variants > 1 else "") + ".png"
+                save_image(lq, out_dir / name)
+                print(f"{out_dir / name}: {describe(params)}")
+    _each(paths, work)
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -76,31 +145,34 @@ def cmd_restore(args: argparse.Namespace) -> None:
     options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta, seed=args.seed,
                                       sampler=args.sampler, phi=args.phi,
                                       color_fix=False if args.no_color_fix else None).items() if v is not None}
-    weights = dict(w.split("=", 1) for w in args.weights or [])
+    weights = _weights(args.weights, args.method, args.tier)
+    paths = _inputs(args.inputs)
+    out_dir = _output_dir(args.output)
     restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector)
     accepted = inspect.signature(restorer.model.restore).parameters
     for name in options:
         if name not in accepted:
             raise BfrError(f"--{name.replace('_', '-')} does not apply to {args.method}")
-    out_dir = Path(args.output)
-    for path in _inputs(args.inputs):
-        bar = tqdm(desc=path.name, unit="step", leave=False)
 
-        def progress(done: int, total: int, bar: tqdm = bar) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+    def work(path: Path, stem: str) -> None:
+        with tqdm(desc=path.name, unit="step", leave=False, disable=None) as bar:  # no bar when not a terminal
 
-        result = restorer.restore(path, aligned=args.aligned, upscale=args.upscale,
-                                  only_center_face=args.only_center_face, progress=progress, **options)
-        bar.close()
-        target = out_dir / f"{path.stem}_{args.method}.png"
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            result = restorer.restore(path, aligned=args.aligned, upscale=args.upscale,
+                                      only_center_face=args.only_center_face, progress=progress, **options)
+        target = out_dir / f"{stem}_{args.method}.png"
         save_image(result.image, target)
         print(f"{target}: {result.message} ({result.seconds:.1f} s, detector: {result.detector})")
         if args.save_faces:
             for i, (before, after) in enumerate(result.faces):
-                save_image(before, out_dir / "faces" / f"{path.stem}_{i:02d}_input.png")
-                save_image(after, out_dir / "faces" / f"{path.stem}_{i:02d}_{args.method}.png")
+                save_image(before, out_dir / "faces" / f"{stem}_{i:02d}_input.png")
+                save_image(after, out_dir / "faces" / f"{stem}_{i:02d}_{args.method}.png")
+
+    _each(paths, work)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -211,7 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     report = run_bench(args.output, methods=tuple(args.methods), tiers=tuple(args.tiers),
                        devices=tuple(args.devices) if args.devices else None, precisions=tuple(args.precisions),
                        batch_sizes=tuple(args.batch_sizes), start_steps=tuple(args.start_steps), steps=args.steps,
-                       repeats=args.repeats)
+                       repeats=args.repeats, photo=args.photo, photo_sizes=tuple(args.photo_sizes))
     for s in report["skipped"]:
         print(f"skipped {s['method']}/{s['tier']}: {s['reason']}")
     print(f"{Path(args.output) / 'bench.md'}: {len(report['records'])} measurements")
@@ -227,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("degrade", help="synthesize degraded versions of clean faces")
     p.add_argument("inputs", nargs="+", help="images or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--preset", default="difface", help="difface | gfpgan | mild | camera")
+    p.add_argument("--preset", default="difface", help=PRESET_HELP)
     p.add_argument("--resolution", type=int, default=None,
                    help="face size the preset's ranges are scaled to (default: the image size)")
     p.add_argument("--variants", type=int, default=1, help="degraded variants per image")
@@ -359,17 +431,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="seconds per face, peak memory, fp32 vs bf16, scaling with batch and steps")
-    p.add_argument("-o", "--output", required=True, help="output folder: bench.md, bench.json, bench.png")
+    p = sub.add_parser("bench", help="seconds per face, peak memory, fp32 vs bf16/fp16, scaling with batch, steps "
+                                      "and photo size")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder: bench.md, bench.json, bench.png (+ bench_photo.png)")
     p.add_argument("--methods", nargs="+", default=["difface"])
     p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="faces per call")
     p.add_argument("--start-steps", type=int, nargs="+", default=[25, 100],
                    help="DifFace's started step N = network calls per face")
     p.add_argument("--steps", type=int, default=250, help="DDIM chain length")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (the median is reported)")
+    p.add_argument("--photo", default=None,
+                   help="whole photo timed by stage (default: real-lq/whole_imgs/00.jpg in the shared data folder)")
+    p.add_argument("--photo-sizes", type=int, nargs="*", default=[960, 1920, 3840],
+                   help="long sides in pixels the photo is resized to (none: skip the photo)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -33,6 +33,9 @@ from bfr.errors import InputError
 MAX_PIXELS = 4096 * 4096
 """Largest image accepted (width × height, ≈16.8 MP): bigger photos cost gigabytes of float memory."""
 
+MAX_OUTPUT_PIXELS = 4 * MAX_PIXELS
+"""Largest restored image (≈67 MP, e.g. a 16.8 MP photo upscaled ×2): each float copy of it takes 0.8 GB."""
+
 MIN_SIDE = 16
 """Smallest side accepted, in pixels: below this there is no face left to restore."""
 

@@ -1,4 +1,7 @@
-"""bfr.api.Restorer around a stub model: how crops are batched, seeded and counted in the progress."""
+"""bfr.api.Restorer around a stub model: how crops are batched, seeded and counted in the progress, and what
+it loads once."""
+
+from pathlib import Path
 
 import numpy as np
 
@@ -38,3 +41,49 @@ def test_crops_are_restored_in_seeded_batches_with_one_progress_count():
     none = StubModel(64)
     Restorer(none).restore_crops(crops[:2], progress=lambda d, t: None, seed=None)
     assert none.batches == [(2, None)]
+
+
+def test_detector_and_face_parser_load_once_per_restorer(monkeypatch, tmp_path):
+    """Photo after photo, the detector and ParseNet (~100 MB each with real weights) are loaded once, not per call;
+    aligned crops load no detector; another minimum face size gets its own detector (it filters by it)."""
+    import torch
+    from facexlib.parsing.parsenet import ParseNet
+
+    import bfr.api
+    import bfr.faces.pipeline
+    from bfr.faces.paste import PARSENET_FILE, FaceParser
+
+    torch.manual_seed(0)
+    torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), tmp_path / PARSENET_FILE)
+    monkeypatch.setenv("BFR_FACEXLIB_WEIGHTS", str(tmp_path))  # a random ParseNet: parsing on for ffhq framing
+    built = {"detector": [], "parser": 0}
+    real_get = bfr.api.get_detector
+
+    def counting_get(*args, **kwargs):
+        built["detector"].append(kwargs.get("min_eye_distance"))
+        return real_get(*args, **kwargs)
+
+    class CountingParser(FaceParser):
+        def __init__(self, *args, **kwargs):
+            built["parser"] += 1
+            super().__init__(*args, **kwargs)
+
+        def __call__(self, crop):  # a random ParseNet's mask costs seconds a face on a CPU and says nothing here
+            return np.ones(crop.shape[:2], np.float32)
+
+    monkeypatch.setattr(bfr.api, "get_detector", counting_get)
+    monkeypatch.setattr(bfr.faces.pipeline, "FaceParser", CountingParser)
+    photo = Path(__file__).resolve().parents[1] / "examples" / "group_lq.png"
+    restorer = Restorer(StubModel(64), detector="haar")
+    crop = np.full((64, 64, 3), 0.5, np.float32)
+    assert restorer.restore(crop, aligned=True).faces and built["detector"] == []
+    first = restorer.restore(photo, seed=0)
+    second = restorer.restore(photo, seed=0)
+    assert len(first.faces) >= 2 and "parsing on" in first.message
+    # faces far larger than 64 px in the photo: the user is told why they look soft
+    assert "restored at 64 px and enlarged up to ×" in first.message
+    np.testing.assert_array_equal(first.image, second.image)  # the same detector and parser: the same output
+    assert built == {"detector": [None], "parser": 1}
+    restorer.restore(photo, seed=0, min_face_size=30)
+    assert built == {"detector": [None, 30], "parser": 1}
+    assert "enlarged" not in Restorer(StubModel(512), detector="haar").restore(photo).message

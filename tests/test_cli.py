@@ -94,3 +94,80 @@ def test_eval_offset_scores_faces_kept_apart(tmp_path, capsys):
     assert report["test_set"]["images"] == build_test_set(7, 64, seed=0).names[5:]
     assert "after the first 5" in (tmp_path / "results.md").read_text()
     assert "DifFace N=3" in {r["label"] for r in report["rows"]}
+
+
+def _face(path, value=128):
+    Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(path)
+    return path
+
+
+needs_adapted = pytest.mark.skipif(not method_status("unsupervised", "compact")[0],
+                                   reason="swinir64_adapted is not bundled")
+
+
+def test_output_path_that_is_a_file_fails_before_any_work(tmp_path, capsys):
+    img, taken = _face(tmp_path / "face.png"), tmp_path / "taken"
+    taken.write_text("keep me")
+    for cmd in (["restore", str(img), "-o", str(taken), "--aligned"], ["degrade", str(img), "-o", str(taken)],
+                ["restore", str(img), "-o", str(taken / "sub"), "--aligned"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and ("is a file" in err or "cannot make" in err), err
+    assert taken.read_text() == "keep me"
+
+
+@needs_adapted
+def test_folder_run_reports_a_bad_file_and_writes_the_others(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _face(folder / "a.png", 100)
+    (folder / "b.jpg").write_text("not an image")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    _face(folder / "p.png", 120)
+    Image.fromarray(np.full((64, 64, 3), 140, np.uint8)).save(folder / "p.jpg")  # the same stem as p.png
+    out = run("restore", str(folder), str(folder / "a.png"), "-o", str(tmp_path / "out"), "--method", "unsupervised",
+              "--aligned")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error:") for line in lines), out.stderr  # no progress-bar debris
+    assert "b.jpg" in lines[0] and "1 of 4 inputs failed" in lines[1]
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert written == ["a_unsupervised.png", "p_jpg_unsupervised.png", "p_png_unsupervised.png"]  # a once, p twice
+    p_png, p_jpg = (np.asarray(Image.open(tmp_path / "out" / f"p_{e}_unsupervised.png")) for e in ("png", "jpg"))
+    assert p_png.mean() < p_jpg.mean()  # each from its own input
+
+
+def test_weights_device_and_option_mistakes_are_one_line_errors(tmp_path, capsys):
+    img = _face(tmp_path / "face.png")
+    cases = [(["--weights", str(img)], "NAME=PATH"),
+             (["--weights", f"nosuch={img}"], "uses prior64, swinir64"),
+             (["--weights", f"swinir64={img}"], "is not a readable .safetensors file"),
+             (["--device", "foo"], "unknown device"),
+             (["--steps", "5"], "--start-step")]
+    if not __import__("torch").cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for extra, message in cases:
+        assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--aligned", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+@needs_adapted
+def test_upscale_beyond_the_output_cap_is_refused(tmp_path, capsys):
+    img = _face(tmp_path / "face.png")
+    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--method", "unsupervised", "--upscale", "200"]) == 2
+    assert "over the 67 MP limit" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_degrade_refuses_no_variants_and_tiny_sizes_and_lists_every_preset(tmp_path, capsys):
+    from bfr.cli import PRESET_HELP
+    from bfr.degradations import PRESETS
+
+    img = _face(tmp_path / "face.png")
+    for extra, message in ((["--variants", "0"], "--variants"), (["--resolution", "0"], "--resolution"),
+                           (["--preset", "nope"], "nope")):
+        assert main(["degrade", str(img), "-o", str(tmp_path / "o"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # checked before the output folder is made
+    assert PRESET_HELP.split(" | ") == list(PRESETS)

@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,9 +189,14 @@ def stand_in_hub(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(_half_state(alexnet()), ckpt / M.ALEXNET_FILE)
     torch.save(_half_state(inception_v3(weights=None, aux_logits=True, init_weights=False)), ckpt / M.INCEPTION_FILE)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(home))
-        yield ckpt
+    return ckpt
+
+
+@pytest.fixture
+def hub_weights(stand_in_hub, monkeypatch):
+    """The stand-in cache as torch hub's, for one test only (later tests must not score with random networks)."""
+    monkeypatch.setenv("TORCH_HOME", str(stand_in_hub.parents[1]))
+    return stand_in_hub
 
 
 def _lpips_by_hand(x: torch.Tensor, y: torch.Tensor, alex_state: dict, lin_state: dict) -> torch.Tensor:
@@ -220,7 +226,7 @@ def _lpips_by_hand(x: torch.Tensor, y: torch.Tensor, alex_state: dict, lin_state
     return total
 
 
-def test_lpips_matches_the_formula_by_hand(stand_in_hub):
+def test_lpips_matches_the_formula_by_hand(hub_weights):
     import lpips
 
     ok, why = M.metric_status("lpips")
@@ -230,7 +236,7 @@ def test_lpips_matches_the_formula_by_hand(stand_in_hub):
     x = torch.rand(3, 3, 64, 64, generator=g)
     y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     got = metric(x, y)
-    alex = torch.load(stand_in_hub / M.ALEXNET_FILE, weights_only=True)
+    alex = torch.load(hub_weights / M.ALEXNET_FILE, weights_only=True)
     lin = torch.load(f"{lpips.__path__[0]}/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
     want = _lpips_by_hand(x, y, {k: v.float() for k, v in alex.items()}, lin)
     assert got.dtype == torch.float64 and got.shape == (3,)
@@ -240,7 +246,7 @@ def test_lpips_matches_the_formula_by_hand(stand_in_hub):
     assert (metric(x, (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)) > got).all()  # more noise, further
 
 
-def test_inception_features_and_fid_from_the_hub_cache(stand_in_hub):
+def test_inception_features_and_fid_from_the_hub_cache(hub_weights):
     ok, why = M.metric_status("fid")
     assert ok, why
     feats = M.InceptionFeatures()
@@ -290,7 +296,7 @@ def test_landmark_distance_with_the_offline_detector_on_real_faces():
 
 @needs_data
 @needs_weights
-def test_eval_reports_every_optional_metric_when_its_weights_are_there(stand_in_hub, stand_in_facexlib, tmp_path):
+def test_eval_reports_every_optional_metric_when_its_weights_are_there(hub_weights, facexlib_weights, tmp_path):
     from bfr.evaluation import run_eval
 
     report = run_eval(tmp_path, n_images=3, steps=10, start_steps=(2,), batch_size=3, device="cpu", progress=False)
@@ -327,12 +333,17 @@ def stand_in_facexlib(tmp_path_factory):
                       (RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu")),
                        M.RETINAFACE_FILE)):
         torch.save({f"module.{k}": v for k, v in _half_state(net).items()}, folder / name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BFR_FACEXLIB_WEIGHTS", str(folder))
-        yield folder
+    return folder
 
 
-def test_identity_and_landmark_metrics_load_facexlib_files(stand_in_facexlib):
+@pytest.fixture
+def facexlib_weights(stand_in_facexlib, monkeypatch):
+    """The stand-in folder as facexlib's weights, for one test only (a random RetinaFace finds noise faces)."""
+    monkeypatch.setenv("BFR_FACEXLIB_WEIGHTS", str(stand_in_facexlib))
+    return stand_in_facexlib
+
+
+def test_identity_and_landmark_metrics_load_facexlib_files(facexlib_weights):
     for name in ("identity", "landmarks"):
         ok, why = M.metric_status(name)
         assert ok, why
@@ -426,20 +437,44 @@ def test_eval_reuses_its_cached_test_set(eval_run):
 def test_bench_tiny_produces_medians_and_precision_errors(tmp_path):
     from bfr.evaluation import run_bench
 
-    report = run_bench(tmp_path, devices=("cpu",), precisions=("fp32", "bf16"), batch_sizes=(1, 2),
-                       start_steps=(2,), steps=10, repeats=2, progress=False)
+    report = run_bench(tmp_path, devices=("cpu",), precisions=("fp32", "bf16", "fp16"), batch_sizes=(1, 2),
+                       start_steps=(2,), steps=10, repeats=2, progress=False, photo_sizes=())
     for name in ("bench.md", "bench.json", "bench.png"):
         assert (tmp_path / name).is_file()
     recs = report["records"]
-    assert len(recs) == 4
+    assert len(recs) == 6
     for r in recs:
         assert r["seconds_median"] == pytest.approx(statistics.median(r["times"]))
         assert r["seconds_per_face"] == pytest.approx(r["seconds_median"] / r["batch"])
-        if r["precision"] == "bf16":
-            assert 0 <= r["max_abs_err_vs_fp32"] < 0.5 and r["speedup_vs_fp32"] > 0
+        if r["precision"] != "fp32":  # the same noise: only rounding differs
+            assert 0 < r["max_abs_err_vs_fp32"] < 0.5 and r["speedup_vs_fp32"] > 0
         else:
             assert "max_abs_err_vs_fp32" not in r
     assert "s / face (median)" in (tmp_path / "bench.md").read_text()
+    assert report["photo_records"] == [] and not (tmp_path / "bench_photo.png").exists()
+
+
+@pytest.mark.skipif(not method_status("unsupervised", "compact")[0], reason="swinir64_adapted is not bundled")
+def test_bench_times_a_whole_photo_by_stage_and_size(tmp_path):
+    from bfr.evaluation import run_bench
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "group_lq.png"  # 760×280, three faces
+    report = run_bench(tmp_path, methods=("unsupervised",), devices=("cpu",), precisions=("fp32",),
+                       batch_sizes=(1,), repeats=2, progress=False, photo=photo, photo_sizes=(380, 1520))
+    assert (tmp_path / "bench_photo.png").is_file()
+    md = (tmp_path / "bench.md").read_text()
+    # the whole photo at each long side, each stage timed; the faces are found at both sizes
+    small, large = report["photo_records"]
+    assert (small["width"], small["height"], large["width"], large["height"]) == (380, 140, 1520, 560)
+    for r in (small, large):
+        assert r["faces"] >= 2 and min(r[f"seconds_{k}"] for k in ("detect", "restore", "paste")) > 0
+        assert r["seconds_total"] == pytest.approx(r["seconds_detect"] + r["seconds_restore"] + r["seconds_paste"])
+    assert large["seconds_paste"] > small["seconds_paste"]  # 16× the pixels to blend
+    assert "| unsupervised | compact | cpu | 1520×560 | 0.85 |" in md
+    with pytest.raises(InputError, match="photo not found"):
+        run_bench(tmp_path, photo=tmp_path / "missing.png", photo_sizes=(256,))
+    with pytest.raises(InputError, match="at least 64"):
+        run_bench(tmp_path, photo=photo, photo_sizes=(32,))
 
 
 class _OnePass:
@@ -510,23 +545,11 @@ def test_charts_fall_back_to_pil(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------ command line
 
 
-def _wired(command: str) -> bool:
-    from bfr.cli import build_parser
-
-    try:
-        build_parser().parse_args([command, "-o", "x"])
-    except SystemExit:
-        return False
-    return True
-
-
 @needs_data
 @needs_weights
 def test_cli_eval_and_bench(tmp_path, capsys):
     from bfr.cli import main
 
-    if not (_wired("eval") and _wired("bench")):
-        pytest.skip("`python -m bfr eval` / `bench` are not wired into bfr/cli.py yet")
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--steps", "10", "--start-steps", "2",
                  "--device", "cpu"]) == 0  # by default every method: those without weights say why
     out = capsys.readouterr().out
@@ -539,8 +562,12 @@ def test_cli_eval_and_bench(tmp_path, capsys):
         assert (row in md) == method_status(method, "compact")[0]
         assert (f"skipped {method}/compact" in out) != method_status(method, "compact")[0]
     # the bench's measurements are tested above through run_bench: here only the wiring
-    assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu"]) == 0
+    photo = Path(__file__).resolve().parents[1] / "examples" / "group_lq.png"
+    assert main(["bench", "-o", str(tmp_path / "b"), "--methods", "unsupervised", "--devices", "cpu",
+                 "--photo", str(photo), "--photo-sizes", "400"]) == 0
     bundled = method_status("unsupervised", "compact")[0]
     assert ("skipped unsupervised/compact" in capsys.readouterr().out) != bundled
-    assert ("| unsupervised | compact |" in (tmp_path / "b" / "bench.md").read_text()) == bundled
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert ("| unsupervised | compact |" in md) == bundled
+    assert ("| unsupervised | compact | cpu | 400×147 |" in md) == bundled
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--start-steps", "300"]) == 2

@@ -74,6 +74,36 @@ def test_pickled_objects_are_refused(tmp_path):
         load_state_dict(tmp_path / "bad.pth")
 
 
+def test_files_that_are_not_checkpoints_say_so(tmp_path):
+    """An image, text, an empty or a cut-off file named like weights: a sentence, never a library traceback."""
+    from bfr.weights.load import read_metadata
+
+    torch.save(tiny().state_dict(), tmp_path / "whole.pth")
+    data = (tmp_path / "whole.pth").read_bytes()
+    files = {"image.pth": b"\x89PNG\r\n\x1a\n" + bytes(64), "text.pth": b"hello", "empty.pth": b"",
+             "cut.pth": data[: len(data) // 2], "image.safetensors": b"\x89PNG\r\n\x1a\n" + bytes(64)}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        match = "safetensors file" if name.endswith(".safetensors") else "PyTorch checkpoint"
+        with pytest.raises(InputError, match=match):
+            load_state_dict(tmp_path / name)
+    with pytest.raises(InputError, match="not a readable .safetensors file"):
+        read_metadata(tmp_path / "image.safetensors")
+    assert set(load_state_dict(tmp_path / "whole.pth")) == set(tiny().state_dict())
+
+
+def test_devices_are_checked_with_a_sentence():
+    from bfr.methods.base import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu") and pick_device(None).type in ("cpu", "cuda")
+    for bad, message in (("foo", "unknown device"), ("meta", "not supported")):
+        with pytest.raises(InputError, match=message):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            pick_device("cuda:0")
+
+
 def test_not_a_state_dict_is_explained(tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pth")
     with pytest.raises(InputError, match="not a state dict"):

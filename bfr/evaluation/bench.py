@@ -1,4 +1,5 @@
-"""Speed and memory of the methods: seconds per face, peak memory, fp32 vs bf16, batching and steps.
+"""Speed and memory of the methods: seconds per face, peak memory, fp32 vs bf16/fp16, batching and steps,
+and whole photos by size.
 
     >>> from bfr.evaluation import run_bench
     >>> run_bench("runs/bench")        # writes bench.md, bench.json and bench.png there
@@ -19,6 +20,11 @@ the process's resident-set high-water mark (Linux VmHWM, reset through
 /proc/self/clear_refs before each call) over the RSS before it, after glibc's malloc_trim
 has returned freed pages (else a warm allocator hides the growth): everything the call
 touched, not only tensors; approximate; "n/a" where /proc does not allow it.
+
+Whole photos (``photo``, ``photo_sizes``): the photo resized to each long side, through the
+face pipeline as ``Restorer.restore`` runs it, each stage timed apart (detect + align,
+restore the crops with the method's own defaults and precision, paste back): what a user
+of the demo waits for, and which stage grows with the picture.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from bfr.errors import InputError
 from bfr.evaluation.eval import build_test_set, git_revision, hardware
 from bfr.evaluation.plots import Panel, Series, line_charts
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PHOTO = Path("real-lq") / "whole_imgs" / "00.jpg"  # in the shared data folder: a real photo of two children
 
 
 def default_devices() -> tuple[str, ...]:
@@ -166,25 +175,42 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
               devices: tuple[str, ...] | None = None, precisions: tuple[str, ...] = ("fp32", "bf16"),
               batch_sizes: tuple[int, ...] = (1, 4, 16), start_steps: tuple[int, ...] = (25, 100),
               steps: int = 250, repeats: int = 3, warmup: int = 1, seed: int = 0, progress: bool = True,
-              data_root: str | Path | None = None) -> dict:
+              data_root: str | Path | None = None, photo: str | Path | None = None,
+              photo_sizes: tuple[int, ...] = (960, 1920, 3840)) -> dict:
     """Time every method × tier × device × precision × batch size × started step N; write bench.md/.json/.png.
 
     batch_sizes: faces per call (scaling with batching); start_steps: network calls per face
     (scaling with steps): DifFace's started step N on the ``ddim{steps}`` chain, a sampler
     from noise's chain length (IDM); one-pass methods (unsupervised) get one row per batch.
+    photo / photo_sizes: a whole photo (default: the shared data's ``real-lq/whole_imgs/00.jpg``)
+    at each long side in pixels, timed by stage; no sizes, or no photo found, skips that part.
     """
     import bfr
     from bfr.api import method_status
+    from bfr.imageio import load_image
+    from bfr.paths import data_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     devices = tuple(devices or default_devices())
     if repeats < 1:
         raise InputError(f"repeats must be ≥ 1, got {repeats}")
+    if any(s < 64 for s in photo_sizes):
+        raise InputError(f"photo sizes are long sides in pixels, at least 64; got {list(photo_sizes)}")
+    photo_img, photo_note = None, "not measured (no photo sizes asked for)"
+    if photo_sizes:
+        path = Path(photo) if photo else Path(data_root or data_dir()) / PHOTO
+        if path.is_file():
+            photo_img = load_image(path)
+            photo_note = f"{path.name} ({photo_img.shape[1]}×{photo_img.shape[0]})"
+        elif photo:
+            raise InputError(f"photo not found: {path}")
+        else:
+            photo_note = f"not measured: {path} is not here (give one with photo=…)"
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"device {d!r} asked for, but CUDA is not available here")
-    records, skipped = [], []
+    records, photo_records, skipped = [], [], []
     inputs_note = None
     for method in methods:
         for tier in tiers:
@@ -194,7 +220,8 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
                 continue
             for dev_name in devices:
                 dev = torch.device(dev_name)
-                model = bfr.load(method, tier, device=dev_name).model
+                restorer = bfr.load(method, tier, device=dev_name)
+                model = restorer.model
                 lq, inputs_note = _inputs(max(batch_sizes), model.resolution, seed, data_root)
                 fp32_out = {}
                 ns = start_steps if step_knob(model) else (None,)
@@ -213,7 +240,14 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
                             if progress:
                                 print(f"{method}/{tier} {dev_name} {prec} batch {b} calls={n}: "
                                       f"{rec['seconds_per_face']:.4f} s/face", flush=True)
-                del model
+                for size in photo_sizes if photo_img is not None else ():
+                    rec = _time_photo(restorer, photo_img, size, dev, repeats, warmup, seed)
+                    rec.update(method=method, tier=tier, device=dev_name)
+                    photo_records.append(rec)
+                    if progress:
+                        print(f"{method}/{tier} {dev_name} photo {rec['width']}×{rec['height']}, {rec['faces']} "
+                              f"faces: {rec['seconds_total']:.3f} s", flush=True)
+                del model, restorer
     _ratios(records)
     report = dict(
         title="bfr benchmark",
@@ -222,12 +256,13 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
         hardware={d: hardware(torch.device(d)) for d in devices},
         settings=dict(methods=list(methods), tiers=list(tiers), devices=list(devices), precisions=list(precisions),
                       batch_sizes=list(batch_sizes), start_steps=list(start_steps), steps=steps, repeats=repeats,
-                      warmup=warmup, seed=seed, inputs=inputs_note),
+                      warmup=warmup, seed=seed, inputs=inputs_note, photo=photo_note,
+                      photo_sizes=list(photo_sizes)),
         memory={d: PeakMemory(torch.device(d)).how for d in devices},
-        records=records, skipped=skipped,
+        records=records, photo_records=photo_records, skipped=skipped,
     )
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
-    report["figures"] = [_plot(report, out_dir)]
+    report["figures"] = [_plot(report, out_dir)] + ([_plot_photo(report, out_dir)] if photo_records else [])
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
     (out_dir / "bench.md").write_text(bench_markdown(report))
     return report
@@ -264,6 +299,35 @@ def _time_one(model, lq: torch.Tensor, n: int | None, steps: int, prec: str, dev
     peak = None if any(p is None for p in peaks) else max(peaks)
     return dict(times=times, seconds_median=median, seconds_per_face=median / len(lq),
                 faces_per_second=len(lq) / median, peak_memory_bytes=peak, output=out.float().cpu())
+
+
+def _time_photo(restorer, img: np.ndarray, long_side: int, dev: torch.device, repeats: int, warmup: int,
+                seed: int) -> dict:
+    """Median seconds of each stage of ``Restorer.restore`` on ``img`` resized to ``long_side``."""
+    h, w = img.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    photo = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    pipeline = restorer.face_pipeline()
+    stages: dict[str, list[float]] = {"detect": [], "restore": [], "paste": []}
+    faces = 0
+    for k in range(warmup + repeats):
+        t0 = time.perf_counter()
+        found = pipeline.crops(photo)
+        t1 = time.perf_counter()
+        restored = restorer.restore_crops([f.crop for f in found], seed=seed) if found else []
+        _sync(dev)
+        t2 = time.perf_counter()
+        if found:
+            pipeline.paste(photo, restored, [f.affine for f in found])
+        t3 = time.perf_counter()
+        faces = len(found)
+        if k >= warmup:
+            for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                stages[name].append(dt)
+    medians = {f"seconds_{k}": statistics.median(v) for k, v in stages.items()}
+    return dict(width=size[0], height=size[1], megapixels=size[0] * size[1] / 1e6, faces=faces, **medians,
+                seconds_total=sum(medians.values()))
 
 
 def _ratios(records: list[dict]) -> None:
@@ -304,13 +368,25 @@ def bench_markdown(report: dict) -> str:
             "–" if r["speedup_vs_smallest_batch"] is None else f"{r['speedup_vs_smallest_batch']:.2f}",
             _mib(r["peak_memory_bytes"]), "–" if err is None else f"{err:.4f}"]) + " |")
     lines.append("")
+    if report.get("photo_records"):
+        lines += [f"Whole photo: {s['photo']}, resized to each long side; median seconds of each stage over "
+                  f"{s['repeats']} calls, the method's own defaults and precision:", "",
+                  "| Method | Tier | Device | Size | Megapixels | Faces | detect + align (s) | restore (s) | "
+                  "paste (s) | total (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["photo_records"]:
+            lines.append(f"| {r['method']} | {r['tier']} | {r['device']} | {r['width']}×{r['height']} | "
+                         f"{r['megapixels']:.2f} | {r['faces']} | {r['seconds_detect']:.3f} | "
+                         f"{r['seconds_restore']:.3f} | {r['seconds_paste']:.3f} | {r['seconds_total']:.3f} |")
+        lines.append("")
+    elif s.get("photo"):
+        lines += [f"Whole photo: {s['photo']}.", ""]
     if report["skipped"]:
         lines += ["Not measured:", ""] + [f"- {x['method']} / {x['tier']}: {x['reason']}" for x in report["skipped"]]
         lines.append("")
     lines += ["## How it was measured", "",
               "- Precision: each network of the method is wrapped for the run; fp32 = autocast off inside it, "
-              "bf16 = torch.autocast(bfloat16) on the device. max abs Δ: largest |bf16 − fp32| output pixel "
-              "(0–1 scale), same inputs and noise seed.",
+              "bf16 / fp16 = torch.autocast(bfloat16 / float16) on the device. max abs Δ: largest |output − fp32 "
+              "output| pixel (0–1 scale), same inputs and noise seed.",
               "- s / face = median wall time of one call / faces in it (CUDA synchronised before and after)."]
     lines += [f"- Peak memory on {d}: {how}." for d, how in report["memory"].items()]
     for d, hw in report["hardware"].items():
@@ -343,3 +419,20 @@ def _plot(report: dict, out_dir: Path) -> str:
               Panel(f"Steps (faces per call = {b_max})", "network calls per face (DifFace: N; IDM: steps)",
                     "s / face (median)", by_steps, logx=True, logy=True)]
     return line_charts(panels, out_dir / "bench.png", f"medians of {s['repeats']} calls").name
+
+
+def _plot_photo(report: dict, out_dir: Path) -> str:
+    recs = report["photo_records"]
+    groups = sorted({(r["method"], r["tier"], r["device"]) for r in recs})
+    panels = []
+    for stage in ("total", "detect", "restore", "paste"):
+        series = []
+        for g in groups:
+            mine = sorted((r for r in recs if (r["method"], r["tier"], r["device"]) == g),
+                          key=lambda r: r["megapixels"])
+            series.append(Series("/".join(g), [r["megapixels"] for r in mine],
+                                 [r[f"seconds_{stage}"] for r in mine]))
+        title = "Whole photo" if stage == "total" else {"detect": "Detect + align", "restore": "Restore the faces",
+                                                         "paste": "Paste back"}[stage]
+        panels.append(Panel(title, "megapixels", "s (median)", series, logx=True, logy=True))
+    return line_charts(panels, out_dir / "bench_photo.png", f"medians of {report['settings']['repeats']} calls").name

@@ -155,7 +155,7 @@ class RetinaFaceDetector:
             raise WeightsUnavailableError(
                 f"RetinaFace weights ({RETINAFACE_FILE}) are not on this machine. Put the file from "
                 "facexlib's v0.1.0 release into facexlib's weights folder or $BFR_FACEXLIB_WEIGHTS, "
-                "or use the Haar detector (get_detector('haar'))."
+                "or use the Haar detector (`--detector haar`; detector='haar' in Python)."
             )
         import torch
         from facexlib.detection.retinaface import RetinaFace

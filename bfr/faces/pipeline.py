@@ -21,6 +21,7 @@ from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, sele
 from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import ffhq_to_lfw_affine, resize_affine
 from bfr.faces.templates import template as template_points
+from bfr.imageio import MAX_OUTPUT_PIXELS
 
 FRAMING = (
     "restore_fn receives a list of aligned face crops, each crop_size×crop_size float32 RGB in [0, 1], "
@@ -68,7 +69,8 @@ class FacePipeline:
     FRAMING). upscale: output size relative to the input. min_face_size: smallest eye
     distance in input pixels (default: the detector's own, 5 px RetinaFace / 10 px Haar).
     use_parse: intersect the paste mask with ParseNet's face mask — "auto" does so when
-    its weights are here and the template is "ffhq" (ParseNet expects that framing).
+    its weights are here and the template is "ffhq" (ParseNet expects that framing); a
+    loaded FaceParser is used as it is (pipelines can share one).
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class FacePipeline:
         min_face_size: float | None = None,
         max_faces: int | None = None,
         order: str = "size",
-        use_parse: bool | str = "auto",
+        use_parse: bool | str | FaceParser = "auto",
         device: str = "cpu",
         weights_dir: str | Path | None = None,
     ):
@@ -108,9 +110,11 @@ class FacePipeline:
 
         self.parser: FaceParser | None = None
         self.parse_note = "face parsing off"
-        if use_parse not in (True, False, "auto"):
-            raise InputError(f"use_parse must be True, False or 'auto', got {use_parse!r}")
-        if use_parse is True or (use_parse == "auto" and template == "ffhq"):
+        if isinstance(use_parse, FaceParser):
+            self.parser, self.parse_note = use_parse, "face parsing on (ParseNet)"
+        elif use_parse not in (True, False, "auto"):
+            raise InputError(f"use_parse must be True, False, 'auto' or a FaceParser, got {use_parse!r}")
+        elif use_parse is True or (use_parse == "auto" and template == "ffhq"):
             if use_parse is True or find_parsenet_weights(weights_dir) is not None:
                 self.parser = FaceParser(find_parsenet_weights(weights_dir), device=device)
                 self.parse_note = "face parsing on (ParseNet)"
@@ -184,6 +188,12 @@ class FacePipeline:
         unused for aligned input in "ffhq" framing, where the face is the whole image.
         """
         img = check_image(img)
+        h, w = img.shape[:2]
+        out_w, out_h = round(w * self.upscale), round(h * self.upscale)
+        if out_w * out_h > MAX_OUTPUT_PIXELS:
+            raise InputError(f"upscaling this {w}×{h} image ×{self.upscale:g} would give {out_w}×{out_h} "
+                             f"({out_w * out_h / 1e6:.0f} MP), over the {MAX_OUTPUT_PIXELS / 1e6:.0f} MP limit: "
+                             "use a smaller upscale")
         if aligned:
             return self._restore_aligned(img, restore_fn, background)
         faces = self.crops(img)

@@ -46,9 +46,21 @@ def match_color(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: ``None``/"auto" = CUDA when present; a named one must exist here."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but CUDA is not available here: use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA devices exist")
+    elif dev.type not in ("cpu", "mps"):
+        raise InputError(f"device {device!r} is not supported: use cpu or cuda")
+    return dev
 
 
 def autocast(device: torch.device, enabled: bool = True):

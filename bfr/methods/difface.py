@@ -58,6 +58,9 @@ class DifFace:
         chain (larger = more realism, less fidelity), None = this tier's default
         (``self.defaults["start_step"]``); eta: DDIM stochasticity in [0, 1].
         """
+        if start_step is None and self.defaults["start_step"] > steps:
+            raise InputError(f"steps={steps} is shorter than this tier's started step N={self.defaults['start_step']}:"
+                             f" give a start_step ≤ {steps} too (--start-step)")
         start_step = self.defaults["start_step"] if start_step is None else start_step
         if not 1 <= start_step <= steps:
             raise InputError(f"start_step must lie in [1, steps={steps}], got {start_step}")

@@ -59,10 +59,13 @@ def save_safetensors(
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata stored in a .safetensors header (empty dict when none)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise InputError(f"{path} is not a readable .safetensors file ({e})") from e
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -89,17 +92,29 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors, or from a third-party .pth via weights_only torch.load."""
     path = Path(path)
     if path.suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as e:
+            raise InputError(f"{path} is not a readable .safetensors file ({e})") from e
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a zip checkpoint, or a legacy pickle
+        raise InputError(f"{path} is not a PyTorch checkpoint (.pth/.pt) or a .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise InputError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
         raise InputError(
             f"{path} contains pickled Python objects besides tensors, so bfr will not load it "
             "(torch.load weights_only=True refused it). If you trust the file, convert it to "
             f".safetensors in a separate session. Details: {str(e).splitlines()[0]}"
         ) from e
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:  # a damaged or truncated checkpoint
+        raise InputError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
     return unwrap_state_dict(obj, source=str(path))
 
 
