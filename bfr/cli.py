@@ -19,9 +19,13 @@ PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out:
 def _inputs(paths: list[str]) -> list[Path]:
     """Expand folders into their images; keep files as given (a bad one fails with a clear message)."""
     out: list[Path] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
         found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
-        out += [q for q in found if q.resolve() not in {o.resolve() for o in out}]  # each file once
+        for q in found:  # each file once, however it was named
+            if q.resolve() not in seen:
+                seen.add(q.resolve())
+                out.append(q)
     if not out:
         raise BfrError("no input images found")
     return out
