@@ -38,13 +38,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from bfr.errors import InputError
 from bfr.evaluation.eval import build_test_set, git_revision, hardware
 from bfr.evaluation.plots import Panel, Series, line_charts
+from bfr.imageio import load_image, resize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PHOTO = Path("real-lq") / "whole_imgs" / "00.jpg"  # in the shared data folder: a real photo of two children
@@ -187,7 +187,6 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
     """
     import bfr
     from bfr.api import method_status
-    from bfr.imageio import load_image
     from bfr.paths import data_dir
 
     out_dir = Path(out_dir)
@@ -307,7 +306,7 @@ def _time_photo(restorer, img: np.ndarray, long_side: int, dev: torch.device, re
     h, w = img.shape[:2]
     scale = long_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    photo = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    photo = resize(img, (size[1], size[0]))  # area when shrinking, bicubic when enlarging
     pipeline = restorer.face_pipeline()
     stages: dict[str, list[float]] = {"detect": [], "restore": [], "paste": []}
     faces = 0
