@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import inspect
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -140,6 +142,23 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     _each(paths, work)
 
 
+def _drop_stale_faces(folder: Path, stem: str, method: str, kept: int) -> None:
+    """Remove this method's crops numbered from ``kept`` on, left by an earlier run of the same photo
+    that found more faces (they would pass for this run's), and their input crops where no other
+    method's crop shares them. Other files are left alone."""
+    name = re.compile(rf"{re.escape(stem)}_(\d{{2,}})_(.+)\.png")
+    stale: dict[int, dict[str, Path]] = {}
+    for path in folder.glob(f"{glob.escape(stem)}_*_*.png"):
+        match = name.fullmatch(path.name)
+        if match and int(match[1]) >= kept:
+            stale.setdefault(int(match[1]), {})[match[2]] = path
+    for crops in stale.values():
+        if method in crops:
+            crops.pop(method).unlink()
+        if set(crops) == {"input"}:
+            crops["input"].unlink()
+
+
 def cmd_restore(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
@@ -175,6 +194,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
             for i, (before, after) in enumerate(result.faces):
                 save_image(before, out_dir / "faces" / f"{stem}_{i:02d}_input.png")
                 save_image(after, out_dir / "faces" / f"{stem}_{i:02d}_{args.method}.png")
+            _drop_stale_faces(out_dir / "faces", stem, args.method, kept=len(result.faces))
 
     _each(paths, work)
 

@@ -114,3 +114,33 @@ def test_schedule_steps_is_refused_where_it_means_nothing(tmp_path, capsys):
     for what in ("idm", "flipnet"):
         assert main(["train", what, "-o", str(tmp_path / what), "--schedule-steps", "10"]) == 2
         assert f"--schedule-steps sets the prior's and the backbone's schedule, not {what}'s" in capsys.readouterr().err
+
+
+def test_rewarm_ramps_the_rate_only_for_fresh_optimizer_moments():
+    from bfr.training.common import rewarm
+
+    # started from exported weights at step 10,500 with a new AdamW: 1%, 50%, then the full rate
+    assert rewarm(10_500, 10_500) == pytest.approx(0.01)
+    assert rewarm(10_549, 10_500) == pytest.approx(0.5)
+    assert rewarm(10_700, 10_500) == 1.0
+    # a resumed optimizer (None) or a start from scratch (step 0, the schedule's own warm-up) is left alone
+    assert rewarm(10_500, None) == rewarm(3, 0) == 1.0
+
+
+def test_tune_for_cuda_turns_on_autotuning_only_where_cuda_is(monkeypatch):
+    import torch
+
+    from bfr.training.common import tune_for_cuda
+
+    backends = torch.backends
+    saved = (backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+    try:
+        backends.cudnn.benchmark = backends.cuda.matmul.allow_tf32 = False
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        tune_for_cuda()
+        assert backends.cudnn.benchmark is False and not backends.cuda.matmul.allow_tf32  # CPU runs: untouched
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        tune_for_cuda()
+        assert backends.cudnn.benchmark is True and backends.cuda.matmul.allow_tf32
+    finally:
+        backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved

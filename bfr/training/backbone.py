@@ -21,7 +21,16 @@ from bfr.nets.configs import COMPACT_SWINIR_64
 from bfr.nets.swinir import SwinIR
 from bfr.training.cards import write_card
 from bfr.training.checkpoint import resume_or_init, save_state
-from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
+from bfr.training.common import (
+    JsonlLog,
+    StopSignal,
+    export_weights,
+    hardware,
+    rewarm,
+    save_grid,
+    tune_for_cuda,
+    warmup_cosine,
+)
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
 
@@ -78,6 +87,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    tune_for_cuda()
     torch.manual_seed(cfg.seed)
     print(f"loading LFW faces at {cfg.resolution} px …")
     faces = load_faces(split_files("train")[:cfg.train_images], cfg.resolution)
@@ -90,6 +100,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = out / "state.safetensors"
     log = JsonlLog(out / "log.jsonl")
+    fresh_moments = not state_path.exists()
     step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from,
                                    continue_count=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -97,6 +108,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     ema.model.to(accelerator.device)
 
     stop = StopSignal(cfg.max_minutes)
+    first_step = step if fresh_moments else None
     last_step = cfg.total_steps if cfg.max_steps is None else cfg.max_steps
     bar = tqdm(total=last_step, initial=step, desc="backbone", dynamic_ncols=True)
     running = None
@@ -104,7 +116,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     while step < last_step and not stop:
         t0 = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps) * rewarm(step, first_step)
         hq = batches.next() * 0.5 + 0.5
         lq, params = degrade_batch(hq, degradation, seed=int(torch.randint(2**31, (1,), generator=data_gen)),
                                    return_params=True)

@@ -48,6 +48,16 @@ def warmup_cosine(step: int, base_lr: float, warmup: int, total: int, final_frac
     return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def rewarm(step: int, first_step: int | None, steps: int = 100) -> float:
+    """Learning-rate factor for a run that starts from exported weights with fresh AdamW moments
+    (``first_step``: its first step; None when the optimizer state was resumed or training starts
+    at 0): ramp up over ``steps`` so the first, poorly estimated updates do not knock trained
+    weights off their minimum."""
+    if not first_step:
+        return 1.0
+    return min(1.0, (step - first_step + 1) / steps)
+
+
 def export_weights(model: torch.nn.Module, config: dict, path: Path, kind: str, extra: dict | None = None) -> Path:
     """Write inference weights in fp16 safetensors with the network config in the metadata."""
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
@@ -67,6 +77,14 @@ def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     n = torch.get_num_threads()
     return f"CPU ({cpu}, {os.cpu_count()} cores, {n} {'thread' if n == 1 else 'threads'})"
+
+
+def tune_for_cuda() -> None:
+    """cuDNN autotuning and TF32 matmuls: training batches keep one shape, so the search pays off (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 class StopSignal:

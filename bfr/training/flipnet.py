@@ -56,7 +56,7 @@ from bfr.training.adapt import FolderBatches, list_images, perceptual_loss, read
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import DATA_NOTE, format_duration
 from bfr.training.checkpoint import load_state, save_state
-from bfr.training.common import JsonlLog, StopSignal, hardware, save_grid, warmup_cosine
+from bfr.training.common import JsonlLog, StopSignal, hardware, save_grid, tune_for_cuda, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
 
@@ -320,6 +320,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                              "start a new run folder")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "total_steps": cfg.total_steps}, indent=2))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    tune_for_cuda()
     device = accelerator.device
     torch.manual_seed(cfg.seed)
     source, offline_pool, held = clean_faces(cfg)

@@ -20,7 +20,16 @@ from bfr.nets.configs import COMPACT_PRIOR_64
 from bfr.nets.unet import UNetModel
 from bfr.training.cards import write_card
 from bfr.training.checkpoint import resume_or_init, save_state
-from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
+from bfr.training.common import (
+    JsonlLog,
+    StopSignal,
+    export_weights,
+    hardware,
+    rewarm,
+    save_grid,
+    tune_for_cuda,
+    warmup_cosine,
+)
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
 
@@ -71,6 +80,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else "no")
+    tune_for_cuda()
     torch.manual_seed(cfg.seed)
     size = cfg.net["image_size"]
     print(f"loading LFW train/test faces at {size} px …")
@@ -84,6 +94,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = out / "state.safetensors"
     log = JsonlLog(out / "log.jsonl")
+    fresh_moments = not state_path.exists()
     step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from,
                                    continue_count=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -91,13 +102,14 @@ def train_prior(cfg: PriorConfig) -> Path:
     ema.model.to(accelerator.device)
 
     stop = StopSignal(cfg.max_minutes)
+    first_step = step if fresh_moments else None
     last_steps = cfg.total_steps if cfg.max_steps is None else cfg.max_steps
     bar = tqdm(total=last_steps, initial=step, desc="prior", dynamic_ncols=True)
     running = None
     while step < last_steps and not stop:
         t0 = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps) * rewarm(step, first_step)
         x0 = batches.next().to(accelerator.device)
         t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
         with accelerator.autocast():
