@@ -100,15 +100,14 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = out / "state.safetensors"
     log = JsonlLog(out / "log.jsonl")
-    fresh_moments = not state_path.exists()
     step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from,
                                    continue_count=True)
+    first_step = None if state_path.exists() else step  # fresh AdamW moments: re-warm (rewarm)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)
 
     stop = StopSignal(cfg.max_minutes)
-    first_step = step if fresh_moments else None
     last_step = cfg.total_steps if cfg.max_steps is None else cfg.max_steps
     bar = tqdm(total=last_step, initial=step, desc="backbone", dynamic_ncols=True)
     running = None
