@@ -168,7 +168,7 @@ def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) ->
     """Range-check the knobs the chosen methods use, before any model is loaded.
 
     With ``own_defaults`` only the seed is taken: each method keeps its own steps and η
-    (they differ: DifFace 250 steps at η 0.5, IDM's compact tier 10 at η 0, …).
+    (they differ: DifFace 250 steps at η 0.5, IDM's compact tier 10 at η 0, FLIPNET 50 at η 1).
     """
     used = {k for m in methods for k in METHODS[m].knobs} - set(OWN_DEFAULT_KNOBS if own_defaults else ())
     knobs = {}

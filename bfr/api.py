@@ -230,8 +230,9 @@ class Restorer:
                 **options) -> list[np.ndarray]:
         """FLIPNET's degradation mode: ``variants`` realistic degraded versions of a clean face.
 
-        ``aligned``: the image is a face crop in the model's framing (degraded at its own size);
-        otherwise the largest detected face is aligned first and its crop is degraded.
+        ``aligned``: the image is a face crop in the model's framing (compact: LFW, paper: FFHQ), degraded at
+        its own size; otherwise the largest detected face is aligned first and its crop is degraded. Note that
+        ``restore(aligned=True)`` takes FFHQ-aligned crops: restore a compact variant with ``aligned=False``.
         """
         if not hasattr(self.model, "degrade"):
             raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")

@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling chain length (default: the method's own on this tier; `methods` lists them)")
     p.add_argument("--start-step", type=int, default=None,
                    help="DifFace's started step N (default: the tier's own; `methods` lists them)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (DifFace default 0.5, IDM 0, FLIPNET 1)")
     p.add_argument("--sampler", default=None, choices=["ddim", "ancestral"],
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
     p.add_argument("--phi", type=float, default=None, help="FLIPNET's BoostHub scale φ (default 1; 0 = no condition)")
@@ -447,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first faces of the seeded order (e.g. --offset 64: faces kept apart from a "
                         "64-face test set, to choose defaults on)")
-    p.add_argument("--start-steps", type=int, nargs="+", default=[25, 50, 100, 150],
-                   help="DifFace's started steps N to evaluate (the fidelity–realism curve)")
+    p.add_argument("--start-steps", type=int, nargs="+", default=[15, 25, 50, 100, 150],
+                   help="DifFace's started steps N to evaluate (the fidelity–realism curve; default 15 25 50 100 150)")
     p.add_argument("--steps", type=int, default=250, help="DDIM chain length (DifFace default 250)")
     p.add_argument("--eta", type=float, default=0.5, help="DDIM η (DifFace default 0.5)")
     p.add_argument("--batch-size", type=int, default=16, help="faces per call; batch k uses noise seed + k")

@@ -131,7 +131,7 @@ def test_own_defaults_take_only_the_seed_and_size_the_gpu_by_each_methods_steps(
     assert seconds("compact", {"steps": 200, "seed": 0}) > seconds("compact", {"seed": 0})
     note = app.defaults_note()
     assert f"DifFace: 250 steps, N {COMPACT_START_STEP} (paper 100), η 0.5" in note
-    assert f"IDM: {COMPACT_STEPS} steps (paper 100), η 0" in note and "FLIPNET: 50 steps, η 0" in note
+    assert f"IDM: {COMPACT_STEPS} steps (paper 100), η 0" in note and "FLIPNET: 50 steps, η 1" in note
 
 
 def test_every_method_is_listed_with_its_status():

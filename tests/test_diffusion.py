@@ -199,6 +199,9 @@ def test_training_losses_hybrid_and_min_snr():
     weighted = d.training_losses(model, x0, t, noise=torch.ones_like(x0), min_snr_gamma=5.0)["mse"]
     snr = d.alphas_cumprod[t.numpy()] / (1 - d.alphas_cumprod[t.numpy()])
     np.testing.assert_allclose(weighted.numpy(), np.minimum(snr, 5.0) / snr, rtol=1e-5)
+    np.testing.assert_allclose(d.snr(t).numpy(), snr, rtol=1e-5)
+    spaced = GaussianDiffusion.create(1000, respacing="ddim10")  # index 9 of 10 is timestep 900
+    np.testing.assert_allclose(spaced.snr(torch.tensor([9])).numpy(), d.snr(torch.tensor([900])).numpy(), rtol=1e-5)
 
 
 def test_v_and_eps_parameterisations_agree():

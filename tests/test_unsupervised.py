@@ -1,6 +1,7 @@
 """Unsupervised BFR (Kuai et al.): the low-pass hook, pseudo-targets, the method, and adaptation on tiny random nets."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +31,8 @@ def tiny_prior():
     return net.eval()
 
 
-def tiny_restorer():
-    torch.manual_seed(1)
+def tiny_restorer(seed=1):
+    torch.manual_seed(seed)
     return SwinIR(**TINY_SWINIR)
 
 
@@ -256,7 +257,9 @@ def test_adapt_with_gan_caches_targets_exports_and_resumes(tmp_path, tiny_compac
 
     from bfr.api import load_net
     from bfr.training.adapt import AdaptConfig, adapt, write_card
+    from bfr.training.common import export_weights
     from bfr.weights import read_metadata
+    from bfr.weights.hub import sha256_of
 
     run = tmp_path / "run"
     cfg = AdaptConfig(**tiny_compact, out_dir=str(run), batch_size=4, lr=1e-3, max_steps=4, eval_every=2,
@@ -282,13 +285,19 @@ def test_adapt_with_gan_caches_targets_exports_and_resumes(tmp_path, tiny_compac
     card = write_card(run, dest=tmp_path / "bundle", name="swinir64_adapted")
     assert card.name == "swinir64_adapted.md" and "swinir64_adapted_samples.png" in card.read_text()
     assert (tmp_path / "bundle" / "swinir64_adapted.safetensors").is_file()
+    started = (f"started from the restorer `r.safetensors` (sha256 {sha256_of(tiny_compact['restorer'])[:12]}…); "
+               f"pseudo-targets from the prior `p.safetensors` (sha256 {sha256_of(tiny_compact['prior'])[:12]}…)")
+    assert started in card.read_text()
 
     count_prior_calls.clear()
+    # the restorer's file changes before the resume: the card still names what the run started from
+    export_weights(tiny_restorer(seed=5), TINY_SWINIR, Path(tiny_compact["restorer"]), kind="swinir")
     cfg.max_steps = 6
     adapt(cfg)  # resumes at step 4 with the cached pseudo-targets: no prior call
     assert count_prior_calls == []
     assert [r["step"] for r in read_log(run) if "target_l1" in r] == [0, 2, 4, 6]
     assert json.loads(read_metadata(run / "adapted.safetensors")["steps"]) == 6
+    assert started in (run / "adapted.md").read_text()  # what the run started from, not today's file
 
 
 def test_a_stop_during_generation_acts_after_one_batch_and_keeps_it(tmp_path, tiny_compact, count_prior_calls,

@@ -213,6 +213,11 @@ class GaussianDiffusion:
         return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
                 / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ᾱ/(1-ᾱ) at (respaced) timesteps ``t``, one value per sample."""
+        snr = torch.as_tensor(self.alphas_cumprod / (1 - self.alphas_cumprod), dtype=torch.float32)
+        return snr[t.cpu()].to(t.device)
+
     def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
                 - _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
@@ -286,7 +291,7 @@ class GaussianDiffusion:
         target = noise if self.prediction == "eps" else self.v_target(x_start, t, noise)
         mse = (out[:, :c] - target).pow(2).mean(dim=(1, 2, 3))
         if min_snr_gamma:
-            snr = _extract(self.alphas_cumprod / (1 - self.alphas_cumprod), t, x_start.shape).flatten()
+            snr = self.snr(t)
             mse = mse * torch.clamp(snr, max=min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
         losses = {"mse": mse}
         if self.learn_sigma:

@@ -40,7 +40,7 @@ from bfr.errors import InputError, WeightsUnavailableError
 from bfr.evaluation.plots import Panel, Series, have_matplotlib, image_grid, line_charts
 from bfr.paths import REPO_DIR
 
-DEFAULT_START_STEPS = (25, 50, 100, 150)
+DEFAULT_START_STEPS = (15, 25, 50, 100, 150)  # 15: the compact default; 100: the paper's
 
 # --------------------------------------------------------------------------- test set
 

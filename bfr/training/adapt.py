@@ -224,11 +224,12 @@ class LfwBatches:
 # ---------------------------------------------------------------------------- networks
 
 
-def build_networks(cfg: AdaptConfig) -> tuple[nn.Module, dict, int, Callable[[], nn.Module], str]:
-    """(restorer with its starting weights, its config, resolution, a prior loader, description)."""
+def build_networks(cfg: AdaptConfig) -> tuple[nn.Module, dict, int, Callable[[], nn.Module], dict]:
+    """(restorer with its starting weights, its config, resolution, a prior loader, where the two come from:
+    {"restorer": file, "prior": file or catalog name})."""
     from bfr.api import load_net
     from bfr.nets import SwinIR, UNetModel
-    from bfr.weights import load_pretrained, read_metadata, resolve
+    from bfr.weights import load_into, load_pretrained, load_state_dict, read_metadata, resolve
 
     if cfg.tier == "compact":
         restorer_file = resolve("swinir64", cfg.restorer)
@@ -237,10 +238,11 @@ def build_networks(cfg: AdaptConfig) -> tuple[nn.Module, dict, int, Callable[[],
         prior_file = resolve("prior64", cfg.prior)
         resolution = int(json.loads(read_metadata(prior_file)["config"])["image_size"])
         return (restorer, net_config, resolution, lambda: load_net("prior64", prior_file),
-                f"restorer {restorer_file.name}, prior {prior_file.name}")
+                {"restorer": restorer_file, "prior": prior_file})
     if cfg.tier == "paper":
         restorer = SwinIR(**cfg.paper_swinir)
-        load_pretrained(restorer, "dtbfr_swinir_gan", cfg.restorer)
+        restorer_file = resolve("dtbfr_swinir_gan", cfg.restorer)
+        load_into(restorer, load_state_dict(restorer_file))
 
         def load_prior() -> nn.Module:
             prior = UNetModel(**cfg.paper_unet)
@@ -248,9 +250,29 @@ def build_networks(cfg: AdaptConfig) -> tuple[nn.Module, dict, int, Callable[[],
             return prior
 
         return (restorer, dict(cfg.paper_swinir), int(cfg.paper_unet["image_size"]), load_prior,
-                f"restorer {cfg.restorer or 'dtbfr_swinir_gan (swinir_gan_v1.pth)'}, "
-                f"prior {cfg.prior or 'difface_unet_512 (iddpm_ffhq512_ema500000.pth)'}")
+                {"restorer": restorer_file, "prior": cfg.prior or "difface_unet_512 (iddpm_ffhq512_ema500000.pth)"})
     raise InputError(f"unknown tier {cfg.tier!r}; use 'compact' or 'paper'")
+
+
+def describe_source(source: str | Path) -> dict:
+    """A starting weights file as the card names it: file name, sha256 and (bfr weights) training steps."""
+    from bfr.weights import read_metadata
+    from bfr.weights.hub import sha256_of
+
+    path = Path(source)
+    if not path.is_file():
+        return {"file": str(source)}  # a catalog name not fetched yet (the paper prior loads lazily)
+    info = {"file": path.name, "sha256": sha256_of(path)}
+    if path.suffix == ".safetensors" and "steps" in read_metadata(path):
+        info["steps"] = json.loads(read_metadata(path)["steps"])
+    return info
+
+
+def source_line(info: dict) -> str:
+    """``describe_source`` output in words, e.g. ``swinir64.safetensors (10,518 steps, sha256 bfb370722d57…)``."""
+    details = ([f"{info['steps']:,} steps"] if "steps" in info else []) + (
+        [f"sha256 {info['sha256'][:12]}…"] if "sha256" in info else [])
+    return f"`{info['file']}`" + (f" ({', '.join(details)})" if details else "")
 
 
 @torch.no_grad()
@@ -378,10 +400,11 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    restorer, net_config, resolution, load_prior, nets_note = build_networks(cfg)
+    restorer, net_config, resolution, load_prior, sources = build_networks(cfg)
     files = list_images(cfg.lq_dir)
     names = [p.name for p in files]
-    print(f"{len(files)} degraded faces from {cfg.lq_dir} at {resolution} px; {nets_note}")
+    print(f"{len(files)} degraded faces from {cfg.lq_dir} at {resolution} px; restorer {sources['restorer']}, "
+          f"prior {sources['prior']}")
     lq = read_images(files, resolution)
     path = "general" if cfg.references_dir else "swinir"
     factor = cfg.factor or lowpass_factor(resolution, path)
@@ -414,6 +437,9 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     step, seconds = resume_or_init(state_path, nn.ModuleDict({"restorer": restorer, "disc": disc}), ema.model,
                                    optimizer)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    sources_file = out / "sources.json"  # what the run started from, recorded once: a resume keeps it
+    if step == 0 or not sources_file.exists():
+        sources_file.write_text(json.dumps({k: describe_source(v) for k, v in sources.items()}, indent=2))
     restorer, disc, optimizer = accelerator.prepare(restorer, disc, optimizer)
     ema.model.to(device)
     if lpips_fn is None:
@@ -525,7 +551,8 @@ def adapt(cfg: AdaptConfig) -> Path | None:
         ema.model, net_config, out / WEIGHTS_FILE, kind="swinir",
         extra={"steps": step, "train_seconds": round(seconds), "hardware": hardware(), "tier": cfg.tier,
                "resolution": resolution, "method": "unsupervised", "adapt_images": len(names),
-               "pseudo_targets": {**settings, "path": path, "round": round_step}, "lpips": lpips_note, "final": final},
+               "pseudo_targets": {**settings, "path": path, "round": round_step}, "lpips": lpips_note, "final": final,
+               "started_from": json.loads(sources_file.read_text())},
     )
     card = write_card(out)
     print(f"step {step}: L1 to pseudo-targets {final['target_l1']:.4f}; exported {weights} (card {card.name})")
@@ -697,6 +724,8 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         f"{cfg['total_steps']}, EMA (max decay {cfg['ema_decay']}) exported",
         f"- precision: {cfg['mixed_precision']}; hardware: {meta['hardware']}; fine-tuning time: "
         f"{meta['train_seconds'] / 60:.0f} min",
+        *([f"- started from the restorer {source_line(meta['started_from']['restorer'])}; pseudo-targets from the "
+           f"prior {source_line(meta['started_from']['prior'])}"] if "started_from" in meta else []),
         f"- network config: `{json.dumps(meta['config'])}`",
         "",
     ]
