@@ -263,9 +263,8 @@ def describe_source(source: str | Path) -> dict:
     if not path.is_file():
         return {"file": str(source)}  # a catalog name not fetched yet (the paper prior loads lazily)
     info = {"file": path.name, "sha256": sha256_of(path)}
-    if path.suffix == ".safetensors" and "steps" in read_metadata(path):
-        info["steps"] = json.loads(read_metadata(path)["steps"])
-    return info
+    steps = read_metadata(path).get("steps") if path.suffix == ".safetensors" else None
+    return info | ({"steps": json.loads(steps)} if steps else {})
 
 
 def source_line(info: dict) -> str:
