@@ -209,6 +209,11 @@ class Restorer:
     def name(self) -> str:
         return self.model.name
 
+    @property
+    def framing(self) -> str:
+        """How the model's face crops are framed: "lfw" (compact tier) or "ffhq" (paper tier)."""
+        return self.model.framing
+
     def restore_crops(self, crops: list[np.ndarray], progress: Progress | None = None, **options) -> list[np.ndarray]:
         """Restore aligned crops (the model's framing) in batches of at most ``BATCH_PIXELS`` pixels (4 faces at
         512 px, 256 at 64 px): a group photo must not take all the memory at once. Batch k samples with seed
@@ -230,9 +235,10 @@ class Restorer:
                 **options) -> list[np.ndarray]:
         """FLIPNET's degradation mode: ``variants`` realistic degraded versions of a clean face.
 
-        ``aligned``: the image is a face crop in the model's framing (compact: LFW, paper: FFHQ), degraded at
-        its own size; otherwise the largest detected face is aligned first and its crop is degraded. Note that
-        ``restore(aligned=True)`` takes FFHQ-aligned crops: restore a compact variant with ``aligned=False``.
+        ``aligned``: the image is a face crop in the model's framing (``self.framing``; compact: "lfw", paper:
+        "ffhq"), degraded at its own size; otherwise the largest detected face is aligned first and its crop is
+        degraded. The variants keep that framing: restore one with ``restore(v, aligned=True,
+        framing=self.framing)``.
         """
         if not hasattr(self.model, "degrade"):
             raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")
@@ -248,16 +254,26 @@ class Restorer:
             out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
         return [from_tensor(v[None]) for v in out[0]]
 
-    def restore(self, image, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
-                min_face_size: float | None = None, progress: Progress | None = None, **options) -> RestoreResult:
-        """Restore every face in ``image`` (path, bytes, PIL, or array); ``aligned`` = an FFHQ-aligned crop."""
+    def restore(self, image, *, aligned: bool = False, framing: str = "ffhq", upscale: float = 1,
+                only_center_face: bool = False, min_face_size: float | None = None, progress: Progress | None = None,
+                **options) -> RestoreResult:
+        """Restore every face in ``image`` (path, bytes, PIL, or array).
+
+        ``aligned``: the image is one face crop, framed as ``framing`` says: "ffhq" (the usual aligned BFR
+        input, e.g. 512×512 FFHQ crops) or "lfw" (the compact models' own crops, e.g. ``degrade``'s
+        variants and ``bfr demo-set``'s faces); no detection.
+        """
+        if framing != "ffhq" and not aligned:
+            raise InputError(f"framing={framing!r} says how an aligned crop is framed: pass aligned=True with it "
+                             "(photos are aligned by the face pipeline)")
         img = load_image(image)
         with self._lock:
             pipeline = self.face_pipeline(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
                                           min_face_size=min_face_size)
             t0 = time.perf_counter()
             result: FaceRestoreResult = pipeline.restore_faces(
-                img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned)
+                img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned,
+                framing=framing)
         return RestoreResult(
             image=result.output, faces=[(f.input_crop, f.restored_crop) for f in result.faces],
             detector=result.detector, message=result.message + self._enlargement_note(result, upscale),

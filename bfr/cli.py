@@ -129,7 +129,8 @@ def cmd_degrade(args: argparse.Namespace) -> None:
             for k, lq in enumerate(variants):
                 name = f"{stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
                 save_image(lq, out_dir / name)
-                print(f"{out_dir / name}: FLIPNET degradation mode, seed {args.seed}, variant {k}")
+                print(f"{out_dir / name}: FLIPNET degradation mode, seed {args.seed}, variant {k} "
+                      f"({restorer.framing}-framed: `restore --aligned --framing {restorer.framing}` takes it)")
     else:
         def work(path: Path, stem: str) -> None:
             img = load_image(path)
@@ -168,6 +169,9 @@ def cmd_restore(args: argparse.Namespace) -> None:
     options = {k: v for k, v in dict(steps=args.steps, start_step=args.start_step, eta=args.eta, seed=args.seed,
                                       sampler=args.sampler, phi=args.phi,
                                       color_fix=False if args.no_color_fix else None).items() if v is not None}
+    if args.framing and not args.aligned:
+        raise BfrError("--framing says how --aligned crops are framed; add --aligned (photos are aligned by the "
+                       "face pipeline)")
     weights = _weights(args.weights, args.method, args.tier)
     paths = _inputs(args.inputs)
     out_dir = _output_dir(args.output)
@@ -185,7 +189,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
                 bar.n = done
                 bar.refresh()
 
-            result = restorer.restore(path, aligned=args.aligned, upscale=args.upscale,
+            result = restorer.restore(path, aligned=args.aligned, framing=args.framing or "ffhq", upscale=args.upscale,
                                       only_center_face=args.only_center_face, progress=progress, **options)
         target = out_dir / f"{stem}_{args.method}.png"
         save_image(result.image, target)
@@ -200,45 +204,48 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    if args.tier != "compact" and args.what != "flipnet":
+    if args.tier == "paper" and args.what != "flipnet":
         raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
     if args.schedule_steps is not None and args.what not in ("prior", "backbone"):
         raise BfrError(f"--schedule-steps sets the prior's and the backbone's schedule, not {args.what}'s")
     if args.schedule_steps is not None and args.schedule_steps < 1:
         raise BfrError(f"--schedule-steps must be a positive number of steps, got {args.schedule_steps}")
+    common = {k: v for k, v in dict(batch_size=args.batch_size, mixed_precision=args.precision).items()
+              if v is not None}
     if args.what == "prior":
         from bfr.training.prior import PriorConfig, train_prior
 
-        cfg = PriorConfig(out_dir=args.output or "runs/prior64", batch_size=args.batch_size, max_steps=args.steps,
-                          max_minutes=args.minutes, init_from=args.init_from, mixed_precision=args.precision)
+        cfg = PriorConfig(out_dir=args.output or "runs/prior64", max_steps=args.steps, max_minutes=args.minutes,
+                          init_from=args.init_from, **common)
         if args.schedule_steps is not None:
             cfg.total_steps = args.schedule_steps
         train_prior(cfg)
     elif args.what == "backbone":
         from bfr.training.backbone import BackboneConfig, train_backbone
 
-        cfg = BackboneConfig(out_dir=args.output or "runs/swinir64", batch_size=args.batch_size,
-                             max_steps=args.steps, max_minutes=args.minutes, init_from=args.init_from,
-                             mixed_precision=args.precision)
+        cfg = BackboneConfig(out_dir=args.output or "runs/swinir64", max_steps=args.steps, max_minutes=args.minutes,
+                             init_from=args.init_from, **common)
         if args.schedule_steps is not None:
             cfg.total_steps = args.schedule_steps
         train_backbone(cfg)
     elif args.what == "flipnet":
-        from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+        from bfr.training.flipnet import run_config, train_flipnet, write_flipnet_card
         from bfr.weights import read_metadata
 
         if args.init_from:
             raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
-        if args.tier == "compact" and (args.unet or args.vae or args.clean_dir):
+        given = dict(tier=args.tier, prior=args.prior, unet=args.unet, vae=args.vae, clean_dir=args.clean_dir,
+                     embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
+                     restore_steps=args.restore_steps, offline_faces=args.offline_faces, lr=args.lr, **common)
+        cfg, changed = run_config(args.output, {k: v for k, v in given.items() if v is not None},
+                                  max_steps=args.steps, max_minutes=args.minutes)
+        if cfg.tier == "compact" and (cfg.unet or cfg.vae or cfg.clean_dir):
             raise BfrError("--unet, --vae and --clean-dir belong to FLIPNET's paper tier (--tier paper)")
-        if args.tier == "paper" and args.prior:
+        if cfg.tier == "paper" and cfg.prior:
             raise BfrError("the paper tier's frozen prior is Stable Diffusion 2.1-base: give its weights with --unet")
-        cfg = FlipNetTrainConfig(out_dir=args.output, tier=args.tier, prior=args.prior,
-                                 unet=args.unet, vae=args.vae, clean_dir=args.clean_dir, batch_size=args.batch_size,
-                                 max_steps=args.steps, max_minutes=args.minutes, mixed_precision=args.precision)
-        for name in ("embed_steps", "degrade_steps", "restore_steps", "offline_faces", "lr"):
-            if getattr(args, name) is not None:
-                setattr(cfg, name, getattr(args, name))
+        if changed is not None:
+            print(f"resuming {cfg.out_dir} with the settings it recorded"
+                  + (f"; changed here: {', '.join(changed)}" if changed else ""))
         path = train_flipnet(cfg)
         if json.loads(read_metadata(path)["steps"]) > cfg.embed_steps:  # the card measures restoration mode
             print(f"adapters: {path}; card: {write_flipnet_card(cfg.out_dir)}")
@@ -251,9 +258,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.steps is not None:
             raise BfrError("idm trains in rounds: use --steps-per-round (round 0) and --refine-steps (later rounds)")
         init = args.init_from or str(resolve("prior64"))  # "scratch": the paper's start
-        cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds, batch_size=args.batch_size,
-                        max_minutes=args.minutes, init_from=None if init == "scratch" else init,
-                        mixed_precision=args.precision)
+        cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds, max_minutes=args.minutes,
+                        init_from=None if init == "scratch" else init, **common)
         if args.steps_per_round is not None:
             cfg.steps_per_round = args.steps_per_round
         if args.refine_steps is not None:
@@ -291,7 +297,10 @@ def cmd_demo_set(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from bfr.api import METHODS
     from bfr.evaluation import run_eval
+    from bfr.evaluation.readme import check_markers, update_readme
 
+    if args.readme:
+        check_markers(args.readme)  # before the run, not after it
     report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers),
                       n_images=args.n_images, offset=args.offset,
                       resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
@@ -299,6 +308,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for s in report["skipped"]:
         print(f"skipped {s['method']}/{s['tier']}: {s['reason']}")
     print(f"{Path(args.output) / 'results.md'}: {len(report['rows'])} rows in {report['seconds_total']:.0f} s")
+    if args.readme:
+        print(f"{update_readme(args.readme, report, args.output)}: results block rewritten")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -343,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--method", default="difface", help="difface | flipnet | idm | unsupervised (see `methods`)")
     p.add_argument("--tier", default="compact", choices=["compact", "paper"])
-    p.add_argument("--aligned", action="store_true", help="inputs are FFHQ-aligned face crops: skip detection")
+    p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
+    p.add_argument("--framing", default=None, choices=["ffhq", "lfw"],
+                   help="with --aligned, how the crops are framed: ffhq (default; FFHQ/facexlib crops, e.g. 512 px) "
+                        "or lfw (the compact models' own crops: `degrade --method flipnet` and `demo-set` output)")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1, help="output scale of the whole image (1, 2, 4)")
     p.add_argument("--steps", type=int, default=None,
@@ -370,10 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 16 (flipnet: a resumed run keeps its own, as it keeps every setting not given)")
     p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones); idm: "
                    "default the bundled prior64, 'scratch' for none")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--precision", default=None, choices=["bf16", "fp16", "no"], help="default bf16")
     p.add_argument("--schedule-steps", type=int, default=None,
                    help="prior/backbone: length of the cosine lr schedule, and of the run unless --steps is "
                         "given (defaults 60000 / 30000); a shorter one anneals a resumed run")
@@ -392,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-steps", type=int, default=None, help="flipnet: restoration-mode stage (default 12000)")
     p.add_argument("--offline-faces", type=int, default=None,
                    help="flipnet: train faces the degradation mode degrades for the restoration stage (default 512)")
-    p.add_argument("--tier", default="compact", choices=["compact", "paper"],
-                   help="flipnet: compact (pixels, prior64, LFW) or paper (Stable Diffusion 2.1-base latents)")
+    p.add_argument("--tier", default=None, choices=["compact", "paper"],
+                   help="flipnet: compact (pixels, prior64, LFW; the default) or paper (Stable Diffusion 2.1-base "
+                        "latents)")
     p.add_argument("--clean-dir", default=None, help="flipnet paper tier: clean FFHQ-aligned faces to train on")
     p.add_argument("--unet", default=None, help="flipnet paper tier: SD 2.1-base UNet weights (default: the Hub)")
     p.add_argument("--vae", default=None, help="flipnet paper tier: SD 2.1-base VAE weights (default: the Hub)")
@@ -453,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.5, help="DDIM η (DifFace default 0.5)")
     p.add_argument("--batch-size", type=int, default=16, help="faces per call; batch k uses noise seed + k")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    p.add_argument("--readme", default=None, metavar="PATH",
+                   help="also rewrite the results block of this README (between its `bfr eval` markers) with the "
+                        "command, hardware and table")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="seconds per face, peak memory, fp32 vs bf16/fp16, scaling with batch, steps "

@@ -4,8 +4,10 @@ it loads once."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bfr.api import BATCH_PIXELS, Restorer
+from bfr.errors import InputError
 
 
 class StubModel:
@@ -77,6 +79,8 @@ def test_detector_and_face_parser_load_once_per_restorer(monkeypatch, tmp_path):
     restorer = Restorer(StubModel(64), detector="haar")
     crop = np.full((64, 64, 3), 0.5, np.float32)
     assert restorer.restore(crop, aligned=True).faces and built["detector"] == []
+    with pytest.raises(InputError, match="pass aligned=True with it"):
+        restorer.restore(crop, framing="lfw")
     first = restorer.restore(photo, seed=0)
     second = restorer.restore(photo, seed=0)
     assert len(first.faces) >= 2 and "parsing on" in first.message

@@ -159,6 +159,8 @@ def test_weights_device_and_option_mistakes_are_one_line_errors(tmp_path, capsys
         assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--aligned", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--framing", "lfw"]) == 2
+    assert "add --aligned" in capsys.readouterr().err
 
 
 @needs_adapted

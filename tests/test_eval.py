@@ -422,6 +422,29 @@ def test_eval_numbers_are_sane(eval_run):
             assert r["seconds_per_face"] is None or r["seconds_per_face"] > 0
 
 
+def test_eval_rewrites_only_the_readme_results_block(eval_run, tmp_path):
+    from bfr.evaluation.readme import BEGIN, END, check_markers, update_readme
+
+    out, report = eval_run
+    readme = tmp_path / "README.md"
+    before, after = "# bfr\n\nWhat the rows mean.\n\n", "\n\nThe prose after the table.\n"
+    readme.write_text(f"{before}{BEGIN}\n| old | table |\n{END}{after}")
+    update_readme(readme, report, "runs/eval")
+    text = readme.read_text()
+    assert text.startswith(before + BEGIN + "\n") and text.endswith(END + after) and "| old |" not in text
+    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    assert [line for line in text.splitlines() if line.startswith("|")] == table
+    assert (f"`python -m bfr eval -o runs/eval --n-images 3 --methods difface --start-steps 4 8 --steps 20 "
+            f"--batch-size 2 --readme {readme}` on {report['date'][:10]}") in text
+    assert f"swinir64 {report['weights']['difface/compact']['swinir64']}" in text
+    update_readme(readme, report, "runs/eval")
+    assert readme.read_text() == text  # a second write changes nothing
+    readme.write_text(f"{before}{END}\n{BEGIN}\n")
+    with pytest.raises(InputError, match="needs one results block"):
+        check_markers(readme)
+    check_markers(Path(__file__).resolve().parents[1] / "README.md")  # `eval --readme README.md` works here
+
+
 def test_eval_reuses_its_cached_test_set(eval_run):
     from bfr.evaluation import load_or_build_test_set
 
@@ -510,6 +533,13 @@ def test_rows_and_step_knobs_follow_each_method_signature():
     assert [r[0] for r in rows] == ["backbone alone", "Started N=4", "Started N=8"]
     assert rows[2][2](torch.zeros(1, 3, 4, 4), 0).max() == pytest.approx(0.008)
     assert [r[0] for r in _model_rows(_OnePass(), 20, 0.5, (4, 8), 0)] == ["One"]
+    # the method's own defaults are marked, and a sampler's knobs are named in its row
+    started = _Started()
+    started.defaults = dict(steps=20, start_step=8, eta=0.5, seed=0)
+    assert [r[0] for r in _model_rows(started, 20, 0.5, (4, 8), 0)][1:] == ["Started N=4", "Started N=8 (default)"]
+    noise = _FromNoise()
+    noise.defaults = dict(steps=50, eta=1.0, phi=1.0, color_fix=True, seed=0)
+    assert _model_rows(noise, 20, 0.5, (4,), 0)[0][0] == "Sampler, 50 steps (η 1, φ 1, colour fix)"
     rec = _time_one(_FromNoise(), torch.zeros(1, 3, 4, 4), 30, 250, "fp32", torch.device("cpu"), 1, 0, 0)
     assert rec["output"].max() == pytest.approx(0.03) and rec["seconds_median"] >= 0
 
@@ -556,7 +586,8 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     assert "results.md" in out
     md = (tmp_path / "e" / "results.md").read_text()
     # a bundled method gives one row at the compact tier's own defaults; one without weights says why
-    rows = {"idm": "| idm | compact | IDM, 10 steps |", "flipnet": "| flipnet | compact | FLIPNET, 50 steps |",
+    rows = {"idm": "| idm | compact | IDM, 10 steps (η 0) |",
+            "flipnet": "| flipnet | compact | FLIPNET, 50 steps (η 1, φ 1, colour fix) |",
             "unsupervised": "| unsupervised | compact | Unsupervised BFR (Kuai et al.) |"}
     for method, row in rows.items():
         assert (row in md) == method_status(method, "compact")[0]
@@ -571,3 +602,6 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     assert ("| unsupervised | compact |" in md) == bundled
     assert ("| unsupervised | compact | cpu | 400×147 |" in md) == bundled
     assert main(["eval", "-o", str(tmp_path / "e"), "--n-images", "2", "--start-steps", "300"]) == 2
+    (tmp_path / "plain.md").write_text("# no results block\n")
+    assert main(["eval", "-o", str(tmp_path / "r"), "--readme", str(tmp_path / "plain.md")]) == 2
+    assert "needs one results block" in capsys.readouterr().err and not (tmp_path / "r").exists()  # before the run

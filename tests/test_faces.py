@@ -31,7 +31,7 @@ from bfr.faces import detect as detect_mod  # noqa: E402
 from bfr.faces.align import compose, warp_image  # noqa: E402
 from bfr.faces.detect import EYE_CASCADE, FACE_CASCADE, HOW_TO_GET_CASCADES, find_cascade  # noqa: E402
 from bfr.faces.paste import FaceParser, output_to_crop_affine, square_soft_mask  # noqa: E402
-from bfr.faces.templates import FFHQ_512, LFW_150, ffhq_to_lfw_affine  # noqa: E402
+from bfr.faces.templates import FFHQ_512, LFW_150, frame_inside, reframe_affine  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
 
 REAL = data_dir() / "real-lq"
@@ -146,12 +146,12 @@ def test_ffhq_lfw_round_trip():
     lfw = ffhq_to_lfw(ffhq, 256)
     assert lfw.shape == (256, 256, 3)
     # The landmarks follow the framing: FFHQ template → LFW template (within the fit residual).
-    pts = transform_points(template("ffhq", 512), ffhq_to_lfw_affine(512, 512, 256))
+    pts = transform_points(template("ffhq", 512), reframe_affine(512, 512, "ffhq", "lfw", 256))
     assert np.abs(pts - template("lfw", 256)).max() < 2.0
     back = lfw_to_ffhq(lfw, background=ffhq)
     assert back.shape == ffhq.shape
     # Inside the LFW frame the face comes back (softened by two resamplings)...
-    a = ffhq_to_lfw_affine(512, 512, 256)
+    a = reframe_affine(512, 512, "ffhq", "lfw", 256)
     inside = (
         warp_image(np.ones((256, 256), np.float32), inverse_affine(a), (512, 512), border="constant", border_value=0.0)
         > 0.999
@@ -462,6 +462,46 @@ def test_aligned_mode_keeps_the_size():
         img, lambda cs: cs, aligned=True
     )
     assert up.output.shape == (512, 512, 3)
+
+
+
+def test_aligned_input_in_the_models_own_framing_is_only_resized():
+    """An LFW-framed crop (a compact model's own framing) is resized, not re-framed as if FFHQ-aligned."""
+    path = need(REAL / "cropped_faces" / "Julia_Roberts_crop.png")
+    lfw_crop = ffhq_to_lfw(load_rgb(path, max_side=256), 96)
+    pipe = FacePipeline(detector=StubDetector([]), template="lfw", crop_size=64)
+    same = pipe.restore_faces(lfw_crop, lambda cs: cs, aligned=True, framing="lfw")
+    assert same.output.shape == lfw_crop.shape and "LFW-aligned" in same.message
+    np.testing.assert_allclose(same.faces[0].input_crop, cv2.resize(lfw_crop, (64, 64), interpolation=cv2.INTER_AREA),
+                               atol=0.03)
+    # the restored crop covers the whole image: every output pixel is the restorer's, corners too
+    flat = pipe.restore_faces(lfw_crop, lambda cs: [np.full_like(c, 0.5) for c in cs], aligned=True, framing="lfw")
+    np.testing.assert_allclose(flat.output, 0.5, atol=1e-5)
+    # Read as FFHQ-aligned, the same crop would be zoomed in on a face it already frames.
+    wrong = pipe.restore_faces(lfw_crop, lambda cs: cs, aligned=True)
+    assert psnr(same.faces[0].input_crop, cv2.resize(lfw_crop, (64, 64), interpolation=cv2.INTER_AREA)) > \
+        psnr(wrong.faces[0].input_crop, cv2.resize(lfw_crop, (64, 64), interpolation=cv2.INTER_AREA)) + 5
+
+
+def test_lfw_framed_input_to_an_ffhq_model_is_padded_and_mapped_straight_back():
+    path = need(REAL / "cropped_faces" / "Julia_Roberts_crop.png")
+    ffhq_img = load_rgb(path, max_side=256)
+    lfw_crop = ffhq_to_lfw(ffhq_img, 128)
+    res = FacePipeline(detector=StubDetector([]), template="ffhq", crop_size=256).restore_faces(
+        lfw_crop, lambda cs: cs, aligned=True, framing="lfw")
+    assert res.output.shape == lfw_crop.shape
+    assert psnr(res.output, lfw_crop) > 30  # an identity restorer gives the input back, all of it
+    # The model sees the face where FFHQ framing puts it: the middle of its crop is the FFHQ image's middle
+    # (the LFW crop lost the rest, and read as FFHQ-aligned the face would be too large: 12.6 dB there).
+    middle = np.s_[64:192, 64:192]
+    ffhq_ref = cv2.resize(ffhq_img, (256, 256), interpolation=cv2.INTER_AREA)
+    assert psnr(res.faces[0].input_crop[middle], ffhq_ref[middle]) > 24
+    flat = FacePipeline(detector=StubDetector([]), template="ffhq", crop_size=256).restore_faces(
+        lfw_crop, lambda cs: [np.full_like(c, 0.5) for c in cs], aligned=True, framing="lfw")
+    np.testing.assert_allclose(flat.output, 0.5, atol=1e-5)  # mapped straight back: no input pixel left
+    assert [frame_inside(a, b) for a, b in (("ffhq", "lfw"), ("lfw", "ffhq"), ("lfw", "lfw"))] == [True, False, True]
+    with pytest.raises(InputError, match="framing must be one of ffhq, lfw"):
+        FacePipeline(detector=StubDetector([])).restore_faces(lfw_crop, lambda cs: cs, aligned=True, framing="celeba")
 
 
 def test_a_grayscale_photo_keeps_gray_faces():

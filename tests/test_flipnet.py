@@ -484,6 +484,25 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     assert FlipNetTrainConfig(tier="paper", clean_dir=str(clean)).out_dir == "runs/flipnet_sd21"
 
 
+def test_a_resumed_run_keeps_its_recorded_settings(tmp_path):
+    from dataclasses import asdict
+
+    from bfr.training.flipnet import run_config
+
+    run = tmp_path / "run"
+    cfg, changed = run_config(str(run), {"lr": 1e-3, "offline_faces": 256, "restore_steps": 2700})
+    assert changed is None and cfg.lr == 1e-3 and cfg.out_dir == str(run)
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(cfg)))
+    assert run_config(str(run), {})[0].lr == 1e-4  # no state yet: a new run, the defaults
+    (run / "state.json").write_text(json.dumps({"stage": "restore", "step": 3700}))
+    again, changed = run_config(str(run), {"restore_steps": 3200, "batch_size": 16}, max_minutes=5)
+    assert (again.lr, again.offline_faces, again.restore_steps, again.max_minutes) == (1e-3, 256, 3200, 5)
+    assert changed == ["restore_steps 2700 → 3200"]  # the batch size was the run's own
+    with pytest.raises(InputError, match="compact-tier FLIPNET run"):
+        run_config(str(run), {"tier": "paper", "clean_dir": str(tmp_path)})
+
+
 def test_cli_train_rejects_tier_mixups(tmp_path, capsys):
     from bfr.cli import main
 
@@ -522,6 +541,11 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     variants = [np.asarray(Image.open(p), dtype=np.float32) for p in sorted((tmp_path / "deg").glob("*.png"))]
     assert len(variants) == 2 and variants[0].shape == (24, 24, 3)
     assert np.abs(variants[0] - variants[1]).mean() > 0.5  # different noise, different degradations
+    assert "`restore --aligned --framing lfw` takes it" in capsys.readouterr().out
+    variant = sorted((tmp_path / "deg").glob("*.png"))[0]
+    assert main(["restore", str(variant), "-o", str(tmp_path / "back"), "--method", "flipnet", "--aligned",
+                 "--framing", "lfw", "--steps", "3", *weights]) == 0
+    assert "one LFW-aligned face" in capsys.readouterr().out
 
     assert main(["restore", str(face), "-o", str(tmp_path / "out"), "--method", "flipnet", "--aligned",
                  "--steps", "3", "--phi", "0.5", *weights]) == 0
@@ -560,3 +584,8 @@ def test_cli_train_flipnet_stops_after_the_embedding_stage_without_a_card(tmp_pa
     state = json.loads((out / "state.json").read_text())
     assert state["stage"] == "degrade" and state["step"] == 2  # the next call resumes with the adapters
     assert not (out / "flipnet64.md").exists()
+    # resuming with fewer flags keeps the run's own settings; a flag given says what it changes
+    assert main(["train", "flipnet", "-o", str(out), "--steps", "2", "--lr", "5e-4"]) == 0
+    assert "with the settings it recorded; changed here: lr 0.0001 → 0.0005" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["embed_steps"], config["batch_size"], config["mixed_precision"], config["lr"]) == (2, 4, "no", 5e-4)

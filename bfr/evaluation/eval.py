@@ -217,16 +217,27 @@ def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], see
     rows = []
     if hasattr(model, "estimate"):
         rows.append(("backbone alone", {"part": "backbone"}, lambda b, k: model.estimate(b)))
+    defaults = dict(getattr(model, "defaults", {}))
     if "start_step" in inspect.signature(model.restore).parameters:
         for n in start_steps:
             knobs = dict(steps=steps, start_step=n, eta=eta)
-            rows.append((f"{model.title} N={n}", knobs,
+            mark = " (default)" if knobs == {k: defaults.get(k) for k in knobs} else ""
+            rows.append((f"{model.title} N={n}{mark}", knobs,
                          lambda b, k, kn=knobs: model.restore(b, seed=seed + k, **kn)))
     else:
-        defaults = dict(getattr(model, "defaults", {}))
         label = model.title + (f", {defaults['steps']} steps" if "steps" in defaults else "")
+        shown = [KNOB_LABELS[k](v) for k, v in defaults.items() if k in KNOB_LABELS]
+        label += f" ({', '.join(x for x in shown if x)})" if any(shown) else ""
         rows.append((label, defaults, lambda b, k: model.restore(b, seed=seed + k)))
     return rows
+
+
+KNOB_LABELS = {  # how a method's sampling defaults read in a row label
+    "sampler": str,
+    "eta": lambda v: f"η {v:g}",
+    "phi": lambda v: f"φ {v:g}",
+    "color_fix": lambda v: "colour fix" if v else "no colour fix",
+}
 
 
 def hardware(device: torch.device) -> dict:
@@ -386,21 +397,25 @@ def _fmt(m: dict | None, key: str) -> str:
     return s + (f" ({m['missing']} missed)" if m.get("missing") else "")
 
 
-def results_markdown(report: dict) -> str:
-    """The Markdown report: the table (mean ± std over images), then how it was measured."""
-    s = report["settings"]
+def results_table(report: dict) -> list[str]:
+    """The table's Markdown lines: one row per baseline and method setting, mean ± std over images."""
     keys = ["psnr", "ssim", "niqe"] + [k for k in M.OPTIONAL_METRICS
                                         if not report["metrics"][k].startswith("unavailable")]
-    lines = [f"# {report['title']}", "",
-             f"{s['n_images']} LFW test faces at {s['resolution']} px, synthetic degradations from the test grid; "
-             "mean ± std over images.", ""]
     head = ["Method", "Tier", "Setting"] + [COLUMN[k] for k in keys] + ["s / face"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         secs = "–" if r["seconds_per_face"] is None else f"{r['seconds_per_face']:.3f}"
         cells = [r["method"], r["tier"], r["label"]] + [_fmt(r["metrics"].get(k), k) for k in keys] + [secs]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    return lines
+
+
+def results_markdown(report: dict) -> str:
+    """The Markdown report: the table (mean ± std over images), then how it was measured."""
+    s = report["settings"]
+    lines = [f"# {report['title']}", "",
+             f"{s['n_images']} LFW test faces at {s['resolution']} px, synthetic degradations from the test grid; "
+             "mean ± std over images.", "", *results_table(report), ""]
     if report["skipped"]:
         lines += ["Not evaluated:", ""] + [f"- {x['method']} / {x['tier']}: {x['reason']}" for x in report["skipped"]]
         lines.append("")

@@ -7,10 +7,11 @@ from bfr.faces.align import estimate_similarity, inverse_affine, transform_point
 from bfr.faces.detect import Face, FaceDetector, HaarDetector, RetinaFaceDetector, get_detector
 from bfr.faces.paste import FaceParser, paste_faces
 from bfr.faces.pipeline import FRAMING, AlignedFace, FacePipeline, FaceRestoreResult, RestoredFace, restore_faces
-from bfr.faces.templates import ffhq_to_lfw, framing_affine, lfw_to_ffhq, template
+from bfr.faces.templates import FRAMING_NAMES, ffhq_to_lfw, framing_affine, lfw_to_ffhq, reframe_affine, template
 
 __all__ = [
     "FRAMING",
+    "FRAMING_NAMES",
     "AlignedFace",
     "Face",
     "FaceDetector",
@@ -27,6 +28,7 @@ __all__ = [
     "inverse_affine",
     "lfw_to_ffhq",
     "paste_faces",
+    "reframe_affine",
     "restore_faces",
     "template",
     "transform_points",

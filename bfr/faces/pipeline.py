@@ -19,7 +19,7 @@ from bfr.errors import InputError
 from bfr.faces.align import inverse_affine, warp_face, warp_image
 from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, select_faces
 from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
-from bfr.faces.templates import ffhq_to_lfw_affine, resize_affine
+from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
 from bfr.imageio import MAX_OUTPUT_PIXELS
 
@@ -177,17 +177,23 @@ class FacePipeline:
         aligned: bool = False,
         batch_size: int | None = None,
         background: np.ndarray | None = None,
+        framing: str = "ffhq",
     ) -> FaceRestoreResult:
         """Restore every face of `img` with `restore_fn` (see FRAMING) and paste them back.
 
-        aligned=True treats the whole image as one FFHQ-aligned face: no detection; it is
-        resized (and, for the "lfw" template, re-framed) to the crop, restored, and mapped
-        back to the input size × upscale. No face found is not an error: the result holds
-        the input (upscaled if asked), n_faces=0 and a message saying so.
+        aligned=True treats the whole image as one face aligned in `framing` ("ffhq", the
+        usual meaning of an aligned BFR input, or "lfw", the compact models' own crops): no
+        detection; it is resized (and re-framed when `framing` is not the template's) to the
+        crop, restored, and mapped back to the input size × upscale. No face found is not an
+        error: the result holds the input (upscaled if asked), n_faces=0 and a message saying so.
         `background`: an already-upscaled background (e.g. from a super-resolution model);
-        unused for aligned input in "ffhq" framing, where the face is the whole image.
+        unused for aligned input whose frame lies inside the template's (the restored crop
+        then covers the whole image).
         """
         img = check_image(img)
+        if framing not in FRAMING_NAMES:
+            raise InputError(f"framing must be one of {', '.join(FRAMING_NAMES)} (how the aligned input is framed), "
+                             f"got {framing!r}")
         h, w = img.shape[:2]
         out_w, out_h = round(w * self.upscale), round(h * self.upscale)
         if out_w * out_h > MAX_OUTPUT_PIXELS:
@@ -195,7 +201,7 @@ class FacePipeline:
                              f"({out_w * out_h / 1e6:.0f} MP), over the {MAX_OUTPUT_PIXELS / 1e6:.0f} MP limit: "
                              "use a smaller upscale")
         if aligned:
-            return self._restore_aligned(img, restore_fn, background)
+            return self._restore_aligned(img, restore_fn, background, framing)
         faces = self.crops(img)
         name = self.detector.name
         if not faces:
@@ -219,24 +225,22 @@ class FacePipeline:
         return f"{msg} {reason}" if reason else msg
 
     def _restore_aligned(
-        self, img: np.ndarray, restore_fn: RestoreFn, background: np.ndarray | None
+        self, img: np.ndarray, restore_fn: RestoreFn, background: np.ndarray | None, framing: str
     ) -> FaceRestoreResult:
         h, w = img.shape[:2]
         cs = self.crop_size
-        if self.template_name == "ffhq":
-            affine = resize_affine(h, w, cs, cs)
-        else:
-            affine = ffhq_to_lfw_affine(h, w, cs)
+        affine = reframe_affine(h, w, framing, self.template_name, cs)
         crop = warp_image(img, affine, (cs, cs), border="replicate")
         restored = _keep_gray(img, _run_restore(restore_fn, [crop], None))[0]
-        if self.template_name == "ffhq":
-            # The whole image is the face: map the crop straight back, no blending.
+        if frame_inside(self.template_name, framing):
+            # The restored crop covers the whole image: map it straight back, no blending.
             to_crop = output_to_crop_affine(affine, self.upscale, cs, restored.shape[0])
             out_size = (round(w * self.upscale), round(h * self.upscale))
             output = np.clip(warp_image(restored, inverse_affine(to_crop), out_size, border="replicate"), 0, 1)
-        else:
+        else:  # the model's frame is the smaller one: blend the face into the rest of the image
             output = paste_faces(img, [restored], [affine], upscale=self.upscale, crop_size=cs, background=background)
-        msg = f"Treated the whole image as one FFHQ-aligned face (restored in {self.template_name} framing at {cs} px)."
+        msg = (f"Treated the whole image as one {framing.upper()}-aligned face (restored in "
+               f"{self.template_name} framing at {cs} px).")
         return FaceRestoreResult(output, [RestoredFace(crop, restored, None)], "none (aligned input)", 1, msg)
 
 
@@ -271,7 +275,9 @@ def restore_faces(
     restore_fn: RestoreFn,
     aligned: bool = False,
     batch_size: int | None = None,
+    framing: str = "ffhq",
     **options,
 ) -> FaceRestoreResult:
-    """One-call form of FacePipeline(**options).restore_faces(img, restore_fn, aligned)."""
-    return FacePipeline(**options).restore_faces(img, restore_fn, aligned=aligned, batch_size=batch_size)
+    """One-call form of FacePipeline(**options).restore_faces(img, restore_fn, aligned, framing=framing)."""
+    return FacePipeline(**options).restore_faces(img, restore_fn, aligned=aligned, batch_size=batch_size,
+                                                 framing=framing)

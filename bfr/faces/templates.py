@@ -23,6 +23,7 @@ FFHQ_512 = np.array(
 )
 LFW_150 = np.array([[54.52, 62.72], [95.87, 61.63], [75.37, 87.43], [58.24, 106.68], [93.76, 105.95]], dtype=np.float64)
 _TEMPLATES = {"ffhq": (FFHQ_512, 512), "lfw": (LFW_150, 150)}
+FRAMING_NAMES = tuple(_TEMPLATES)
 
 
 def template(name: str, size: int) -> np.ndarray:
@@ -52,9 +53,17 @@ def resize_affine(height: int, width: int, out_height: int, out_width: int) -> n
     return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
 
 
-def ffhq_to_lfw_affine(height: int, width: int, size: int) -> np.ndarray:
-    """Affine from an h×w FFHQ-aligned image to the size×size LFW-framed crop."""
-    return compose(framing_affine("ffhq", 512, "lfw", size), resize_affine(height, width, 512, 512))
+def reframe_affine(height: int, width: int, src: str, dst: str, size: int) -> np.ndarray:
+    """Affine from an h×w image aligned in framing `src` to the size×size crop in framing `dst`
+    (a plain resize when the two framings are the same)."""
+    if src == dst and src in _TEMPLATES:
+        return resize_affine(height, width, size, size)
+    return compose(framing_affine(src, 512, dst, size), resize_affine(height, width, 512, 512))
+
+
+def frame_inside(outer: str, inner: str) -> bool:
+    """Whether an `inner`-framed crop lies wholly inside an `outer`-framed one (same face)."""
+    return outer == inner or (outer, inner) == ("ffhq", "lfw")
 
 
 def ffhq_to_lfw(img: np.ndarray, size: int = 64) -> np.ndarray:
@@ -63,7 +72,7 @@ def ffhq_to_lfw(img: np.ndarray, size: int = 64) -> np.ndarray:
     A crop and resize: the LFW frame lies inside the FFHQ one, so no padding is invented.
     """
     h, w = img.shape[:2]
-    return warp_image(img, ffhq_to_lfw_affine(h, w, size), (size, size), border="replicate")
+    return warp_image(img, reframe_affine(h, w, "ffhq", "lfw", size), (size, size), border="replicate")
 
 
 def lfw_to_ffhq(
@@ -81,8 +90,8 @@ def lfw_to_ffhq(
     crop's edge pixels (output size×size).
     """
     if background is None:
-        affine = ffhq_to_lfw_affine(size, size, crop.shape[0])
+        affine = reframe_affine(size, size, "ffhq", "lfw", crop.shape[0])
         return warp_image(crop, inverse_affine(affine), (size, size), border="replicate")
     h, w = background.shape[:2]
-    affine = ffhq_to_lfw_affine(h, w, crop.shape[0])
+    affine = reframe_affine(h, w, "ffhq", "lfw", crop.shape[0])
     return blend_crop(background, crop, affine, feather=feather)

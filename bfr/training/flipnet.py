@@ -164,6 +164,30 @@ def config_of_run(run: Path) -> FlipNetTrainConfig:
     return FlipNetTrainConfig(**{k: v for k, v in raw.items() if k in names})
 
 
+def check_tier(out: Path, tier: str) -> None:
+    """A run folder keeps the tier it started with."""
+    if (out / "state.json").exists() and (out / "config.json").exists():
+        recorded = json.loads((out / "config.json").read_text()).get("tier", "compact")
+        if recorded != tier:
+            raise InputError(f"{out} holds a {recorded}-tier FLIPNET run; resume it with --tier {recorded} or "
+                             "start a new run folder")
+
+
+def run_config(out_dir: str | None, given: dict, **limits) -> tuple[FlipNetTrainConfig, list[str] | None]:
+    """The config to start or resume a run with, and what ``given`` changed of a resumed run's (None: a new run).
+
+    A run folder that holds a state resumes with the settings it recorded (stage lengths, learning rate, offline
+    faces, batch, …); only the values in ``given`` change them. ``limits``: this call's max_steps / max_minutes.
+    """
+    out = Path(out_dir or f"runs/{WEIGHTS_NAME[given.get('tier', 'compact')]}")
+    if not ((out / "state.json").exists() and (out / "config.json").exists()):
+        return FlipNetTrainConfig(**given, out_dir=str(out), **limits), None
+    recorded = asdict(config_of_run(out))
+    check_tier(out, given.get("tier", recorded["tier"]))
+    changed = [f"{k} {recorded[k]} → {v}" for k, v in given.items() if recorded.get(k) != v]
+    return FlipNetTrainConfig(**{**recorded, **given, "out_dir": str(out), **limits}), changed
+
+
 def flipnet_method(net: FlipNet, cfg: FlipNetTrainConfig, vae: torch.nn.Module | None,
                    device: torch.device) -> FLIPNET:
     """The inference method around ``net`` (an EMA copy: the method freezes what it is given)."""
@@ -318,11 +342,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "state.json").exists() and (out / "config.json").exists():
-        recorded = json.loads((out / "config.json").read_text()).get("tier", "compact")
-        if recorded != cfg.tier:
-            raise InputError(f"{out} holds a {recorded}-tier FLIPNET run; resume it with --tier {recorded} or "
-                             "start a new run folder")
+    check_tier(out, cfg.tier)
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "total_steps": cfg.total_steps}, indent=2))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     tune_for_cuda()
