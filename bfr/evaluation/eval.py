@@ -227,7 +227,7 @@ def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], see
     else:
         label = model.title + (f", {defaults['steps']} steps" if "steps" in defaults else "")
         shown = [KNOB_LABELS[k](v) for k, v in defaults.items() if k in KNOB_LABELS]
-        label += f" ({', '.join(x for x in shown if x)})" if any(shown) else ""
+        label += f" ({', '.join(shown)})" if shown else ""
         rows.append((label, defaults, lambda b, k: model.restore(b, seed=seed + k)))
     return rows
 
