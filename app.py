@@ -22,6 +22,7 @@ unchanged on the CPU (or a local GPU).
 import spaces  # noqa: I001 — first, before torch: ZeroGPU patches CUDA initialisation on import
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -58,8 +59,8 @@ ON_GPU = ZERO_GPU or torch.cuda.is_available()
 KNOBS = {
     "steps": dict(label="Steps", minimum=1, maximum=1000, step=1,
                   info="length of the DDIM chain the sampler runs on"),
-    "start_step": dict(label="Started step N", minimum=1, maximum=1000, step=1,
-                       info="where sampling starts on that chain (N ≤ steps): higher = more realism, less fidelity"),
+    "start_step": dict(label="Started step N", minimum=1, maximum=999, step=1,
+                       info="where sampling starts on that chain (N < steps): higher = more realism, less fidelity"),
     "eta": dict(label="η (eta)", minimum=0.0, maximum=1.0, step=0.05,
                 info="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like"),
     "seed": dict(label="Seed", minimum=0, maximum=2**31 - 1, step=1, info="same seed, same result"),
@@ -75,7 +76,8 @@ DEGRADE_MAX_SIDE = 1024  # the degradation preview works on faces; bigger inputs
 PREVIEW_MAX_SIDE = 2048  # sliders and gallery show at most this; the PNG downloads keep the full size
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
 # galleries as tall as their pictures (Gradio reserves 450 px even for one row of small faces)
-CSS = "#gallery .fixed-height, #presets .fixed-height, #flipnet-variants .fixed-height { min-height: 0; }"
+CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #flipnet-variants .fixed-height "
+       "{ min-height: 0; }")
 LAUNCH = dict(max_file_size="64mb", css=CSS)  # uploads beyond this stop at the server; MAX_PIXELS per image
 CUSTOM = "custom"
 
@@ -83,29 +85,57 @@ CUSTOM = "custom"
 # ---------------------------------------------------------------------------- inputs and errors
 
 
-def photo_input(**kwargs) -> gr.Image:
-    """A gr.Image (file path) whose upload errors read as sentences, not "cannot identify image file '/tmp/…'".
+CHECKED = "bfr-checked"  # elem_classes marker of the inputs whose payload errors read as sentences
 
-    Wraps the instance's preprocess (a gr.Image subclass would make Gradio write an app.pyi stub).
+
+def _check_payload(component, payload, preprocess):
+    """Gradio's own checks of an input, with the errors a visitor or an API caller can act on."""
+    if isinstance(component, gr.CheckboxGroup) and isinstance(payload, str):
+        raise gr.Error(f"{component.label} must be a list of names, e.g. [{payload!r}], not a string.")
+    if isinstance(component, gr.Slider) and payload is None:
+        raise gr.Error(f"{component.label} needs a number, got None.")
+    if not isinstance(component, gr.Image):
+        return preprocess(component, payload)
+    try:
+        return preprocess(component, payload)
+    except gr.Error:
+        raise
+    except PIL.Image.DecompressionBombError as e:
+        raise gr.Error(f"This image is far too large to open safely; downscale it below "
+                       f"{MAX_PIXELS / 1e6:.1f} MP first.") from e
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        name = Path(getattr(payload, "orig_name", None) or "The file").name
+        raise gr.Error(f"{name} is not an image this demo can read; upload a PNG, JPEG, WebP, TIFF or BMP "
+                       "photo.") from e
+
+
+def _install_checks() -> None:
+    """Route the preprocess of Image, CheckboxGroup and Slider through ``_check_payload`` for components
+    marked CHECKED.
+
+    On the class, not the instance: an example click or any property update makes Gradio rebuild the
+    session's copy of a component from its constructor arguments (which keep the marker), and a
+    subclass would make Gradio write an app.pyi stub beside this file.
     """
-    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
-    preprocess = component.preprocess
+    for cls in (gr.Image, gr.CheckboxGroup, gr.Slider):
+        original = getattr(cls.preprocess, "__wrapped__", cls.preprocess)  # idempotent on re-import
 
-    def readable(payload):
-        try:
-            return preprocess(payload)
-        except gr.Error:
-            raise
-        except PIL.Image.DecompressionBombError as e:
-            raise gr.Error(f"This image is far too large to open safely; downscale it below "
-                           f"{MAX_PIXELS / 1e6:.1f} MP first.") from e
-        except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            name = Path(getattr(payload, "orig_name", None) or "The file").name
-            raise gr.Error(f"{name} is not an image this demo can read; upload a PNG, JPEG, WebP, TIFF or BMP "
-                           "photo.") from e
+        @functools.wraps(original)
+        def preprocess(self, payload, original=original):
+            if CHECKED in (self.elem_classes or []):
+                return _check_payload(self, payload, original)
+            return original(self, payload)
 
-    component.preprocess = readable
-    return component
+        cls.preprocess = preprocess
+
+
+_install_checks()
+
+
+def photo_input(**kwargs) -> gr.Image:
+    """A gr.Image (file path) whose upload errors read as sentences, not "cannot identify image file '/tmp/…'"."""
+    return gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_classes=[CHECKED],
+                    **kwargs)
 
 
 @contextmanager
@@ -179,8 +209,8 @@ def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) ->
         if value is None or not spec["minimum"] <= float(value) <= spec["maximum"]:
             raise gr.Error(f"{spec['label']} must lie in [{spec['minimum']}, {spec['maximum']}], got {value}.")
         knobs[name] = int(value) if isinstance(spec["step"], int) else float(value)
-    if "start_step" in knobs and "steps" in knobs and knobs["start_step"] > knobs["steps"]:
-        raise gr.Error(f"Started step N ({knobs['start_step']}) cannot exceed steps ({knobs['steps']}).")
+    if "start_step" in knobs and "steps" in knobs and knobs["start_step"] >= knobs["steps"]:
+        raise gr.Error(f"Started step N ({knobs['start_step']}) must be smaller than steps ({knobs['steps']}).")
     return knobs
 
 
@@ -220,19 +250,52 @@ def load_restorers(methods: list[str], tier: str, progress=None) -> tuple[list[s
     return ready, failures
 
 
-# Sessions whose user pressed Stop: their run ends at the next sampling step, keeping the methods already done.
+# Stop, per browser session: a run is armed when its button is clicked (before it waits in the queue) and
+# disarmed when it ends; Stop marks an armed session, and its run ends at the next check (before it starts,
+# or at the next sampling step), keeping the methods already done.
+_armed: set[str] = set()
 _stop_requested: set[str] = set()
+_stop_lock = threading.Lock()
 
 
 class StopRequested(Exception):
     """Raised from a progress report once the user pressed Stop."""
 
 
+def _session(request: gr.Request | None) -> str | None:
+    return request.session_hash if request is not None and request.session_hash else None
+
+
+def arm_stop(request: gr.Request) -> None:
+    """Runs unqueued as a button is clicked: from now on, Stop ends the run that click starts."""
+    if (session := _session(request)) is not None:
+        with _stop_lock:
+            _stop_requested.discard(session)
+            _armed.add(session)
+
+
+def disarm_stop(session: str | None) -> None:
+    if session is not None:
+        with _stop_lock:
+            _armed.discard(session)
+            _stop_requested.discard(session)
+
+
+def check_stop(session: str | None) -> None:
+    if session is not None and session in _stop_requested:
+        raise StopRequested
+
+
 def request_stop(request: gr.Request) -> None:
-    """The Stop button: the running restoration ends at its next sampling step."""
-    if request is not None and request.session_hash:
-        _stop_requested.add(request.session_hash)
-        gr.Info("Stopping at the next sampling step; methods already done are kept.")
+    """The Stop buttons: the session's run (queued or running) ends at its next check."""
+    if (session := _session(request)) is None:
+        return
+    with _stop_lock:
+        running = session in _armed
+        if running:
+            _stop_requested.add(session)
+    gr.Info("Stopping at the next sampling step; methods already done are kept." if running
+            else "Nothing is running.")
 
 
 _counter = FacePipeline(detector="auto", use_parse=False)
@@ -265,11 +328,12 @@ def gpu_seconds(img, methods, tier, knobs, aligned, upscale, only_center_face, n
 
 @spaces.GPU(duration=gpu_seconds)
 def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n_faces, progress=None,
-                session=None) -> tuple[list[RestoreResult], list[str]]:
+                session=None) -> tuple[list[RestoreResult], list[str], bool]:
     """The only GPU work: each method restores the photo; results come back as CPU numpy arrays.
 
     A method that fails does not take the others' results with it: its error comes back as a line.
-    When the user of ``session`` presses Stop, the run ends at the next step, keeping what is done.
+    When the user of ``session`` presses Stop, the run ends at the next step, keeping what is done
+    (the third value says it was stopped).
     """
     results, failures = [], []
     for i, name in enumerate(methods, 1):
@@ -278,8 +342,7 @@ def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n
             progress(0, desc=f"Loading {title}")
 
         def report(done: int, total: int, title: str = title) -> None:
-            if session is not None and session in _stop_requested:
-                raise StopRequested
+            check_stop(session)
             if progress is not None:
                 progress((done, total), desc=f"Sampling: {title}", unit="steps")
 
@@ -295,8 +358,8 @@ def run_methods(img, methods, tier, knobs, aligned, upscale, only_center_face, n
             failures.append(f"Stopped by you during {METHODS[name].title}"
                             + (f" (skipped: {', '.join(METHODS[m].title for m in methods[i:])})" if i < len(methods)
                                else ""))
-            break
-    return results, failures
+            return results, failures, True
+    return results, failures, False
 
 
 @dataclasses.dataclass
@@ -316,7 +379,17 @@ class Run:
 
 def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
                 own_defaults, progress, session: str | None = None) -> Run:
-    """Check everything cheap first (image, methods, knobs, output size, faces), then sample."""
+    """Check everything cheap first (image, methods, knobs, output size, faces), then sample. ``session``:
+    the browser session whose Stop ends this run (armed at the click, disarmed here at the end)."""
+    try:
+        return _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                            own_defaults, progress, session)
+    finally:
+        disarm_stop(session)
+
+
+def _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
+                 own_defaults, progress, session):
     img = read_photo(image)
     methods = check_methods(methods, tier)
     knobs = check_knobs(methods, dict(steps=steps, start_step=start_step, eta=eta, seed=seed), bool(own_defaults))
@@ -332,7 +405,7 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
         n_faces, detector = count_faces(img, bool(aligned), bool(only_center_face))
     if n_faces == 0:
         message = (f"No face found by the {detector} detector, so nothing was restored. If the photo is a single "
-                   "face crop filling the frame, tick “Input is an aligned face crop”.")
+                   "face crop filling the frame, open “Faces” and tick “Input is an aligned face crop”.")
         gr.Warning(message)
         return Run(name, img, tier, knobs, [], [], message, 0, detector)
     needed = gpu_estimate(methods, tier, knobs, n_faces)
@@ -340,17 +413,21 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
         raise gr.Error(f"This request needs about {needed:.0f} s of GPU time ({n_faces} faces × "
                        f"{len(methods)} methods), more than the {GPU_MAX_SECONDS} s one ZeroGPU call may take: tick "
                        "fewer methods, lower the steps, or tick “only the centre face”.")
-    if session is not None:
-        _stop_requested.discard(session)  # a Stop pressed before this run does not end it
     ready, failures = load_restorers(methods, tier, progress)
-    results, failed = [], []
+    results, failed, stopped = [], [], False
     if ready:
-        with user_errors(image):
-            results, failed = run_methods(img, ready, tier, knobs, bool(aligned), upscale, bool(only_center_face),
-                                          n_faces, progress, session)
+        try:
+            check_stop(session)  # pressed while the run was queued, reading the photo or loading models
+            with user_errors(image):
+                results, failed, stopped = run_methods(img, ready, tier, knobs, bool(aligned), upscale,
+                                                       bool(only_center_face), n_faces, progress, session)
+        except StopRequested:
+            stopped = True
     failures += failed
-    if session is not None:
-        _stop_requested.discard(session)
+    if stopped and not results:
+        message = "Stopped by you before any method finished: nothing was restored."
+        gr.Info(message)
+        return Run(name, img, tier, knobs, [], [], message, 0, detector)
     if not results:
         raise gr.Error(" · ".join(failures))
     out_dir = _new_output_dir()
@@ -358,7 +435,10 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
     message = results[0].message
     if failures:
         message += " Not restored: " + " · ".join(failures)
-        gr.Warning("Some methods failed: " + " · ".join(failures))
+        if stopped and len(failures) == 1:
+            gr.Info(f"{failures[0]}; the methods already done are kept.")
+        else:
+            gr.Warning("Some methods failed: " + " · ".join(failures))
     return Run(name, img, tier, knobs, results, files, message, len(results[0].faces), detector)
 
 
@@ -422,7 +502,7 @@ def restore(image: str, methods: list[str], tier: str, steps: int, start_step: i
         methods: a list of method names, e.g. ["difface"] or ["difface", "idm"] (not a string).
         tier: "compact" (bundled 64-px models) or "paper" (the authors' 512-px weights).
         steps: length of the DDIM chain (1–1000), used only when own_defaults is False.
-        start_step: DifFace's started step N (1–1000, ≤ steps), used only when own_defaults is False.
+        start_step: DifFace's started step N (1–999, < steps), used only when own_defaults is False.
         eta: DDIM stochasticity η (0–1), used only when own_defaults is False.
         seed: random seed (0–2147483647); the same seed gives the same result.
         aligned: the photo is one FFHQ-aligned face crop (skip detection).
@@ -456,12 +536,22 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
         before = run.image if r is None or r.image.shape == run.image.shape else resize(run.image, r.image.shape[:2])
         sliders.append(None if r is None else (_preview(before), _preview(r.image)))
     gallery = [(_preview(run.image), "Input")] + [(_preview(r.image), _caption(r)) for r in run.results]
-    faces = []
-    for i in range(run.n_faces):
-        faces.append((to_uint8(run.results[0].faces[i][0]), f"Face {i + 1} · input"))
-        faces += [(to_uint8(r.faces[i][1]), f"Face {i + 1} · {METHODS[r.method].title}") for r in run.results]
+    faces = [_face_strip(run, i) for i in range(run.n_faces)]
     lines = [run.message] + [f"- {_caption(r)}" for r in run.results]
     return "\n".join(lines), *sliders, gallery, faces or None, run.files or None, summary(run)
+
+
+def _face_strip(run: Run, i: int) -> tuple[np.ndarray, str]:
+    """Face i's input crop, then each method's, side by side in one picture: a row per face, whatever the
+    number of methods."""
+    crops = [run.results[0].faces[i][0]] + [r.faces[i][1] for r in run.results]
+    size = max(c.shape[0] for c in crops)
+    crops = [np.atleast_3d(c if c.shape[0] == size else resize(c, (size, size))) for c in crops]
+    crops = [np.repeat(c, 3, axis=2) if c.shape[2] == 1 else c for c in crops]  # gray photos keep gray crops
+    gap = np.ones((size, max(2, size // 16), 3), np.float32)
+    strip = np.concatenate([part for c in crops for part in (c, gap)][:-1], axis=1)
+    titles = " · ".join(METHODS[r.method].title for r in run.results)
+    return to_uint8(strip), f"Face {i + 1}: input · {titles}"
 
 
 def restore_example(image, progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
@@ -499,17 +589,19 @@ def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, 
     """
     img = _clean_face(image)
     lq, params = _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality)
-    return to_uint8(lq), _params_json(params, preset, seed, img)
+    path = save_image(lq, _new_output_dir() / f"{_safe_stem(image)}_{preset}.png")  # named after the input
+    return str(path), _params_json(params, preset, seed, img)
 
 
-def flipnet_seconds(img, variants, seed, aligned, progress=None) -> int:
+def flipnet_seconds(img, variants, seed, aligned, progress=None, session=None) -> int:
     """ZeroGPU duration of a FLIPNET degradation request: one 50-step chain for all variants at once."""
     return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP["compact"] * 50 * variants))
 
 
 @spaces.GPU(duration=flipnet_seconds)
-def flipnet_variants(img, variants, seed, aligned, progress=None) -> list[np.ndarray]:
+def flipnet_variants(img, variants, seed, aligned, progress=None, session=None) -> list[np.ndarray]:
     def report(done: int, total: int) -> None:
+        check_stop(session)
         if progress is not None:
             progress((done, total), desc="FLIPNET degradation mode", unit="steps")
 
@@ -519,7 +611,7 @@ def flipnet_variants(img, variants, seed, aligned, progress=None) -> list[np.nda
 
 
 def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
-                    progress=gr.Progress()):  # noqa: B008 (how Gradio injects progress)
+                    progress=gr.Progress(), request: gr.Request = None):  # noqa: B008 (how Gradio injects these)
     """Realistic degraded versions of a clean face from FLIPNET's degradation mode (compact tier).
 
     Args:
@@ -531,6 +623,17 @@ def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
     Returns:
         A gallery of the degraded variants (PNG, at the crop's size) and a one-line note.
     """
+    session = _session(request)
+    try:
+        return _degrade_flipnet(image, variants, seed, aligned, progress, session)
+    except StopRequested:
+        gr.Info("Stopped by you: no variants were made.")
+        return None, "Stopped by you: no variants were made."
+    finally:
+        disarm_stop(session)
+
+
+def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     img = _clean_face(image)
     ok, why = method_status("flipnet", "compact")
     if not ok:
@@ -541,9 +644,10 @@ def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
         raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     t0 = time.perf_counter()
     with user_errors(image):
-        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress)
-    note = (f"{len(outs)} variants from FLIPNET's degradation mode (seed {int(seed)}, 50 DDIM steps, "
-            f"{time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it was trained.")
+        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
+    note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {int(seed)}, "
+            f"50 DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it "
+            "was trained.")
     return [(to_uint8(o), f"variant {k + 1}") for k, o in enumerate(outs)], note
 
 
@@ -576,10 +680,7 @@ def _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality):
     if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
         raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     config = preset
-    if preset == CUSTOM:
-        if not (0 <= blur <= 50 and 1 <= downsample <= 64 and 0 <= noise <= 255 and 0 <= jpeg_quality <= 100):
-            raise gr.Error("Custom settings must satisfy 0 ≤ blur ≤ 50, 1 ≤ downsample ≤ 64, 0 ≤ noise ≤ 255 and "
-                           "0 ≤ JPEG quality ≤ 100 (0 = no JPEG).")
+    if preset == CUSTOM:  # the sliders have checked the ranges
         kernel = 2 * max(3, int(np.ceil(3 * blur))) + 1  # ±3σ
         config = DegradationParams(sigma_x=float(blur), sigma_y=float(blur), scale=float(downsample),
                                    noise=float(noise), jpeg_quality=int(jpeg_quality) or None, kernel_size=kernel)
@@ -600,8 +701,8 @@ def send_to_restore(degraded: str | None):
     return degraded, False, gr.Tabs(selected="restore")
 
 
-def pick_methods(methods: list[str], tier: str):
-    """Drop methods that cannot run on this tier, saying why (the checkbox list shows them all)."""
+def available(methods: list[str], tier: str) -> list[str]:
+    """The methods that can run on this tier, with a warning for each one dropped."""
     keep = []
     for name in methods:
         ok, why = method_status(name, tier)
@@ -612,13 +713,24 @@ def pick_methods(methods: list[str], tier: str):
     return keep
 
 
+def pick_methods(methods: list[str], tier: str):
+    """A ticked method that cannot run on this tier is unticked, saying why (the list shows them all);
+    otherwise the boxes are left alone, so a quick second tick is never overwritten."""
+    keep = available(methods, tier)
+    return gr.skip() if keep == list(methods) else keep
+
+
 def show_sliders(methods: list[str]):
     """A before/after slider for each ticked method only: no empty slider for a method that will not run."""
     return [gr.update(visible=name in methods) for name in METHODS]
 
 
 def change_tier(tier: str, methods: list[str]):
-    return gr.update(choices=method_choices(tier), value=pick_methods(methods, tier))
+    """New labels for the tier; methods that cannot run there are unticked, and a tier left with none
+    ticked gets its first available one (coming back from a tier where nothing could run)."""
+    keep = available(methods, tier)
+    first = [name for name in METHODS if method_status(name, tier)[0]][:1]
+    return gr.update(choices=method_choices(tier), value=keep or first)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -657,7 +769,8 @@ def _knob_widget(name: str, own_defaults: bool) -> gr.components.Component:
     spec["info"] = spec["info"] + (f" (used by {', '.join(users)})" if users else "")
     if name == "seed":
         return gr.Number(value=_knob_default(name), precision=0, elem_id=f"knob-{name}", **spec)
-    return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", interactive=not own_defaults, **spec)
+    return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", interactive=not own_defaults,
+                     elem_classes=[CHECKED], **spec)
 
 
 def defaults_note() -> str:
@@ -709,7 +822,7 @@ def build_demo() -> gr.Blocks:
                         image = photo_input(label="Photo", height=300, elem_id="photo")
                         methods = gr.CheckboxGroup(method_choices("compact"), value=first_ready, label="Methods",
                                                    info="one or several; unavailable ones are explained below",
-                                                   elem_id="methods")
+                                                   elem_id="methods", elem_classes=[CHECKED])
                         tier = gr.Radio(list(TIERS), value="compact", label="Tier",
                                         info="compact: bundled 64-px models · paper: the authors' 512-px weights")
                         with gr.Accordion("Sampling", open=True):
@@ -720,7 +833,7 @@ def build_demo() -> gr.Blocks:
                             aligned = gr.Checkbox(False, label="Input is an aligned face crop",
                                                   info="FFHQ-aligned, e.g. 512×512: skip detection")
                             upscale = gr.Slider(1, 4, value=1, step=0.5, label="Upscale",
-                                                info="output size relative to the input")
+                                                info="output size relative to the input", elem_classes=[CHECKED])
                             only_center = gr.Checkbox(False, label="Only the centre face")
                         with gr.Row():
                             run = gr.Button("Restore", variant="primary", elem_id="restore-button", scale=3)
@@ -734,10 +847,9 @@ def build_demo() -> gr.Blocks:
                         gallery = gr.Gallery(label="All methods side by side", format="png",
                                              columns=max(2, min(5, 1 + len(ready))), object_fit="contain",
                                              rows=1, height="auto", elem_id="gallery")
-                        per_face = 1 + len(ready)  # each face's input, then each method: two faces a row if narrow
-                        faces = gr.Gallery(label="Faces: input and each method", format="png", height=250,
-                                           columns=per_face * 2 if per_face <= 3 else per_face,
-                                           object_fit="contain", elem_id="faces")
+                        faces = gr.Gallery(label="Faces: input, then each method (largest face first)",
+                                           format="png", columns=1, rows=1, height="auto", object_fit="contain",
+                                           elem_id="faces")
                         files = gr.File(label="Download (PNG)", file_count="multiple", elem_id="files")
                         with gr.Accordion("Summary (JSON)", open=False):
                             summary_box = gr.JSON(label="Summary")
@@ -762,10 +874,13 @@ def build_demo() -> gr.Blocks:
                                              info="random settings within a preset's ranges, or custom below")
                         deg_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                         with gr.Accordion("Custom settings (moving one selects “custom”)", open=True):
-                            blur = gr.Slider(0, 10, value=2, step=0.1, label="Blur σ (px)")
-                            downsample = gr.Slider(1, 16, value=4, step=0.5, label="Downsample ×")
-                            noise = gr.Slider(0, 50, value=10, step=1, label="Noise (0–255 scale)")
-                            quality = gr.Slider(0, 100, value=60, step=1, label="JPEG quality (0 = none)")
+                            blur = gr.Slider(0, 10, value=2, step=0.1, label="Blur σ (px)", elem_classes=[CHECKED])
+                            downsample = gr.Slider(1, 16, value=4, step=0.5, label="Downsample ×",
+                                                   elem_classes=[CHECKED])
+                            noise = gr.Slider(0, 50, value=10, step=1, label="Noise (0–255 scale)",
+                                              elem_classes=[CHECKED])
+                            quality = gr.Slider(0, 100, value=60, step=1, label="JPEG quality (0 = none)",
+                                                elem_classes=[CHECKED])
                         deg_run = gr.Button("Degrade", variant="primary", elem_id="degrade-button")
                         if examples["degrade"]:
                             gr.Examples(examples["degrade"], inputs=[clean],
@@ -785,27 +900,34 @@ def build_demo() -> gr.Blocks:
                                         "a different one per noise seed. "
                                         + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
                             with gr.Row():
-                                flip_variants = gr.Slider(1, 8, value=4, step=1, label="Variants")
+                                flip_variants = gr.Slider(1, 8, value=4, step=1, label="Variants",
+                                                          elem_classes=[CHECKED])
                                 flip_aligned = gr.Checkbox(True, label="Input is an aligned face crop",
                                                            info="otherwise the largest face is aligned first")
-                            flip_run = gr.Button("Degrade with FLIPNET", interactive=flipnet_ok,
-                                                 elem_id="flipnet-button")
+                            with gr.Row():
+                                flip_run = gr.Button("Degrade with FLIPNET", interactive=flipnet_ok,
+                                                     elem_id="flipnet-button", scale=3)
+                                flip_stop = gr.Button("Stop", variant="stop", elem_id="flipnet-stop", scale=1)
                             flip_gallery = gr.Gallery(label="FLIPNET degraded variants", format="png", columns=4,
                                                       object_fit="contain", rows=1, height="auto",
                                                       elem_id="flipnet-variants")
-                            flip_note = gr.Markdown(elem_id="flipnet-note")
+                            flip_note = gr.Markdown(label="Note", elem_id="flipnet-note")
 
         restore_inputs = [image, methods, tier, *knobs, aligned, upscale, only_center, own_defaults]
         shared = [k for name, k in zip(KNOBS, knobs, strict=True) if name in OWN_DEFAULT_KNOBS]
         own_defaults.change(lambda own: [gr.update(interactive=not own)] * len(shared), own_defaults, shared,
                             api_name="own_defaults", api_visibility="private")
         # The UI's own events are private: programs use /restore and /degrade.
-        run.click(restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
-                  concurrency_id="gpu")
+        # Stop is armed by the click itself (unqueued), so it also ends a run still waiting in the queue.
+        run.click(arm_stop, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
+            restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
+            concurrency_id="gpu")
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
-        methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private")
-        tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private")
+        methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private",
+                      queue=False, trigger_mode="always_last")
+        tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private",
+                   queue=False, trigger_mode="always_last")
         methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)
 
         custom_inputs = [blur, downsample, noise, quality]
@@ -813,8 +935,10 @@ def build_demo() -> gr.Blocks:
                       concurrency_limit=4).success(
             compare_presets, [clean, deg_seed, *custom_inputs], [presets, presets_table], api_name="compare_presets",
             api_visibility="private", concurrency_limit=4)
-        flip_run.click(degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],
-                       api_name="degrade_flipnet", concurrency_id="gpu")
+        flip_run.click(arm_stop, None, None, api_name="arm_flipnet", api_visibility="private", queue=False).then(
+            degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],
+            api_name="degrade_flipnet", concurrency_id="gpu")
+        flip_stop.click(request_stop, None, None, api_name="stop_flipnet", api_visibility="private")
         for slider in custom_inputs:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
         send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",

@@ -95,12 +95,19 @@ def _info(name: str) -> MethodInfo:
     return METHODS[name]
 
 
+NET_KINDS = {"prior64": "prior", "swinir64": "swinir", "swinir64_adapted": "swinir", "idm64": "idm"}  # compact files
+
+
 def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
     """A bfr-written network from its safetensors (config in the metadata), in float32."""
     file = resolve(weights, path)
     meta = read_metadata(file)
     if "kind" not in meta or "config" not in meta:
         raise WeightsUnavailableError(f"{file} has no bfr metadata (kind/config); was it written by bfr?")
+    expected = NET_KINDS.get(weights)
+    if expected is not None and meta["kind"] != expected:
+        raise InputError(f"{Path(file).name} holds a {meta['kind']} network, but {weights} must be a {expected} "
+                         "network")
     net = build_net(meta["kind"], json.loads(meta["config"]))
     load_into(net, {k: v.float() for k, v in load_state_dict(file).items()})
     return net
@@ -143,7 +150,8 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
             model = IDM(net, resolution=net.image_size, framing="lfw", tier=tier, device=dev,
                         prediction=prediction_of(file))
         else:
-            model = IDM(paper_net(weights.get("idm_unet_512")), resolution=512, framing="ffhq", tier=tier, device=dev)
+            net, prediction = paper_net(weights.get("idm_unet_512"))
+            model = IDM(net, resolution=512, framing="ffhq", tier=tier, device=dev, prediction=prediction)
     elif method == "unsupervised":
         # One forward pass of a restorer adapted by `python -m bfr adapt` (the prior is needed only there).
         if tier == "compact":

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bfr.errors import BfrError
+from bfr.paths import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out: importing the presets takes seconds
 
 
@@ -236,7 +236,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
         given = dict(tier=args.tier, prior=args.prior, unet=args.unet, vae=args.vae, clean_dir=args.clean_dir,
                      embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
-                     restore_steps=args.restore_steps, offline_faces=args.offline_faces, lr=args.lr, **common)
+                     restore_steps=args.restore_steps, offline_faces=args.offline_faces,
+                     offline_variants=args.offline_variants, lr=args.lr, **common)
         cfg, changed = run_config(args.output, {k: v for k, v in given.items() if v is not None},
                                   max_steps=args.steps, max_minutes=args.minutes)
         if cfg.tier == "compact" and (cfg.unet or cfg.vae or cfg.clean_dir):
@@ -279,7 +280,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
                       batch_size=args.batch_size, lr=args.lr, regenerate_every=args.regenerate_every,
                       factor=args.factor, start=args.start, min_index=args.min_index,
                       gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
-                      seed=args.seed)
+                      ema_decay=args.ema_decay, seed=args.seed)
     if adapt(cfg) is None:
         print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
     elif args.bundle:
@@ -382,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "FLIPNET also in Stable Diffusion latents (--tier paper)")
     p.add_argument("what", choices=["prior", "backbone", "idm", "flipnet"])
     p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="stop at this total step count (a resumed or --init-from run counts its earlier steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 16 (flipnet: a resumed run keeps its own, as it keeps every setting not given)")
@@ -407,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-steps", type=int, default=None, help="flipnet: restoration-mode stage (default 12000)")
     p.add_argument("--offline-faces", type=int, default=None,
                    help="flipnet: train faces the degradation mode degrades for the restoration stage (default 512)")
+    p.add_argument("--offline-variants", type=int, default=None,
+                   help="flipnet: degraded variants of each of those faces (default 1)")
     p.add_argument("--tier", default=None, choices=["compact", "paper"],
                    help="flipnet: compact (pixels, prior64, LFW; the default) or paper (Stable Diffusion 2.1-base "
                         "latents)")
@@ -437,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last index whose step is low-pass replaced (default: 90 at 512 px, 15 at 64 px)")
     p.add_argument("--gen-batch-size", type=int, default=16, help="batch of the pseudo-target sampler")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="the exported restorer is an EMA with this decay (0: the fine-tuned weights, as the authors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")

@@ -71,6 +71,13 @@ def restore(client, image, methods=("difface",), tier="compact", aligned=False, 
                           own_defaults, api_name="/restore")
 
 
+class _Request:
+    """What Gradio passes as gr.Request: the browser session."""
+
+    def __init__(self, session):
+        self.session_hash = session
+
+
 def app_error(call) -> str:
     with pytest.raises(gradio_client.exceptions.AppError) as info:
         call()
@@ -101,6 +108,7 @@ def test_endpoints_are_named_and_documented(client):
     assert own["parameter_has_default"] and own["parameter_default"] is True  # left out: each method's defaults
     assert names("/degrade") == ["image", "preset", "seed", "blur", "downsample", "noise", "jpeg_quality"]
     assert names("/degrade_flipnet") == ["image", "variants", "seed", "aligned"]
+    assert [r["label"] for r in api["/degrade_flipnet"]["returns"]] == ["FLIPNET degraded variants", "Note"]
 
 
 def test_gpu_duration_grows_with_methods_faces_and_steps():
@@ -122,7 +130,7 @@ def test_own_defaults_take_only_the_seed_and_size_the_gpu_by_each_methods_steps(
     img = np.zeros((64, 64, 3), np.float32)
     values = dict(steps=20, start_step=30, eta=0.9, seed=7)  # N > steps: refused only when applied
     assert app.check_knobs(["difface", "idm"], values, own_defaults=True) == {"seed": 7}
-    with pytest.raises(gr.Error, match="cannot exceed"):
+    with pytest.raises(gr.Error, match="must be smaller than steps"):
         app.check_knobs(["difface", "idm"], values)
     seconds = lambda tier, knobs: app.gpu_seconds(img, ["idm"], tier, knobs, False, 1, False, 1)  # noqa: E731
     per_step = app.SECONDS_PER_FACE_STEP
@@ -155,7 +163,7 @@ def test_degrade_endpoint(client, clean_face, tmp_path):
     out, params = client.predict(gradio_client.handle_file(str(clean_face)), "difface", 3, 0, 1, 0, 0,
                                  api_name="/degrade")
     lq = load_image(out)
-    assert lq.shape == hq.shape
+    assert lq.shape == hq.shape and Path(out).name == f"{clean_face.stem}_difface.png"  # named after the input
     assert np.abs(lq - hq).mean() > 2 / 255
     assert params["preset"] == "difface" and params["seed"] == 3 and params["pipeline"] == "synthetic"
     expected, used = degrade(hq, "difface", seed=3)  # the same as the library, value for value
@@ -188,6 +196,23 @@ def test_flipnet_degradation_mode_endpoint(client, clean_face):
     refused = app_error(lambda: client.predict(
         gradio_client.handle_file(str(clean_face)), 0, 7, True, api_name="/degrade_flipnet"))
     assert "Variants must lie" in refused or "less than minimum value 1" in refused  # ours, or Gradio's slider check
+
+
+def test_stop_ends_flipnet_degradation_mode(monkeypatch, clean_face):
+    """The Degradation tab's Stop: the FLIPNET variants end at the next sampling step, said as a note."""
+    class Stepping:
+        def degrade(self, img, progress=None, **kwargs):
+            progress(1, 50)
+            raise AssertionError("a stop request must end the run at the first step")
+
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: Stepping())
+    monkeypatch.setattr(app, "method_status", lambda name, tier: (True, ""))
+    monkeypatch.setattr(app.gr, "Info", lambda message: None)
+    app.arm_stop(_Request("flip-session"))
+    app.request_stop(_Request("flip-session"))
+    gallery, note = app.degrade_flipnet(str(clean_face), 2, 0, True, progress=None, request=_Request("flip-session"))
+    assert gallery is None and note == "Stopped by you: no variants were made."
+    assert "flip-session" not in app._armed
 
 
 def test_degrade_custom_settings(client, clean_face):
@@ -223,6 +248,33 @@ def test_not_an_image_is_a_clear_error(client, tmp_path):
     message = app_error(lambda: client.predict(gradio_client.handle_file(str(text)), "mild", 0, 0, 1, 0, 0,
                                                api_name="/degrade"))
     assert "not an image" in message
+
+
+def test_upload_errors_stay_sentences_when_gradio_rebuilds_the_component(tmp_path):
+    """An example click (any property update) makes Gradio rebuild a session's component from its
+    constructor arguments (``block.__class__(**kwargs)``): the readable upload error must survive it."""
+    from gradio.data_classes import FileData
+
+    text = tmp_path / "notes.png"
+    text.write_text("not a photo")
+    photo = app.photo_input(label="Photo")
+    rebuilt = type(photo)(**{**photo.constructor_args, "render": False})
+    for component in (photo, rebuilt):
+        with pytest.raises(gr.Error, match="notes.png is not an image this demo can read"):
+            component.preprocess(FileData(path=str(text), orig_name="notes.png"))
+    plain = gr.Image(type="filepath", render=False)  # components without the marker keep Gradio's behaviour
+    with pytest.raises(Exception) as err:
+        plain.preprocess(FileData(path=str(text), orig_name="notes.png"))
+    assert not isinstance(err.value, gr.Error)
+
+
+def test_a_string_for_methods_and_a_missing_number_are_sentences(client, clean_face):
+    message = app_error(lambda: client.predict(gradio_client.handle_file(str(clean_face)), "difface", "compact",
+                                               20, 8, 0.5, 0, True, 1, False, api_name="/restore"))
+    assert "Methods must be a list of names, e.g. ['difface'], not a string" in message
+    message = app_error(lambda: client.predict(gradio_client.handle_file(str(clean_face)), ["difface"], "compact",
+                                               20, 8, 0.5, 0, True, None, False, api_name="/restore"))
+    assert "Upscale needs a number" in message
 
 
 def test_too_large_image_is_refused_before_decoding(client, tmp_path):
@@ -263,7 +315,7 @@ def test_missing_image_and_method(client, clean_face):
 @needs_weights
 def test_bad_knobs_are_refused_before_sampling(client, clean_face):
     message = app_error(lambda: restore(client, clean_face, steps=20, start_step=30))
-    assert "Started step N (30) cannot exceed steps (20)" in message
+    assert "Started step N (30) must be smaller than steps (20)" in message
     message = app_error(lambda: restore(client, clean_face, upscale=8))  # Gradio's slider bounds say so
     assert "greater than maximum value 4" in message
 
@@ -357,13 +409,32 @@ def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path
     captions = [c for _, c in gallery]
     assert captions[0] == "Input" and len(captions) == 2
     assert re.fullmatch(r"DifFace · compact · \d+\.\d s", captions[1])  # method, tier, time taken
-    assert [c for _, c in faces] == ["Face 1 · input", "Face 1 · DifFace", "Face 2 · input", "Face 2 · DifFace"]
+    assert [c for _, c in faces] == ["Face 1: input · DifFace", "Face 2: input · DifFace"]  # a row per face
+    crop = run_crop = 64  # the compact crops, input then DifFace, with a white gap between
+    assert all(strip.shape == (crop, 2 * run_crop + 4, 3) for strip, _ in faces)
+    assert (faces[0][0][:, crop:crop + 4] == 255).all()
     assert len(files) == 1 and Path(files[0]).is_file()
 
 
 @needs_weights
 def test_restorers_are_loaded_once():
     assert app.get_restorer("difface", "compact") is app.get_restorer("difface", "compact")
+
+
+@needs_weights
+def test_method_ticks_are_left_alone_unless_a_tier_rules_one_out(monkeypatch):
+    """pick_methods writes the boxes back only to untick an unavailable method (a quick second tick is
+    never overwritten by the first one's reply); coming back to a tier with none ticked ticks its first."""
+    warned = []
+    monkeypatch.setattr(app.gr, "Warning", warned.append)
+    ready = app.compact_methods()
+    assert app.pick_methods(ready, "compact") == gr.skip()
+    deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
+    assert deps["pick_methods"]["trigger_mode"] == deps["change_tier"]["trigger_mode"] == "always_last"
+    assert app.change_tier("compact", [])["value"] == ready[:1]
+    unavailable = [name for name in app.METHODS if not method_status(name, "paper")[0]]
+    if unavailable:
+        assert app.pick_methods(unavailable, "paper") == [] and len(warned) == len(unavailable)
 
 
 def test_send_to_restore_needs_a_degraded_face():
@@ -492,7 +563,7 @@ def test_failures_inside_the_gpu_call_become_sentences(monkeypatch, clean_face):
                         (RuntimeError("boom"), "DifFace: Unexpected error (RuntimeError: boom). Please report it "
                                                "with the photo's size and the options you chose.")):
         monkeypatch.setattr(app, "get_restorer", lambda name, tier, error=error: _Failing(error))
-        assert app.run_methods(face, ["difface"], "compact", {}, True, 1, False, 1) == ([], [said])
+        assert app.run_methods(face, ["difface"], "compact", {}, True, 1, False, 1) == ([], [said], False)
     with pytest.raises(gr.Error, match="Unexpected error"):
         _run(clean_face, ["difface"])
 
@@ -502,7 +573,7 @@ def test_zero_gpu_refuses_a_request_longer_than_one_call(monkeypatch, clean_face
     monkeypatch.setattr(app, "GPU_MAX_SECONDS", 30)
     monkeypatch.setattr(app, "get_restorer", lambda name, tier: pytest.fail("must be refused before loading"))
     with pytest.raises(gr.Error, match="more than the 30 s one ZeroGPU call may take"):
-        _run(clean_face, ["difface"], steps=1000, start_step=1000)
+        _run(clean_face, ["difface"], steps=1000, start_step=999)
 
 
 def test_seed_range_and_method_list_are_checked(clean_face):
@@ -529,21 +600,39 @@ class _Stepping:
 
 def test_stop_ends_the_run_at_the_next_step_and_says_what_was_skipped(monkeypatch, clean_face):
     monkeypatch.setattr(app, "get_restorer", lambda name, tier: _Stepping())
-    app._stop_requested.add("session-1")
+    monkeypatch.setattr(app.gr, "Info", lambda message: None)
+    app.arm_stop(_Request("session-1"))
+    app.request_stop(_Request("session-1"))
     try:
-        results, failures = app.run_methods(np.zeros((64, 64, 3), np.float32), ["difface", "idm"], "compact", {},
-                                            True, 1, False, 1, None, "session-1")
+        results, failures, stopped = app.run_methods(np.zeros((64, 64, 3), np.float32), ["difface", "idm"],
+                                                     "compact", {}, True, 1, False, 1, None, "session-1")
     finally:
-        app._stop_requested.discard("session-1")
-    assert results == [] and failures == ["Stopped by you during DifFace (skipped: IDM)"]
-    # a Stop pressed before a run does not end the next one: run_restore clears it first
-    app._stop_requested.add("session-2")
-    with pytest.raises(gr.Error, match="must end the run"):  # it ran all its steps
+        app.disarm_stop("session-1")
+    assert results == [] and stopped and failures == ["Stopped by you during DifFace (skipped: IDM)"]
+    deps = app.build_demo().config["dependencies"]
+    assert any(d.get("api_name") == "stop" for d in deps) and any(d.get("api_name") == "stop_flipnet" for d in deps)
+
+
+def test_stop_reaches_a_queued_run_and_is_not_an_error(monkeypatch, clean_face):
+    """The click arms Stop before the run waits in the queue; a Stop then ends the run before it samples,
+    as a message, not an error; a Stop with nothing armed says so and does not end the next run."""
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: _Stepping())
+    said = []
+    monkeypatch.setattr(app.gr, "Info", said.append)
+    app.request_stop(_Request("session-2"))  # nothing running: nothing to stop
+    assert said == ["Nothing is running."] and "session-2" not in app._stop_requested
+    with pytest.raises(gr.Error, match="must end the run"):  # so the next run samples all its steps
         app.run_restore(str(clean_face), ["difface"], "compact", 20, 8, 0.5, 0, True, 1, False, False, None,
                         "session-2")
-    assert "session-2" not in app._stop_requested
-    deps = app.build_demo().config["dependencies"]
-    assert any(d.get("api_name") == "stop" for d in deps)
+    app.arm_stop(_Request("session-3"))  # the click
+    app.request_stop(_Request("session-3"))  # Stop while the run is queued
+    run = app.run_restore(str(clean_face), ["difface"], "compact", 20, 8, 0.5, 0, True, 1, False, False, None,
+                          "session-3")
+    assert run.results == [] and run.files == [] and run.message.startswith("Stopped by you before any method")
+    assert "session-3" not in app._armed and "session-3" not in app._stop_requested  # disarmed at the end
+    deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
+    arm = deps["arm_restore"]
+    assert not arm["queue"] and deps["restore_ui"]["trigger_after"] is not None
 
 
 @needs_weights

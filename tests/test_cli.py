@@ -9,7 +9,7 @@ from PIL import Image
 
 from bfr.api import method_status
 from bfr.cli import main
-from bfr.paths import REPO_DIR, data_dir
+from bfr.paths import COMPACT_WEIGHTS_DIR, REPO_DIR, data_dir
 
 LFW = data_dir() / "lfw150"
 
@@ -152,7 +152,11 @@ def test_weights_device_and_option_mistakes_are_one_line_errors(tmp_path, capsys
              (["--weights", f"nosuch={img}"], "uses prior64, swinir64"),
              (["--weights", f"swinir64={img}"], "is not a readable .safetensors file"),
              (["--device", "foo"], "unknown device"),
-             (["--steps", "5"], "--start-step")]
+             (["--steps", "5"], "--start-step"),
+             (["--steps", "-5"], "steps must lie in [2, 1000]")]
+    prior = COMPACT_WEIGHTS_DIR / "prior64.safetensors"
+    if prior.is_file():  # a file of the wrong kind says so, instead of a traceback
+        cases.append((["--weights", f"swinir64={prior}"], "holds a prior network, but swinir64 must be a swinir"))
     if not __import__("torch").cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))
     for extra, message in cases:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bfr.diffusion import GaussianDiffusion
+from bfr.diffusion import GaussianDiffusion, ddim_respacing
 from bfr.errors import InputError
 from bfr.methods.difface import COMPACT_START_STEP, PAPER_START_STEP, DifFace
 from bfr.nets import SwinIR, UNetModel
@@ -50,7 +50,8 @@ def test_seed_reproducible_and_matters():
 
 
 def test_matches_the_published_procedure_step_by_step():
-    """Same weights, input and noise: an explicit re-statement of DifFace's loop gives the same numbers."""
+    """Same weights, input and noise: an explicit re-statement of DifFace's loop (its current code: the
+    DDIM step keeps the network's ε even where x̂0 is clipped) gives the same numbers."""
     model = make()
     lq = torch.rand(1, 3, 16, 16)
     steps, n, eta, seed = 25, 10, 0.5, 7
@@ -59,18 +60,36 @@ def test_matches_the_published_procedure_step_by_step():
     d = GaussianDiffusion.create(1000, respacing=f"ddim{steps}")
     ab = d.alphas_cumprod
     g = torch.Generator().manual_seed(seed)
+    clipped = 0
     with torch.no_grad():
         x0 = model.backbone(lq).clamp(0, 1) * 2 - 1
         x = np.sqrt(ab[n]) * x0 + np.sqrt(1 - ab[n]) * torch.randn(x0.shape, generator=g)
         for i in range(n - 1, -1, -1):  # the authors' off-by-one: first call at N-1
             eps = model.prior(x, torch.tensor([d.timestep_map[i]]))[:, :3]
-            pred = ((x - np.sqrt(1 - ab[i]) * eps) / np.sqrt(ab[i])).clamp(-1, 1)
-            eps = (x - np.sqrt(ab[i]) * pred) / np.sqrt(1 - ab[i])
+            raw = (x - np.sqrt(1 - ab[i]) * eps) / np.sqrt(ab[i])
+            clipped += int((raw.abs() > 1).sum())
+            pred = raw.clamp(-1, 1)
             ab_prev = ab[i - 1] if i > 0 else 1.0
             sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab[i])) * np.sqrt(1 - ab[i] / ab_prev)
             z = torch.randn(x.shape, generator=g)
             x = np.sqrt(ab_prev) * pred + np.sqrt(1 - ab_prev - sigma ** 2) * eps + (sigma * z if i > 0 else 0)
+    assert clipped > 0  # the case where re-deriving ε from the clipped x̂0 (guided-diffusion) would differ
     torch.testing.assert_close(ours, (x * 0.5 + 0.5).clamp(0, 1), atol=1e-4, rtol=0)
+
+
+def test_any_chain_length_and_started_step_below_it():
+    """N < steps as the authors assert (the image is diffused to index N); chain lengths no integer
+    stride gives (300) are spaced evenly instead of failing."""
+    assert ddim_respacing(250) == "ddim250" and ddim_respacing(334) == "ddim334" and ddim_respacing(300) == 300
+    assert len(GaussianDiffusion.create(1000, respacing=ddim_respacing(300)).timestep_map) == 300
+    model = make()
+    assert model.restore(torch.rand(1, 3, 16, 16), steps=300, start_step=5).shape == (1, 3, 16, 16)
+    assert model.restore(torch.rand(1, 3, 16, 16), steps=20, start_step=19).shape == (1, 3, 16, 16)
+    for kwargs in (dict(steps=20, start_step=20), dict(steps=1, start_step=1), dict(steps=1001, start_step=5)):
+        with pytest.raises(InputError, match="must lie in"):
+            model.restore(torch.rand(1, 3, 16, 16), **kwargs)
+    with pytest.raises(InputError, match="too short for this tier's started step"):
+        model.restore(torch.rand(1, 3, 16, 16), steps=model.defaults["start_step"])
 
 
 class OraclePrior(torch.nn.Module):

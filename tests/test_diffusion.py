@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bfr.diffusion import GaussianDiffusion, get_named_beta_schedule, noise_like, sample, space_timesteps
+from bfr.errors import InputError
 
 
 def test_linear_schedule_matches_ddpm():
@@ -154,24 +155,49 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
     assert not torch.allclose(runs[0], runs[2])
 
 
-def test_ddim_step_matches_diffusers_scheduler():
-    """Our DDIM update gives the same numbers as diffusers' DDIMScheduler on the same grid."""
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_step_matches_diffusers_scheduler(clip):
+    """Our DDIM update gives the same numbers as diffusers' DDIMScheduler on the same grid; with
+    x̂0 clipped, both keep the network's own ε (as DifFace's current code does)."""
     from diffusers import DDIMScheduler
 
     d = GaussianDiffusion.create(1000, respacing="ddim50")
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                          clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+                          clip_sample=clip, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
     sched.set_timesteps(50)
     assert list(sched.timesteps.numpy()[::-1]) == list(d.timestep_map)
-    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = 3 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # x̂0 leaves [-1, 1]
     eps = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    nl = GaussianDiffusion(d.betas, d.timestep_map, learn_sigma=False)
     for i in (49, 20, 1):
         t = torch.tensor([i])
-        nl = GaussianDiffusion(d.betas, d.timestep_map, learn_sigma=False)
-        out = nl.p_mean_variance(lambda *_: eps, x, t, clip_denoised=False)
+        out = nl.p_mean_variance(lambda *_: eps, x, t, clip_denoised=clip)
+        assert clip == bool((out["pred_xstart"].abs() == 1).any())
         ours = nl.ddim_step(out, x, t, eta=0.0, noise=torch.zeros_like(x))
         theirs = sched.step(eps, int(d.timestep_map[i]), x, eta=0.0).prev_sample
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_step_can_take_eps_from_the_clipped_x0():
+    """guided-diffusion's step (IDM's and FLIPNET's choice): ε re-derived from the clipped x̂0, so the
+    update is consistent with x̂0; it differs from the network's own ε only where x̂0 was clipped."""
+    d = GaussianDiffusion(GaussianDiffusion.create(1000, respacing="ddim50").betas, list(range(0, 1000, 20)),
+                          learn_sigma=False)
+    x = 3 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([30])
+    out = d.p_mean_variance(lambda *_: eps, x, t, clip_denoised=True)
+    ab, ab_prev = float(d.alphas_cumprod[30]), float(d.alphas_cumprod_prev[30])
+    rederived = (x - ab ** 0.5 * out["pred_xstart"]) / (1 - ab) ** 0.5
+    expected = ab_prev ** 0.5 * out["pred_xstart"] + (1 - ab_prev) ** 0.5 * rederived
+    zero = torch.zeros_like(x)
+    torch.testing.assert_close(d.ddim_step(out, x, t, 0.0, zero, eps="clipped"), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(d.ddim_step(out, x, t, 0.0, zero), expected, atol=1e-3)
+    unclipped = d.p_mean_variance(lambda *_: eps, x, t, clip_denoised=False)
+    torch.testing.assert_close(d.ddim_step(unclipped, x, t, 0.0, zero, eps="clipped"),
+                               d.ddim_step(unclipped, x, t, 0.0, zero), atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="ddim_eps"):
+        sample(d, lambda *_: eps, x, ddim_eps="raw")
 
 
 def test_learned_range_variance_interpolates_between_bounds():

@@ -180,6 +180,17 @@ def method(net=None):
                    device=torch.device("cpu"))
 
 
+def test_keeps_the_ddim_eps_of_its_measurements(monkeypatch):
+    """FLIPNET samples with guided-diffusion's DDIM step (ε from the clipped x̂0): with the network's own ε
+    the compact adapters collapsed at η = 0 (see DDIM_EPS in bfr.methods.flipnet)."""
+    import bfr.methods.flipnet as flipnet_module
+
+    seen = []
+    monkeypatch.setattr(flipnet_module, "sample", lambda *a, **kw: seen.append(kw["ddim_eps"]) or a[2])
+    method().restore(torch.rand(1, 3, 16, 16), steps=2)
+    assert seen == ["clipped"]
+
+
 def test_restore_and_degrade_shapes_ranges_and_seeds():
     net = FlipNet(tiny_prior(), TINY_FLIP)
     randomize(net)
@@ -396,14 +407,18 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     prior_path = export_weights(tiny_prior(), TINY_PRIOR, tmp_path / "prior.safetensors", kind="prior")
     cfg = FlipNetTrainConfig(out_dir=str(tmp_path / "run"), prior=str(prior_path), flip=TINY_FLIP, resolution=16,
                              batch_size=4, embed_steps=4, degrade_steps=4, restore_steps=4, offline_faces=4,
-                             eval_every=4, eval_steps=2, save_every=4, train_images=24, mixed_precision="no")
+                             offline_variants=2, eval_every=4, eval_steps=2, save_every=4, train_images=24,
+                             mixed_precision="no")
     path = train_flipnet(cfg)
     meta = read_metadata(path)
     assert json.loads(meta["steps"]) == 12 and json.loads(meta["finished"]) is True
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["embed", "degrade", "restore"]
     assert "val_retrieval_top1" in log[0] and "val_psnr" in log[-1]
-    assert (tmp_path / "run" / "offline_lq.npz").is_file()
+    offline = np.load(tmp_path / "run" / "offline_lq.npz")  # 4 faces × 2 variants, each pair with its own HQ
+    assert offline["hq"].shape == offline["lq"].shape == (8, 3, 16, 16) and int(offline["variants"]) == 2
+    assert (offline["hq"][0::2] == offline["hq"][1::2]).all() and len({f.tobytes() for f in offline["hq"]}) == 4
+    assert (offline["lq"][0::2] != offline["lq"][1::2]).any()  # two different degradations of one face
 
     cfg.restore_steps = 6  # a longer plan resumes where the run stopped
     path = train_flipnet(cfg)
@@ -411,6 +426,7 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     card = write_flipnet_card(tmp_path / "run", dest=tmp_path / "bundle", n_test=4)
     text = card.read_text()
     assert "PSNR" in text and "steps: 14 of 14" in text and "without the colour fix" in text
+    assert "from 4 train faces × 2 offline LQ variants" in text
     log_rows = [line for line in text.splitlines() if line.startswith(("| degrade |", "| restore |"))]
     assert log_rows and len(log_rows) == len(set(log_rows))  # the last logged step shown once
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())

@@ -92,6 +92,17 @@ def test_v_prediction_is_read_as_v(sampler):
         IDM(OracleNet(), resolution=16, framing="lfw", tier="compact", device=torch.device("cpu"), prediction="x0")
 
 
+def test_keeps_the_ddim_eps_of_its_measurements(monkeypatch):
+    """IDM samples with guided-diffusion's DDIM step (ε from the clipped x̂0), the one its defaults and
+    card were measured with; DifFace uses its authors' current step (the network's own ε)."""
+    import bfr.methods.idm as idm_module
+
+    seen = []
+    monkeypatch.setattr(idm_module, "sample", lambda *a, **kw: seen.append(kw["ddim_eps"]) or a[2])
+    make().restore(torch.rand(1, 3, 16, 16), steps=2)
+    assert seen == ["clipped"]
+
+
 def test_lq_is_resized_to_the_model_size_and_back():
     oracle = OracleNet()
     lq = torch.rand(1, 3, 32, 32)
@@ -159,6 +170,23 @@ def test_paper_tier_without_a_file_says_what_is_missing(tmp_path, monkeypatch):
     assert "no weights" in str(err.value) and "--weights idm_unet_512=PATH" in str(err.value)
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         paper_net(tmp_path / "missing.safetensors")
+
+
+def test_paper_tier_reads_what_its_weights_predict(tmp_path, monkeypatch):
+    """A 512-px IDM trained by bfr (v-prediction by default) is decoded as v; a bare .pth as SR3's ε."""
+    import bfr.methods.idm as idm_module
+    from bfr.api import load
+    from bfr.training.common import export_weights
+
+    monkeypatch.setattr(idm_module, "IDM_UNET_512", TINY)  # the real 512-px UNet is ~175M parameters
+    net = tiny_net()
+    v_file = export_weights(net, TINY, tmp_path / "idm_v.safetensors", "idm", extra={"prediction": "v"})
+    torch.save(net.state_dict(), tmp_path / "idm.pth")
+    assert paper_net(v_file)[1] == "v" and paper_net(tmp_path / "idm.pth")[1] == "eps"
+    restorer = load("idm", "paper", device="cpu", weights={"idm_unet_512": str(v_file)})
+    assert restorer.model.prediction == "v"
+    torch.testing.assert_close(restorer.model.net.state_dict()["out.2.weight"],
+                               net.state_dict()["out.2.weight"].half().float())
 
 
 @pytest.mark.skipif(not (data_dir() / "lfw150").is_dir(), reason="../shared/data (LFW) is not here")

@@ -144,3 +144,36 @@ def test_tune_for_cuda_turns_on_autotuning_only_where_cuda_is(monkeypatch):
         assert backends.cudnn.benchmark is True and backends.cuda.matmul.allow_tf32
     finally:
         backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_a_resumed_run_draws_new_batches_not_the_first_sessions():
+    """Every CPU session resumes a run: reseeding from (seed, step) keeps it from replaying the first
+    session's batches, timesteps and noise; a fresh run (step 0) draws exactly as before."""
+    from bfr.training.common import reseed
+    from bfr.training.data import FaceBatches
+
+    faces = torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1).expand(64, 3, 2, 2).contiguous()
+
+    def first_batch(step):
+        torch.manual_seed(0)
+        batches = FaceBatches(faces, 8, seed=0, flip=False)
+        reseed(0, step, batches.generator)
+        return batches.next()[:, 0, 0, 0], torch.rand(3)
+
+    fresh, again, resumed = first_batch(0), first_batch(0), first_batch(500)
+    assert torch.equal(fresh[0], again[0]) and torch.equal(fresh[1], again[1])
+    assert not torch.equal(fresh[0], resumed[0]) and not torch.equal(fresh[1], resumed[1])
+    torch.manual_seed(0)
+    assert torch.equal(FaceBatches(faces, 8, seed=0, flip=False).next()[:, 0, 0, 0], fresh[0])  # as before
+
+
+def test_a_second_stop_signal_acts_at_once():
+    import signal
+
+    from bfr.training.common import StopSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopSignal()
+    assert not stop and signal.getsignal(signal.SIGINT) == stop._request
+    stop._request(signal.SIGINT, None)  # the first Ctrl-C: stop after this step, save
+    assert stop and signal.getsignal(signal.SIGINT) == before  # the next one reaches Python as usual

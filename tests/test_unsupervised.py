@@ -472,7 +472,8 @@ def test_evaluate_holdout_numbers(tmp_path, monkeypatch):
 @needs_lfw
 def test_evaluate_holdout_reports_niqe_at_the_bundled_size(tmp_path):
     from bfr.metrics import load_niqe_model, niqe
-    from bfr.training.adapt import evaluate_holdout, list_images, make_demo_set, read_images
+    from bfr.training.adapt import evaluate_holdout, make_demo_set
+    from bfr.training.data import list_images, read_images
 
     make_demo_set(tmp_path, resolution=64, limit=12)
     res = evaluate_holdout(torch.nn.Identity(), tmp_path)
@@ -509,7 +510,10 @@ def test_card_of_a_demo_set_run_names_the_degradation_and_tabulates_the_holdout(
 
 def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny_compact, capsys):
     """`adapt … --bundle DIR` then `restore --method unsupervised --weights swinir64_adapted=DIR`: the
-    restored face is the adapted restorer's forward pass."""
+    restored face is the adapted restorer's forward pass. With --ema-decay 0 the bundle holds the
+    fine-tuned weights themselves (the authors' export), not an average."""
+    from safetensors.torch import load_file
+
     import bfr
     from bfr.cli import main
     from bfr.imageio import load_image
@@ -518,11 +522,18 @@ def test_cli_adapts_bundles_and_restores_with_the_adapted_weights(tmp_path, tiny
     assert main(["adapt", tiny_compact["lq_dir"], "-o", str(run), "--restorer", tiny_compact["restorer"],
                  "--prior", tiny_compact["prior"], "--clean-dir", tiny_compact["lq_dir"], "--iters", "2",
                  "--batch-size", "2", "--gen-batch-size", "2", "--start", "6", "--min-index", "3",
-                 "--precision", "no", "--bundle", str(bundle)]) == 0
+                 "--precision", "no", "--ema-decay", "0", "--bundle", str(bundle)]) == 0
     config = json.loads((run / "config.json").read_text())
-    assert (config["start"], config["min_index"], config["total_steps"]) == (6, 3, 2)
-    assert (bundle / "swinir64_adapted.md").read_text().startswith("# Unsupervised BFR")
-    assert (bundle / "swinir64_adapted.safetensors").is_file()
+    assert (config["start"], config["min_index"], config["total_steps"], config["ema_decay"]) == (6, 3, 2, 0)
+    card = (bundle / "swinir64_adapted.md").read_text()
+    assert card.startswith("# Unsupervised BFR") and "the fine-tuned weights exported (no EMA" in card
+    exported = load_file(str(bundle / "swinir64_adapted.safetensors"))
+    state = load_file(str(run / "state.safetensors"))
+    start = load_file(tiny_compact["restorer"])
+    trained = {k[len("model.restorer."):]: v for k, v in state.items() if k.startswith("model.restorer.")}
+    assert set(trained) == set(exported)
+    assert any(not torch.equal(trained[k].half(), start[k].half()) for k in start)  # it was fine-tuned
+    assert all(torch.equal(trained[k].half(), exported[k]) for k in exported)
 
     face = tmp_path / "lq" / "face_0.png"
     assert main(["restore", str(face), "-o", str(out), "--method", "unsupervised", "--aligned",

@@ -68,6 +68,18 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
     return sorted(set(all_steps))
 
 
+DDIM_EPS = ("model", "clipped")  # where a DDIM step takes its ε from (GaussianDiffusion.ddim_step)
+
+
+def ddim_respacing(steps: int, num_timesteps: int = 1000) -> str | int:
+    """The chain of ``steps`` steps for DDIM sampling: DifFace's integer stride ("ddimN": 0, 4, 8, …)
+    when one gives exactly that many steps, else that many steps spaced evenly (e.g. 300 of 1000)."""
+    steps = int(steps)
+    if any(len(range(0, num_timesteps, stride)) == steps for stride in range(1, num_timesteps)):
+        return f"ddim{steps}"
+    return steps
+
+
 def _extract(arr: np.ndarray, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """arr[idx] as a float32 tensor broadcastable to ``shape`` (the schedule lives in float64)."""
     out = torch.from_numpy(arr).to(idx.device)[idx].float()
@@ -255,9 +267,16 @@ class GaussianDiffusion:
         return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart, "eps": eps}
 
     def ddim_step(self, out: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eta: float,
-                  noise: torch.Tensor) -> torch.Tensor:
-        """DDIM update from index t to t−1 given p_mean_variance's output (η=0: deterministic)."""
-        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+                  noise: torch.Tensor, eps: str = "model") -> torch.Tensor:
+        """DDIM update from index t to t−1 given p_mean_variance's output (η=0: deterministic).
+
+        eps: "model", the network's own ε (the DDIM paper, diffusers' default, DifFace's current
+        code), or "clipped", ε re-derived from the clipped x̂0 (guided-diffusion, DifFace's first
+        release). The two differ only where x̂0 was clipped.
+        """
+        if eps not in DDIM_EPS:
+            raise ValueError(f"eps must be one of {DDIM_EPS}, got {eps!r}")
+        eps = out["eps"] if eps == "model" else self.predict_eps_from_xstart(x, t, out["pred_xstart"])
         ab = _extract(self.alphas_cumprod, t, x.shape)
         ab_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from bfr.diffusion.gaussian import GaussianDiffusion, ModelFn, randn_like
+from bfr.diffusion.gaussian import DDIM_EPS, GaussianDiffusion, ModelFn, randn_like
 from bfr.errors import InputError
 
 # hook(x, index, out) -> x, called after the step at ``index``; x is then at level index−1.
@@ -30,6 +30,7 @@ def sample(
     start: int | None = None,
     sampler: str = "ddim",
     eta: float = 0.0,
+    ddim_eps: str = "model",
     clip_denoised: bool = True,
     generator: torch.Generator | None = None,
     model_kwargs: dict | None = None,
@@ -38,12 +39,15 @@ def sample(
 ) -> torch.Tensor:
     """Denoise ``x`` (at index ``start``, or pure noise) down to a clean sample.
 
-    sampler: "ddim" (η in [0, 1]) or "ancestral" (the model's learned variance).
+    sampler: "ddim" (η in [0, 1]) or "ancestral" (the model's learned variance); ddim_eps: the
+    DDIM step's ε, the network's own ("model") or re-derived from the clipped x̂0 ("clipped").
     """
     if sampler not in ("ddim", "ancestral"):
         raise InputError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"eta must lie in [0, 1], got {eta}")
+    if ddim_eps not in DDIM_EPS:
+        raise InputError(f"unknown ddim_eps {ddim_eps!r}; use one of: {', '.join(DDIM_EPS)}")
     start = diffusion.num_timesteps if start is None else int(start)
     if not 1 <= start <= diffusion.num_timesteps:
         raise InputError(f"start must lie in [1, {diffusion.num_timesteps}], got {start}")
@@ -53,7 +57,7 @@ def sample(
         out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
         noise = randn_like(x, generator)
         if sampler == "ddim":
-            x = diffusion.ddim_step(out, x, t, eta, noise)
+            x = diffusion.ddim_step(out, x, t, eta, noise, eps=ddim_eps)
         else:
             x = diffusion.ancestral_step(out, x, t, noise)
         if hook is not None:

@@ -3,7 +3,7 @@
 Each crop goes back through the inverse of its alignment affine, weighted by a soft mask:
 a square the size of the crop, pulled in from its edges and feathered with a Gaussian blur
 whose width is a fixed fraction of the crop (so, in the output, proportional to the face
-size, as in facexlib's helper), optionally multiplied by a blurred face-parsing mask
+size, as in facexlib's helper), optionally intersected with a blurred face-parsing mask
 (ParseNet through facexlib, only when its weights file is already on this machine).
 Pixels that no mask reaches are left exactly as they were.
 """
@@ -40,7 +40,11 @@ def square_soft_mask(size: int, feather: float = 1 / 20) -> np.ndarray:
 
 
 def upscale_image(img: np.ndarray, upscale: float) -> np.ndarray:
-    """Resize the whole image by `upscale` (Lanczos), clipped back to [0, 1]."""
+    """Resize the whole image by `upscale` (Lanczos), clipped back to [0, 1].
+
+    [choice] The authors' pipelines upscale the background with Real-ESRGAN ×2; bfr ships no
+    background model (its weights would be another download), so only the faces are restored.
+    """
     if upscale == 1:
         return img.copy()
     h, w = img.shape[:2]
@@ -149,7 +153,7 @@ def paste_faces(
         to_crop = output_to_crop_affine(affines[i], upscale, size, crop.shape[0])
         mask = square_soft_mask(crop.shape[0], feather)
         if parser is not None:
-            mask = mask * parser(crop)
+            mask = np.minimum(mask, parser(crop))  # the intersection, as facexlib's paste
         out = blend_crop(out, crop, to_crop, mask=mask)
     return np.clip(out, 0.0, 1.0)
 

@@ -4,14 +4,16 @@ A restoration backbone gives a blurry but faithful estimate x̂0; diffusing x̂0
 started step N drowns its error in noise, and the unconditional face prior samples back
 from N to 0. Defaults follow the authors' current code: "ddim250" striding, N = 100
 (original t = 400), η = 0.5, predicted x0 clipped at every step; the compact tier starts lower
-(``COMPACT_START_STEP``: its small prior is far from the authors').
+(``COMPACT_START_STEP``: its small prior is far from the authors'). The authors' optional
+refinement of x̂0 towards the input inside each step (γ > 0) is off for their restoration
+(γ = 0) and not implemented here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bfr.diffusion import GaussianDiffusion, sample
+from bfr.diffusion import GaussianDiffusion, ddim_respacing, sample
 from bfr.errors import InputError
 from bfr.methods.base import Progress, autocast, check_batch, generator, resize
 
@@ -55,19 +57,22 @@ class DifFace:
                 seed: int | None = 0, progress: Progress | None = None) -> torch.Tensor:
         """Restore aligned faces (B,3,H,W) in [0,1]; returns the same size.
 
-        steps: length of the DDIM-strided chain ("ddim{steps}"); start_step: N on that
-        chain (larger = more realism, less fidelity), None = this tier's default
+        steps: length of the DDIM chain (strided as the authors' "ddim{steps}" where an integer
+        stride gives it, else evenly spaced); start_step: N < steps on that chain (larger = more
+        realism, less fidelity), None = this tier's default
         (``self.defaults["start_step"]``); eta: DDIM stochasticity in [0, 1].
         """
-        if start_step is None and self.defaults["start_step"] > steps:
-            raise InputError(f"steps={steps} is shorter than this tier's started step N={self.defaults['start_step']}:"
-                             f" give a start_step ≤ {steps} too (--start-step)")
+        if not 2 <= steps <= 1000:
+            raise InputError(f"steps must lie in [2, 1000], got {steps}")
+        if start_step is None and self.defaults["start_step"] >= steps:
+            raise InputError(f"steps={steps} is too short for this tier's started step N={self.defaults['start_step']}:"
+                             f" give a start_step < {steps} too (--start-step)")
         start_step = self.defaults["start_step"] if start_step is None else start_step
-        if not 1 <= start_step <= steps:
-            raise InputError(f"start_step must lie in [1, steps={steps}], got {start_step}")
+        if not 1 <= start_step < steps:  # the image is diffused to index N of the chain, as the authors' N < T
+            raise InputError(f"start_step must lie in [1, steps − 1 = {steps - 1}], got {start_step}")
         size = lq.shape[-2:]
         x0 = self.estimate(lq) * 2 - 1
-        diffusion = GaussianDiffusion.create(1000, "linear", respacing=f"ddim{steps}", learn_sigma=True)
+        diffusion = GaussianDiffusion.create(1000, "linear", respacing=ddim_respacing(steps), learn_sigma=True)
         g = generator(seed)
         x = diffusion.q_sample(x0, start_step, generator=g)
 

@@ -87,7 +87,8 @@ COMPACT_SWINIR_64 = dict(
 )
 
 # The compact tier's IDM (64 px, LFW framing): COMPACT_PRIOR_64's UNet with the LQ face as 3
-# extra input channels (SR3-style concatenation) and ε only (fixed variance): 6 in, 3 out.
+# extra input channels (SR3-style concatenation) and one prediction (ε or v, fixed variance; the bundled
+# idm64 predicts v): 6 in, 3 out.
 COMPACT_IDM_64 = {**COMPACT_PRIOR_64, "in_channels": 6, "out_channels": 3}
 
 # FLIPNET's paper-tier prior: Stable Diffusion 2.1-base (512 px, ε-prediction), the UNet and the

@@ -26,6 +26,7 @@ from bfr.training.common import (
     StopSignal,
     export_weights,
     hardware,
+    reseed,
     rewarm,
     save_grid,
     tune_for_cuda,
@@ -103,6 +104,8 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     step, seconds = resume_or_init(state_path, model, ema.model, optimizer, cfg.init_from,
                                    continue_count=True)
     first_step = None if state_path.exists() else step  # fresh AdamW moments: re-warm (rewarm)
+    resumed_at = step
+    reseed(cfg.seed, step, batches.generator)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)
@@ -141,6 +144,10 @@ def train_backbone(cfg: BackboneConfig) -> Path:
             save_state(state_path, accelerator.unwrap_model(model), ema.model, optimizer,
                        {"step": step, "seconds": seconds})
     bar.close()
+    if step < last_step:
+        print(f"stopped at step {step} of {last_step}; rerun the same command to resume (exporting what there is)")
+    elif step == resumed_at:
+        print(f"nothing to train: the run is already at step {step} (--steps counts the run's total steps)")
     save_state(state_path, accelerator.unwrap_model(model), ema.model, optimizer, {"step": step, "seconds": seconds})
     save_preview(ema.model, val_hq[:8], val_lq[:8], out / "samples_final.png")
     metrics = evaluate(ema.model, val_hq, val_lq)

@@ -66,8 +66,3 @@ def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Modul
             meta = read_metadata(init_from)
             return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
     return 0, 0.0
-
-
-def ema_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The EMA network of a training state (what gets exported), e.g. for a mid-run snapshot."""
-    return {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("ema.")}

@@ -1,10 +1,12 @@
-"""Small pieces every training loop uses: image grids, JSON-lines logs, learning-rate warm-up, export."""
+"""Small pieces every training loop uses: image grids, JSON-lines logs, learning-rate warm-up, export,
+the fixed held-out loss, the optional perceptual loss."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,19 +89,82 @@ def tune_for_cuda() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def reseed(seed: int, step: int, *generators: torch.Generator) -> None:
+    """Seed the global RNG and the data generators from (seed, step) when a run resumes at ``step`` > 0, so
+    it draws new batches, timesteps and noise instead of replaying the first session's (a fresh run is
+    unchanged)."""
+    if step > 0:
+        torch.manual_seed(seed + step)
+        for g in generators:
+            g.manual_seed(seed + step)
+
+
 class StopSignal:
-    """Stop a loop cleanly on SIGINT/SIGTERM or after ``max_minutes`` (so the last state is saved)."""
+    """Stop a loop cleanly on SIGINT/SIGTERM or after ``max_minutes`` (so the last state is saved); a
+    second signal acts at once, as before (the handlers are given back at the first)."""
 
     def __init__(self, max_minutes: float | None = None):
         import signal
 
         self.deadline = time.time() + max_minutes * 60 if max_minutes else None
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._request)
+        self.previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _request(self, *_) -> None:
+        import signal
+
         self.requested = True
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        print("\nstopping after this step and saving (a second Ctrl-C quits at once)", flush=True)
 
     def __bool__(self) -> bool:
         return self.requested or (self.deadline is not None and time.time() >= self.deadline)
+
+
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, which LPIPS-VGG builds on
+
+
+def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | None, str]:
+    """LPIPS-VGG as a loss when an implementation *with its weights* is here, else (None, why). Never downloads.
+
+    The ``lpips`` package brings its linear heads but takes VGG16 from torchvision's cache
+    (``torch.hub.get_dir()/checkpoints``); without either, the term is dropped and the reason
+    goes into the log and the model card. Note: the authors sum LPIPS over each micro-batch of
+    4 before averaging micro-batches, an effective 0.4 × the per-image mean; we use the
+    per-image mean with the stated weight.
+    """
+    import importlib.util
+
+    if weight <= 0:
+        return None, "LPIPS weight is 0: not used"
+    if importlib.util.find_spec("lpips") is None:
+        return None, "LPIPS not used: the `lpips` package is not installed"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if not (hub / VGG16_FILE).is_file():
+        return None, f"LPIPS not used: torchvision's VGG16 weights ({VGG16_FILE}) are not in {hub}"
+    import lpips
+
+    net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
+    return (lambda pred, target: net(pred, target, normalize=True).mean()), "LPIPS-VGG (lpips package), weight " \
+        f"{weight}"
+
+
+def held_out_loss(diffusion, model: torch.nn.Module, x0: torch.Tensor, lq: torch.Tensor | None = None,
+                  seed: int = 1234, batch: int = 32) -> float:
+    """Mean diffusion training loss on fixed images (x0 in [-1, 1]), fixed timesteps and fixed noise:
+    comparable across steps and between train and test faces (the memorisation check).
+    ``lq``: a conditional model's LQ faces in [-1, 1] (IDM), passed to it as ``lq``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, diffusion.num_timesteps - 1, len(x0)).round().long()
+    noise = torch.randn(x0.shape, generator=g)
+    device = next(model.parameters()).device
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x0), batch):
+            kwargs = None if lq is None else {"lq": lq[i:i + batch].to(device)}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = diffusion.training_losses(model, x0[i:i + batch].to(device), t[i:i + batch].to(device),
+                                                   noise[i:i + batch].to(device), model_kwargs=kwargs)
+            total += losses["loss"].sum().item()
+    return total / len(x0)

@@ -1,4 +1,5 @@
-"""The LFW face crops of ../shared/data, held in memory as uint8 tensors at the model's size.
+"""Training faces: the LFW crops of ../shared/data, held in memory as uint8 tensors at the model's
+size, and folders of images (Kuai's LQ set, FFHQ) read on demand.
 
 LFW crops are deep-funneled and centre-cropped, so a plain resize of the 150×150 crop is
 already the compact template (the LFW 5-point template scaled by size/150).
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 
 from bfr.errors import InputError
-from bfr.paths import data_dir
+from bfr.imageio import load_image, to_tensor
+from bfr.methods.base import resize
+from bfr.paths import IMAGE_SUFFIXES, data_dir
 
 
 def split_files(split: str, root: Path | None = None) -> list[Path]:
@@ -60,3 +63,50 @@ class FaceBatches:
             mask = torch.rand(self.batch_size, generator=self.generator) < 0.5
             x[mask] = x[mask].flip(-1)
         return x
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return files
+
+
+def read_images(files: list[Path], resolution: int) -> torch.Tensor:
+    """(N, 3, R, R) uint8: each file read as RGB and resized (antialiased bicubic) when not R×R."""
+    out = torch.empty((len(files), 3, resolution, resolution), dtype=torch.uint8)
+    for i, p in enumerate(files):
+        img = resize(to_tensor(load_image(p)), resolution)
+        out[i] = (img[0] * 255).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+class FolderBatches:
+    """Random batches in [0, 1] read from a folder on demand (clean FFHQ can be too big for memory)."""
+
+    def __init__(self, folder: str | Path, resolution: int, batch_size: int, seed: int = 0, flip: bool = True,
+                 files: list[Path] | None = None):
+        self.files = list_images(folder) if files is None else files  # ``files``: a chosen subset of the folder
+        self.resolution, self.batch_size, self.flip = resolution, batch_size, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> torch.Tensor:
+        idx = torch.randint(len(self.files), (self.batch_size,), generator=self.generator)
+        x = read_images([self.files[i] for i in idx], self.resolution).float() / 255
+        if self.flip:
+            mask = torch.rand(self.batch_size, generator=self.generator) < 0.5
+            x[mask] = x[mask].flip(-1)
+        return x
+
+
+class LfwBatches:
+    """Clean LFW train faces in [0, 1] at the model size (the compact tier's real set)."""
+
+    def __init__(self, resolution: int, batch_size: int, seed: int = 0, limit: int | None = None):
+        self.batches = FaceBatches(load_faces(split_files("train")[:limit], resolution), batch_size, seed=seed)
+
+    def next(self) -> torch.Tensor:
+        return self.batches.next() * 0.5 + 0.5

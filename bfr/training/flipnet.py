@@ -56,12 +56,20 @@ from bfr.metrics import psnr, ssim
 from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
 from bfr.nets.face_embed import pooled, two_way_contrastive
 from bfr.nets.flipnet import FlipNet, FlipNetConfig
-from bfr.training.adapt import FolderBatches, list_images, perceptual_loss, read_images
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import DATA_NOTE, format_duration
 from bfr.training.checkpoint import load_state, save_state
-from bfr.training.common import JsonlLog, StopSignal, hardware, save_grid, tune_for_cuda, warmup_cosine
-from bfr.training.data import FaceBatches, load_faces, split_files
+from bfr.training.common import (
+    JsonlLog,
+    StopSignal,
+    hardware,
+    perceptual_loss,
+    reseed,
+    save_grid,
+    tune_for_cuda,
+    warmup_cosine,
+)
+from bfr.training.data import FaceBatches, FolderBatches, list_images, load_faces, read_images, split_files
 from bfr.training.ema import EMA
 
 TIERS = ("compact", "paper")
@@ -92,11 +100,14 @@ class FlipNetTrainConfig:
     degrade_presets: tuple[str, ...] = ("camera", "gfpgan")
     restore_preset: str = "difface"
     offline_faces: int = 512
+    # [choice] LQ variants the degradation mode makes of each offline face (the paper: "several"). The
+    # bundled compact run used 1: at a fixed sampling budget, more distinct identities per batch.
+    offline_variants: int = 1
     offline_fraction: float = 0.3
     degrade_share: float = 0.25  # share of restore-stage steps trained in degradation mode
     x0_weight: float = 1.0
     lpips_weight: float = 1.0
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = 5.0  # [choice] as the compact prior's (bfr.training.prior); None: the plain loss
     eval_every: int = 250
     eval_steps: int = 20  # DDIM steps of the periodic restoration check (the final one uses 50)
     save_every: int = 250
@@ -383,6 +394,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                              "it was trained on (--prior, or --unet for the paper tier).")
         load_state(state_path, net, ema.model, embed_opt if stage == "embed" else flip_opt)
         print(f"resumed at stage {stage}, step {step}")
+    resumed_at = step
+    reseed(cfg.seed, step, source.generator, pairs.rng)
 
     def save() -> None:
         save_state(state_path, net, ema.model, embed_opt if stage == "embed" else flip_opt, {})
@@ -444,7 +457,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     # 2.–4. diffusion stages --------------------------------------------------------------------
     offline_path = out / "offline_lq.npz"
     offline: tuple[torch.Tensor, torch.Tensor] | None = None
-    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    gen = torch.Generator().manual_seed(cfg.seed + 7 + resumed_at)
     while not stop and stage in ("degrade", "offline", "restore") and step < last_step:
         if stage == "offline":
             offline = make_offline(flipnet_method(ema.model, cfg, vae, device), offline_pool, cfg, offline_path)
@@ -517,22 +530,27 @@ def embedding_check(net: FlipNet, hq: torch.Tensor, lq: torch.Tensor) -> dict[st
 @torch.no_grad()
 def make_offline(method: FLIPNET, pool: Callable[[], torch.Tensor], cfg: FlipNetTrainConfig,
                  path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """LQ versions of ``offline_faces`` train faces (from ``pool()``, uint8) by the degradation mode, cached
-    as uint8 npz."""
+    """``offline_variants`` LQ versions of each of ``offline_faces`` train faces (from ``pool()``, uint8) by
+    the degradation mode, as (HQ, LQ) pairs cached as uint8 npz. The variants keep their HQ face's channel
+    statistics (the colour fix, as at inference): global colour shifts come from the synthetic pairs."""
+    variants = int(cfg.offline_variants)
     if path.exists():
         data = np.load(path)
-        return torch.from_numpy(data["hq"]), torch.from_numpy(data["lq"])
+        if (int(data["variants"]) if "variants" in data else 1) == variants:
+            return torch.from_numpy(data["hq"]), torch.from_numpy(data["lq"])
+        print(f"{path} holds another number of variants per face: making the offline LQ again")
     faces = pool()
     g = torch.Generator().manual_seed(cfg.seed + 99)
     idx = torch.randperm(len(faces), generator=g)[:cfg.offline_faces]
     hq = faces[idx]
     lq = []
-    batch = 64 if method.vae is None else 8
+    batch = max(1, (64 if method.vae is None else 8) // variants)
     for i in tqdm(range(0, len(hq), batch), desc="offline LQ (degradation mode)"):
-        out = method.degrade(hq[i:i + batch].float() / 255, variants=1, seed=cfg.seed + i)[:, 0]
+        out = method.degrade(hq[i:i + batch].float() / 255, variants=variants, seed=cfg.seed + i).flatten(0, 1)
         lq.append((out * 255).round().to(torch.uint8))
     lq_t = torch.cat(lq) if lq else torch.empty(0, 3, cfg.resolution, cfg.resolution, dtype=torch.uint8)
-    np.savez_compressed(path, hq=hq.numpy(), lq=lq_t.numpy())
+    hq = hq.repeat_interleave(variants, dim=0)
+    np.savez_compressed(path, hq=hq.numpy(), lq=lq_t.numpy(), variants=np.array(variants))
     save_grid(torch.cat([hq[:8].float() / 127.5 - 1, lq_t[:8].float() / 127.5 - 1]), path.with_suffix(".png"), nrow=8)
     return hq, lq_t
 
@@ -579,6 +597,7 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     held = list_images(config.clean_dir)[:config.val_faces] if config.tier == "paper" else None
     hq, lq = validation_pairs(config, config.restore_preset, held, n=n_test)
     method = flipnet_method(net, config, vae, pick_device(device))
+    print(f"model card: restoring {len(hq)} test faces three ways (50 steps each; minutes on a CPU) …", flush=True)
     metrics = evaluate_restoration(method, hq, lq, steps=50)
     for suffix, knobs in (("no_color_fix", dict(color_fix=False)), ("eta0", dict(eta=0.0))):
         metrics.update({f"{k}_{suffix}": v for k, v in evaluate_restoration(method, hq, lq, steps=50, **knobs).items()
@@ -639,7 +658,8 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         "paired degradation data is available here, so this mode learns a richer synthetic pipeline, not real "
         "camera degradations as in the paper.",
         f"- restoration mode: on-the-fly `{cfg['restore_preset']}` degradations plus "
-        f"{cfg['offline_fraction']:.0%} of each batch from {cfg['offline_faces']} offline LQ faces made by the "
+        f"{cfg['offline_fraction']:.0%} of each batch from {cfg['offline_faces']} train faces × "
+        f"{cfg.get('offline_variants', 1)} offline LQ variants made by the "
         f"degradation mode (the paper's \"+O/F\"); {cfg['degrade_share']:.0%} of these steps stay in degradation "
         f"mode. Loss: diffusion loss (min-SNR-{cfg['min_snr_gamma']:g})"
         + (f" + {cfg['x0_weight']:g}·MSE on the predicted clean face; perceptual term: {meta['losses']}."

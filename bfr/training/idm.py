@@ -47,7 +47,7 @@ from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import DATA_NOTE, format_duration
 from bfr.training.checkpoint import resume_or_init, save_state
-from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, save_grid, warmup_cosine
+from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, held_out_loss, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA
 from bfr.weights import read_metadata
@@ -212,7 +212,8 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.eval_every == 0:
             log.write(step=step, seconds=seconds, train_loss=running, lr=optimizer.param_groups[0]["lr"],
-                      heldout_loss=held_out_loss(diffusion, ema.model, val_hq, val_lq), ema_decay=ema.decay(step))
+                      heldout_loss=held_out_loss(diffusion, ema.model, val_hq * 2 - 1, val_lq * 2 - 1),
+                      ema_decay=ema.decay(step))
         if step % cfg.sample_every == 0:
             n = min(8, len(val_hq))
             _, restored = evaluate(ema.model, val_hq[:n], val_lq[:n], cfg.preview_steps, seed=cfg.seed,
@@ -249,25 +250,6 @@ def prior_to_idm(prior: dict[str, torch.Tensor], net: dict) -> dict[str, torch.T
     weights[head_w] = weights[head_w][:net["out_channels"]]
     weights[head_b] = weights[head_b][:net["out_channels"]]
     return weights
-
-
-def held_out_loss(diffusion: GaussianDiffusion, model: torch.nn.Module, hq: torch.Tensor, lq: torch.Tensor,
-                  seed: int = 1234, batch: int = 32) -> float:
-    """Mean conditional MSE (of ε or v) on fixed test pairs, timesteps and noise: comparable across steps."""
-    g = torch.Generator().manual_seed(seed)
-    x0, cond = hq * 2 - 1, lq * 2 - 1
-    t = torch.linspace(0, diffusion.num_timesteps - 1, len(x0)).round().long()
-    noise = torch.randn(x0.shape, generator=g)
-    device = next(model.parameters()).device
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(x0), batch):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = diffusion.training_losses(model, x0[i:i + batch].to(device), t[i:i + batch].to(device),
-                                                   noise[i:i + batch].to(device),
-                                                   model_kwargs={"lq": cond[i:i + batch].to(device)})
-            total += losses["loss"].sum().item()
-    return total / len(x0)
 
 
 @torch.no_grad()

@@ -147,7 +147,7 @@ def _how_to_place(spec: WeightSpec) -> str:
     env_dir = os.environ.get("BFR_WEIGHTS_DIR")
     target = f"{env_dir}/{spec.filename}" if env_dir else f"$BFR_WEIGHTS_DIR/{spec.filename}"
     cached = cache_dir() / "weights" / spec.filename
-    return f"put it at {target} or {cached}, or pass --weights PATH"
+    return f"put it at {target} or {cached}, or pass --weights {spec.name}=PATH"
 
 
 def _unavailable(spec: WeightSpec, why: str) -> WeightsUnavailableError:
