@@ -250,6 +250,7 @@ class _Unit:
 
     def __init__(self, batches: FaceBatches):
         self.batches = batches
+        self.generator = batches.generator  # what a resumed run reseeds
 
     def next(self) -> torch.Tensor:
         return self.batches.next() * 0.5 + 0.5
