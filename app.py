@@ -77,7 +77,10 @@ PREVIEW_MAX_SIDE = 2048  # sliders and gallery show at most this; the PNG downlo
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
 # galleries as tall as their pictures (Gradio reserves 450 px even for one row of small faces)
 CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #flipnet-variants .fixed-height "
-       "{ min-height: 0; }")
+       "{ min-height: 0; }"
+       # the faces gallery holds one wide strip per face: cells as tall as their strip, not square
+       "#faces .thumbnail-item { aspect-ratio: auto; height: auto; }"
+       "#faces .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }")
 LAUNCH = dict(max_file_size="64mb", css=CSS)  # uploads beyond this stop at the server; MAX_PIXELS per image
 CUSTOM = "custom"
 
@@ -848,7 +851,7 @@ def build_demo() -> gr.Blocks:
                                              columns=max(2, min(5, 1 + len(ready))), object_fit="contain",
                                              rows=1, height="auto", elem_id="gallery")
                         faces = gr.Gallery(label="Faces: input, then each method (largest face first)",
-                                           format="png", columns=1, rows=1, height="auto", object_fit="contain",
+                                           format="png", columns=2, height="auto", object_fit="contain",
                                            elem_id="faces")
                         files = gr.File(label="Download (PNG)", file_count="multiple", elem_id="files")
                         with gr.Accordion("Summary (JSON)", open=False):
