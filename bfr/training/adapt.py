@@ -53,7 +53,7 @@ from bfr.training.common import (
     save_grid,
     warmup_cosine,
 )
-from bfr.training.data import FolderBatches, LfwBatches, list_images, read_images
+from bfr.training.data import FaceBatches, FolderBatches, UnitBatches, list_images, load_faces, read_images, split_files
 from bfr.training.ema import EMA
 
 TARGETS_FILE = "pseudo_targets.safetensors"
@@ -349,7 +349,8 @@ def adapt(cfg: AdaptConfig) -> Path | None:
     if gan and cfg.clean_dir:
         clean = FolderBatches(cfg.clean_dir, resolution, cfg.batch_size, seed=cfg.seed)
     elif gan:
-        clean = LfwBatches(resolution, cfg.batch_size, seed=cfg.seed, limit=cfg.clean_images)
+        faces = load_faces(split_files("train")[:cfg.clean_images], resolution)
+        clean = UnitBatches(FaceBatches(faces, cfg.batch_size, seed=cfg.seed))
     disc = UNetDiscriminatorSN(3, cfg.disc_feat or (64 if cfg.tier == "paper" else 32))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
@@ -518,7 +519,6 @@ def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "came
     """
     from bfr.degradations import degrade_batch
     from bfr.degradations import preset as get_preset
-    from bfr.training.data import load_faces, split_files
 
     out = Path(out_dir)
     files = split_files("test")[:limit]

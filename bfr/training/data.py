@@ -102,11 +102,12 @@ class FolderBatches:
         return x
 
 
-class LfwBatches:
-    """Clean LFW train faces in [0, 1] at the model size (the compact tier's real set)."""
+class UnitBatches:
+    """FaceBatches ([-1, 1]) seen in [0, 1], for the trainers that work in [0, 1] (Kuai's, FLIPNET's)."""
 
-    def __init__(self, resolution: int, batch_size: int, seed: int = 0, limit: int | None = None):
-        self.batches = FaceBatches(load_faces(split_files("train")[:limit], resolution), batch_size, seed=seed)
+    def __init__(self, batches: FaceBatches):
+        self.batches = batches
+        self.generator = batches.generator  # what a resumed run reseeds
 
     def next(self) -> torch.Tensor:
         return self.batches.next() * 0.5 + 0.5

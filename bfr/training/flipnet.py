@@ -69,7 +69,7 @@ from bfr.training.common import (
     tune_for_cuda,
     warmup_cosine,
 )
-from bfr.training.data import FaceBatches, FolderBatches, list_images, load_faces, read_images, split_files
+from bfr.training.data import FaceBatches, FolderBatches, UnitBatches, list_images, load_faces, read_images, split_files
 from bfr.training.ema import EMA
 
 TIERS = ("compact", "paper")
@@ -234,7 +234,7 @@ def clean_faces(cfg: FlipNetTrainConfig) -> tuple[object, Callable[[], torch.Ten
         print(f"loading LFW faces at {cfg.resolution} px …")
         faces = load_faces(split_files("train")[:cfg.train_images], cfg.resolution)
         batches = FaceBatches(faces, cfg.batch_size, seed=cfg.seed)
-        return _Unit(batches), lambda: faces, None
+        return UnitBatches(batches), lambda: faces, None
     files = list_images(cfg.clean_dir)
     if len(files) <= cfg.val_faces:
         raise InputError(f"{cfg.clean_dir} has {len(files)} images; FLIPNET holds out the first {cfg.val_faces} "
@@ -243,17 +243,6 @@ def clean_faces(cfg: FlipNetTrainConfig) -> tuple[object, Callable[[], torch.Ten
     print(f"{len(train)} clean faces from {cfg.clean_dir} at {cfg.resolution} px ({len(held)} held out)")
     batches = FolderBatches(cfg.clean_dir, cfg.resolution, cfg.batch_size, seed=cfg.seed, files=train)
     return batches, lambda: read_images(train[:cfg.offline_faces], cfg.resolution), held
-
-
-class _Unit:
-    """FaceBatches ([-1, 1]) seen in [0, 1]."""
-
-    def __init__(self, batches: FaceBatches):
-        self.batches = batches
-        self.generator = batches.generator  # what a resumed run reseeds
-
-    def next(self) -> torch.Tensor:
-        return self.batches.next() * 0.5 + 0.5
 
 
 def validation_pairs(cfg: FlipNetTrainConfig, degradation: str, held: list[Path] | None,
