@@ -44,10 +44,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
             desired = int(section_counts[len("ddim"):])
-            for stride in range(1, num_timesteps):
-                if len(range(0, num_timesteps, stride)) == desired:
-                    return list(range(0, num_timesteps, stride))
-            raise ValueError(f"cannot create exactly {desired} steps with an integer stride from {num_timesteps}")
+            stride = _ddim_stride(num_timesteps, desired)
+            if stride is None:
+                raise ValueError(f"cannot create exactly {desired} steps with an integer stride from {num_timesteps}")
+            return list(range(0, num_timesteps, stride))
         section_counts = [int(x) for x in section_counts.split(",")]
     elif isinstance(section_counts, int):
         section_counts = [section_counts]
@@ -74,10 +74,12 @@ DDIM_EPS = ("model", "clipped")  # where a DDIM step takes its ε from (Gaussian
 def ddim_respacing(steps: int, num_timesteps: int = 1000) -> str | int:
     """The chain of ``steps`` steps for DDIM sampling: DifFace's integer stride ("ddimN": 0, 4, 8, …)
     when one gives exactly that many steps, else that many steps spaced evenly (e.g. 300 of 1000)."""
-    steps = int(steps)
-    if any(len(range(0, num_timesteps, stride)) == steps for stride in range(1, num_timesteps)):
-        return f"ddim{steps}"
-    return steps
+    return f"ddim{int(steps)}" if _ddim_stride(num_timesteps, int(steps)) is not None else int(steps)
+
+
+def _ddim_stride(num_timesteps: int, steps: int) -> int | None:
+    """The integer stride that keeps exactly ``steps`` of ``num_timesteps`` (0, s, 2s, …), or None."""
+    return next((s for s in range(1, num_timesteps) if len(range(0, num_timesteps, s)) == steps), None)
 
 
 def _extract(arr: np.ndarray, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
