@@ -46,6 +46,7 @@ from bfr.degradations import PRESETS, DegradationParams, describe
 from bfr.degradations import degrade as degrade_image
 from bfr.errors import BfrError
 from bfr.faces import FacePipeline
+from bfr.faces.pipeline import check_aligned_shape
 from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -308,6 +309,7 @@ _counter_lock = threading.Lock()  # OpenCV's cascade is not safe to share betwee
 def count_faces(img: np.ndarray, aligned: bool, only_center_face: bool) -> tuple[int, str]:
     """Faces the restorer will see (to size the GPU request, and to skip photos without faces)."""
     if aligned:
+        check_aligned_shape(*img.shape[:2])  # one sentence now, not one per method later
         return 1, "none (aligned input)"
     with _counter_lock:
         faces = _counter.detect(img)

@@ -30,7 +30,7 @@ from bfr.methods.idm import COMPACT_STEPS, IDM, paper_net, prediction_of
 from bfr.methods.unsupervised import Unsupervised
 from bfr.nets import SwinIR, UNetModel, build_net
 from bfr.nets.configs import DIFFACE_SWINIR_512, DIFFACE_UNET_512, SD_VAE_SCALING
-from bfr.weights import available, load_into, load_state_dict, read_metadata, resolve
+from bfr.weights import available, load_into, load_state_dict, read_metadata, resolve, resolve_all
 
 
 @dataclass(frozen=True)
@@ -123,19 +123,22 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
         raise InputError(f"{info.title} has no {tier!r} tier; choose one of: {', '.join(info.tiers)}")
     dev = pick_device(device)
     weights = weights or {}
+    # Every missing file named at once, before any network is built (a 512-px one takes seconds). FLIPNET's and
+    # IDM's paper tiers look for their unpublished weights themselves, with their own advice.
+    files = resolve_all({name: weights.get(name) for name in info.tiers[tier]
+                         if not (tier == "paper" and method in ("flipnet", "idm"))})
     if method == "difface":
         if tier == "compact":
-            prior, backbone = load_net("prior64", weights.get("prior64")), load_net("swinir64", weights.get("swinir64"))
+            prior, backbone = load_net("prior64", files["prior64"]), load_net("swinir64", files["swinir64"])
             model = DifFace(prior, backbone, resolution=prior.image_size, framing="lfw", tier=tier, device=dev)
         else:
             prior, backbone = UNetModel(**DIFFACE_UNET_512), SwinIR(**DIFFACE_SWINIR_512)
-            load_into(prior, load_state_dict(resolve("difface_unet_512", weights.get("difface_unet_512"))))
-            load_into(backbone, load_state_dict(resolve("difface_swinir_512", weights.get("difface_swinir_512"))))
+            load_into(prior, load_state_dict(files["difface_unet_512"]))
+            load_into(backbone, load_state_dict(files["difface_swinir_512"]))
             model = DifFace(prior, backbone, resolution=512, framing="ffhq", tier=tier, device=dev)
     elif method == "flipnet":
         if tier == "compact":
-            prior_file = resolve("prior64", weights.get("prior64"))
-            adapters = resolve("flipnet64", weights.get("flipnet64"))
+            prior_file, adapters = files["prior64"], files["flipnet64"]
             net = attach_adapters(load_net("prior64", prior_file), adapters, prior_file)
             model = FLIPNET(net, resolution=adapters_metadata(adapters)["resolution"], framing="lfw", tier=tier,
                             device=dev)
@@ -145,7 +148,7 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
                             vae_scale=SD_VAE_SCALING, schedule="scaled_linear", learn_sigma=False)
     elif method == "idm":
         if tier == "compact":
-            file = resolve("idm64", weights.get("idm64"))
+            file = files["idm64"]
             net = load_net("idm64", file)
             model = IDM(net, resolution=net.image_size, framing="lfw", tier=tier, device=dev,
                         prediction=prediction_of(file))
@@ -155,13 +158,13 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
     elif method == "unsupervised":
         # One forward pass of a restorer adapted by `python -m bfr adapt` (the prior is needed only there).
         if tier == "compact":
-            file = resolve("swinir64_adapted", weights.get("swinir64_adapted"))
+            file = files["swinir64_adapted"]
             resolution = int(json.loads(read_metadata(file).get("resolution", "64")))
             model = Unsupervised(load_net("swinir64_adapted", file), resolution=resolution, framing="lfw",
                                  tier=tier, device=dev)
         else:  # DT-BFR's SwinIR-GAN; adapted weights via weights={"dtbfr_swinir_gan": "runs/…/adapted.safetensors"}
             net = SwinIR(**DIFFACE_SWINIR_512)
-            load_into(net, load_state_dict(resolve("dtbfr_swinir_gan", weights.get("dtbfr_swinir_gan"))))
+            load_into(net, load_state_dict(files["dtbfr_swinir_gan"]))
             model = Unsupervised(net, resolution=512, framing="ffhq", tier=tier, device=dev)
     return Restorer(model, detector=detector)
 

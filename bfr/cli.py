@@ -6,6 +6,7 @@ import argparse
 import glob
 import inspect
 import json
+import math
 import re
 import sys
 from collections import Counter
@@ -143,21 +144,14 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     _each(paths, work)
 
 
-def _drop_stale_faces(folder: Path, stem: str, method: str, kept: int) -> None:
-    """Remove this method's crops numbered from ``kept`` on, left by an earlier run of the same photo
-    that found more faces (they would pass for this run's), and their input crops where no other
-    method's crop shares them. Other files are left alone."""
-    name = re.compile(rf"{re.escape(stem)}_(\d{{2,}})_(.+)\.png")
-    stale: dict[int, dict[str, Path]] = {}
-    for path in folder.glob(f"{glob.escape(stem)}_*_*.png"):
+def _drop_stale_faces(folder: Path, prefix: str, kept: int) -> None:
+    """Remove the crop pairs ``{prefix}_NN_input/restored.png`` numbered from ``kept`` on: an earlier run of the same
+    photo and method that found more faces left them, and they would pass for this run's. Nothing else is touched."""
+    name = re.compile(rf"{re.escape(prefix)}_(\d{{2,}})_(input|restored)\.png")
+    for path in folder.glob(f"{glob.escape(prefix)}_*.png"):
         match = name.fullmatch(path.name)
         if match and int(match[1]) >= kept:
-            stale.setdefault(int(match[1]), {})[match[2]] = path
-    for crops in stale.values():
-        if method in crops:
-            crops.pop(method).unlink()
-        if set(crops) == {"input"}:
-            crops["input"].unlink()
+            path.unlink()
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -194,24 +188,84 @@ def cmd_restore(args: argparse.Namespace) -> None:
         target = out_dir / f"{stem}_{args.method}.png"
         save_image(result.image, target)
         print(f"{target}: {result.message} ({result.seconds:.1f} s, detector: {result.detector})")
-        if args.save_faces:
+        if args.save_faces:  # each method its own pairs: another run's crops may be of other faces or framing
+            prefix = f"{stem}_{args.method}"
             for i, (before, after) in enumerate(result.faces):
-                save_image(before, out_dir / "faces" / f"{stem}_{i:02d}_input.png")
-                save_image(after, out_dir / "faces" / f"{stem}_{i:02d}_{args.method}.png")
-            _drop_stale_faces(out_dir / "faces", stem, args.method, kept=len(result.faces))
+                save_image(before, out_dir / "faces" / f"{prefix}_{i:02d}_input.png")
+                save_image(after, out_dir / "faces" / f"{prefix}_{i:02d}_restored.png")
+            _drop_stale_faces(out_dir / "faces", prefix, kept=len(result.faces))
 
     _each(paths, work)
 
 
+# `train` options and the models they belong to: a flag given to another model is refused, not ignored.
+TRAIN_FLAGS = {
+    "schedule_steps": ("prior", "backbone"),
+    "init_from": ("prior", "backbone", "idm"),
+    "rounds": ("idm",), "steps_per_round": ("idm",), "refine_steps": ("idm",), "clean_steps": ("idm",),
+    "lr": ("flipnet",), "prior": ("flipnet",), "embed_steps": ("flipnet",), "degrade_steps": ("flipnet",),
+    "restore_steps": ("flipnet",), "offline_faces": ("flipnet",), "offline_variants": ("flipnet",),
+    "tier": ("flipnet",), "clean_dir": ("flipnet",), "unet": ("flipnet",), "vae": ("flipnet",),
+    "card_faces": ("flipnet",),
+}
+INIT_KINDS = {"prior": ("prior",), "backbone": ("swinir",), "idm": ("idm", "prior")}  # what --init-from may hold
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """Refuse options that mean nothing for this model, and numbers no run can use."""
+    for flag, users in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and args.what not in users and not (flag == "tier" and value == "compact"):
+            option = "--" + flag.replace("_", "-")
+            if flag == "tier":
+                raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
+            if flag == "init_from" and args.what == "flipnet":
+                raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
+            raise BfrError(f"{option} is an option of `train {' / '.join(users)}`, not of `train {args.what}`")
+    _check_numbers(args, counts=("steps", "batch_size", "schedule_steps", "rounds", "steps_per_round", "refine_steps",
+                                 "clean_steps", "embed_steps", "restore_steps", "offline_variants", "train_images",
+                                 "card_faces"),
+                   positive=("minutes", "lr"))
+    _check_numbers(args, counts=("degrade_steps", "offline_faces"), low=0)  # a FLIPNET stage may be skipped
+
+
+def _check_numbers(args: argparse.Namespace, counts: tuple[str, ...] = (), positive: tuple[str, ...] = (),
+                   low: int = 1) -> None:
+    """Options given as counts must be at least ``low``; ``positive`` ones finite and above zero."""
+    for flag in counts:
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise BfrError(f"--{flag.replace('_', '-')} must be at least {low}, got {value}")
+    for flag in positive:
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BfrError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
+
+
+def _init_file(value: str, what: str) -> str:
+    """--init-from as a file: a path, or a catalog name (e.g. prior64); its network must be the one `what` trains."""
+    from bfr.weights import CATALOG, read_metadata, resolve
+
+    path = Path(value).expanduser()
+    if not path.is_file():
+        if value not in CATALOG:
+            raise BfrError(f"--init-from {value}: no such file (give a weights file, or a name such as "
+                           f"{'swinir64' if what == 'backbone' else 'prior64'})")
+        path = resolve(value)
+    kind = read_metadata(path).get("kind")
+    if kind not in INIT_KINDS[what]:
+        held = f"a {kind} network" if kind else "no bfr network (no kind in its metadata)"
+        raise BfrError(f"--init-from {value} holds {held}; `train {what}` starts from "
+                       f"{' or '.join(INIT_KINDS[what])} weights")
+    return str(path)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    if args.tier == "paper" and args.what != "flipnet":
-        raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
-    if args.schedule_steps is not None and args.what not in ("prior", "backbone"):
-        raise BfrError(f"--schedule-steps sets the prior's and the backbone's schedule, not {args.what}'s")
-    if args.schedule_steps is not None and args.schedule_steps < 1:
-        raise BfrError(f"--schedule-steps must be a positive number of steps, got {args.schedule_steps}")
-    common = {k: v for k, v in dict(batch_size=args.batch_size, mixed_precision=args.precision).items()
-              if v is not None}
+    _check_train_flags(args)
+    if args.init_from is not None and not (args.what == "idm" and args.init_from == "scratch"):
+        args.init_from = _init_file(args.init_from, args.what)
+    common = {k: v for k, v in dict(batch_size=args.batch_size, mixed_precision=args.precision,
+                                    train_images=args.train_images).items() if v is not None}
     if args.what == "prior":
         from bfr.training.prior import PriorConfig, train_prior
 
@@ -232,8 +286,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         from bfr.training.flipnet import run_config, train_flipnet, write_flipnet_card
         from bfr.weights import read_metadata
 
-        if args.init_from:
-            raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
         given = dict(tier=args.tier, prior=args.prior, unet=args.unet, vae=args.vae, clean_dir=args.clean_dir,
                      embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
                      restore_steps=args.restore_steps, offline_faces=args.offline_faces,
@@ -249,7 +301,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                   + (f"; changed here: {', '.join(changed)}" if changed else ""))
         path = train_flipnet(cfg)
         if json.loads(read_metadata(path)["steps"]) > cfg.embed_steps:  # the card measures restoration mode
-            print(f"adapters: {path}; card: {write_flipnet_card(cfg.out_dir)}")
+            card = write_flipnet_card(cfg.out_dir, **({"n_test": args.card_faces} if args.card_faces else {}))
+            print(f"adapters: {path}; card: {card}")
         else:
             print(f"stopped in the embedding stage; run the same command again to resume ({path})")
     elif args.what == "idm":
@@ -259,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.steps is not None:
             raise BfrError("idm trains in rounds: use --steps-per-round (round 0) and --refine-steps (later rounds)")
         init = args.init_from or str(resolve("prior64"))  # "scratch": the paper's start
-        cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds, max_minutes=args.minutes,
+        cfg = IDMConfig(out_dir=args.output or "runs/idm64", rounds=args.rounds or 3, max_minutes=args.minutes,
                         init_from=None if init == "scratch" else init, **common)
         if args.steps_per_round is not None:
             cfg.steps_per_round = args.steps_per_round
@@ -273,6 +326,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_adapt(args: argparse.Namespace) -> None:
     from bfr.training.adapt import AdaptConfig, adapt, write_card
+
+    _check_numbers(args, counts=("iters", "batch_size", "gen_batch_size", "regenerate_every", "factor"),
+                   positive=("minutes", "lr"))
+    _check_numbers(args, counts=("start", "min_index"), low=0)
+    if not 0 <= args.ema_decay < 1:
+        raise BfrError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
 
     cfg = AdaptConfig(lq_dir=args.lq_dir, out_dir=args.output, tier=args.tier, restorer=args.restorer,
                       prior=args.prior, references_dir=args.references, clean_dir=args.clean_dir,
@@ -370,13 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IDM's sampler: DDIM (with --eta) or ancestral with fixed variance (default ddim)")
     p.add_argument("--phi", type=float, default=None, help="FLIPNET's BoostHub scale φ (default 1; 0 = no condition)")
     p.add_argument("--no-color-fix", action="store_true",
-                   help="FLIPNET: keep the samples' own colours (default: each takes the input's channel statistics)")
+                   help="FLIPNET, IDM: keep the samples' own colours (default: each takes the input's per-channel "
+                        "mean, FLIPNET also its spread)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"])
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
                    help="use a local weights file for a catalog entry, e.g. difface_unet_512=/data/x.pth")
-    p.add_argument("--save-faces", action="store_true", help="also write per-face input/restored crops")
+    p.add_argument("--save-faces", action="store_true",
+                   help="also write each face's input and restored crops: faces/STEM_METHOD_NN_input.png and "
+                        "_restored.png")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split); "
@@ -391,11 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones); idm: "
                    "default the bundled prior64, 'scratch' for none")
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "no"], help="default bf16")
+    p.add_argument("--train-images", type=int, default=None, metavar="N",
+                   help="train on only the first N train faces: a quick run to try the pipeline (its card says so)")
     p.add_argument("--schedule-steps", type=int, default=None,
                    help="prior/backbone: length of the cosine lr schedule, and of the run unless --steps is "
                         "given (defaults 60000 / 30000); a shorter one anneals a resumed run")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="idm: training rounds; each after the first cleans the training faces with the previous one")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="idm: training rounds, default 3; each after the first cleans the training faces with the "
+                        "previous one")
     p.add_argument("--steps-per-round", type=int, default=None, help="idm: steps of round 0 (default 30000)")
     p.add_argument("--refine-steps", type=int, default=None,
                    help="idm: steps of each later round, from the previous weights (default a quarter of round 0)")
@@ -417,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-dir", default=None, help="flipnet paper tier: clean FFHQ-aligned faces to train on")
     p.add_argument("--unet", default=None, help="flipnet paper tier: SD 2.1-base UNet weights (default: the Hub)")
     p.add_argument("--vae", default=None, help="flipnet paper tier: SD 2.1-base VAE weights (default: the Hub)")
+    p.add_argument("--card-faces", type=int, default=None,
+                   help="flipnet: test faces the model card measures (default 64; 50-step restorations, minutes on "
+                        "a CPU)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="adapt a restorer to degraded faces without ground truth (Kuai et al.)")

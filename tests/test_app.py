@@ -23,7 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import app  # noqa: E402
 from bfr.api import method_status  # noqa: E402
 from bfr.degradations import DegradationParams, degrade  # noqa: E402
-from bfr.imageio import MAX_PIXELS, load_image, resize, save_image  # noqa: E402
+from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8  # noqa: E402
 from bfr.methods.difface import COMPACT_START_STEP  # noqa: E402
 from bfr.methods.idm import COMPACT_STEPS  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
@@ -361,7 +361,7 @@ def test_own_defaults_run_each_method_as_its_own_defaults_say(client, degraded_f
     files, info = restore(client, degraded_face, methods=("difface", "idm"), own_defaults=True, steps=1000, eta=1)
     assert info["options"] == {"seed": FAST["seed"]}
     options = {r["method"]: r["options"] for r in info["results"]}
-    assert options["idm"] == {"steps": COMPACT_STEPS, "eta": 0.0, "seed": FAST["seed"]}
+    assert options["idm"] == {"steps": COMPACT_STEPS, "eta": 0.0, "color_fix": True, "seed": FAST["seed"]}
     assert options["difface"] == {"steps": 250, "start_step": COMPACT_START_STEP, "eta": 0.5, "seed": FAST["seed"]}
     explicit, _ = restore(client, degraded_face, methods=("idm",), steps=COMPACT_STEPS, eta=0)
     np.testing.assert_array_equal(load_image(files[1]), load_image(explicit[0]))
@@ -414,6 +414,17 @@ def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path
     assert all(strip.shape == (crop, 2 * run_crop + 4, 3) for strip, _ in faces)
     assert (faces[0][0][:, crop:crop + 4] == 255).all()
     assert len(files) == 1 and Path(files[0]).is_file()
+    # what the pictures show: the slider's left is the photo, its right the restored file; each strip is that
+    # face's input crop, then its restoration
+    restored = load_image(files[0])
+    np.testing.assert_array_equal(before, to_uint8(load_image(tmp_path / "pair.png")))
+    np.testing.assert_array_equal(after, to_uint8(restored))
+    assert np.abs(before.astype(int) - after.astype(int)).mean() > 1
+    for strip, _ in faces:
+        left, right = strip[:, :crop].astype(int), strip[:, crop + 4:].astype(int)
+        assert np.abs(left - right).mean() > 1  # not the input twice
+    face_x = np.argwhere(np.abs(restored - load_image(tmp_path / "pair.png")).max(axis=2) > 0.02)[:, 1]
+    assert face_x.min() < 150 <= face_x.max()  # both halves of the photo (both faces) were restored
 
 
 @needs_weights
@@ -566,6 +577,14 @@ def test_failures_inside_the_gpu_call_become_sentences(monkeypatch, clean_face):
         assert app.run_methods(face, ["difface"], "compact", {}, True, 1, False, 1) == ([], [said], False)
     with pytest.raises(gr.Error, match="Unexpected error"):
         _run(clean_face, ["difface"])
+
+
+def test_an_aligned_crop_that_is_not_square_is_one_sentence_before_any_model(monkeypatch, tmp_path):
+    wide = tmp_path / "wide.png"
+    save_image(np.full((64, 128, 3), 0.5, np.float32), wide)
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: pytest.fail("must be refused before loading"))
+    with pytest.raises(gr.Error, match=r"an aligned face crop is square \(e.g. 512×512\), but this image is 128×64"):
+        _run(wide, ["difface", "idm"])
 
 
 def test_zero_gpu_refuses_a_request_longer_than_one_call(monkeypatch, clean_face):

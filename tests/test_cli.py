@@ -60,6 +60,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2 and "unknown method" in out.stderr
 
 
+def test_an_upscale_that_is_not_a_number_is_one_line(tmp_path, capsys):
+    face = _face(tmp_path / "face.png")
+    for value in ("nan", "inf", "0"):
+        assert main(["restore", str(face), "-o", str(tmp_path / "out"), "--upscale", value, "--aligned"]) == 2
+        err = capsys.readouterr().err
+        assert f"upscale must be a positive number, got {float(value)}" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 def test_paper_tier_offline_fails_fast_with_instructions(tmp_path):
     img = tmp_path / "face.png"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img)
@@ -74,19 +83,24 @@ def test_restore_real_photo_writes_output_and_faces(tmp_path):
     photo = data_dir() / "real-lq" / "whole_imgs" / "00.jpg"
     faces = tmp_path / "faces"
     faces.mkdir()
-    # crops of an earlier run that found more faces in 00.jpg (this method's go; another method's pair and
-    # other files stay)
-    for name in ("00_05_input", "00_05_difface", "00_07_difface", "00_06_input", "00_06_idm", "00_01_00_difface",
-                 "notes"):
-        _face(faces / f"{name}.png")
+    # crops of an earlier run that found more faces in 00.jpg (this method's go; another method's pairs, another
+    # photo's and other files stay), and a stale pair this run overwrites
+    for name in ("00_difface_05_input", "00_difface_05_restored", "00_difface_07_restored", "00_idm_06_input",
+                 "00_idm_06_restored", "00_01_difface_00_restored", "00_difface_01_input", "notes"):
+        _face(faces / f"{name}.png", value=7)
     out = run("restore", str(photo), "-o", str(tmp_path), "--steps", "50", "--start-step", "20", "--save-faces")
     assert out.returncode == 0, out.stderr
     restored = np.asarray(Image.open(tmp_path / "00_difface.png"))
     assert restored.shape == np.asarray(Image.open(photo)).shape
     assert "restored 2 faces" in out.stdout.lower()
     assert sorted(p.stem for p in faces.glob("*.png")) == [
-        "00_00_difface", "00_00_input", "00_01_00_difface", "00_01_difface", "00_01_input", "00_06_idm",
-        "00_06_input", "notes"]
+        "00_01_difface_00_restored", "00_difface_00_input", "00_difface_00_restored", "00_difface_01_input",
+        "00_difface_01_restored", "00_idm_06_input", "00_idm_06_restored", "notes"]
+    for i in range(2):  # this run's pairs: the photo's crop and its restoration, not the stale flat files
+        before = np.asarray(Image.open(faces / f"00_difface_{i:02d}_input.png"), np.float32)
+        after = np.asarray(Image.open(faces / f"00_difface_{i:02d}_restored.png"), np.float32)
+        assert before.shape == after.shape == (64, 64, 3) and before.std() > 10 and after.std() > 10
+        assert np.abs(before - after).mean() < 40  # the same face
 
 
 @pytest.mark.skipif(not method_status("difface", "compact")[0], reason="compact DifFace weights are not bundled")
@@ -186,3 +200,27 @@ def test_degrade_refuses_no_variants_and_tiny_sizes_and_lists_every_preset(tmp_p
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # checked before the output folder is made
     assert PRESET_HELP.split(" | ") == list(PRESETS)
+
+
+@pytest.mark.skipif(not method_status("difface", "compact")[0], reason="compact DifFace weights are not bundled")
+@pytest.mark.skipif(not (data_dir() / "real-lq").is_dir(), reason="../shared/data (real-lq) is not here")
+def test_sampling_flags_reach_the_sampler_and_only_center_face_the_detector(tmp_path, capsys):
+    face = data_dir() / "real-lq" / "cropped_faces" / "Julia_Roberts_crop.png"
+
+    def restored(*flags):
+        out = tmp_path / "-".join(flags)
+        assert main(["restore", str(face), "-o", str(out), "--aligned", "--steps", "20", "--start-step", "4",
+                     *flags]) == 0
+        return np.asarray(Image.open(out / "Julia_Roberts_crop_difface.png"), np.int16)
+
+    one = restored("--seed", "1", "--eta", "1")
+    np.testing.assert_array_equal(one, restored("--seed", "1", "--eta", "1"))  # seeded: the same file
+    assert np.abs(one - restored("--seed", "2", "--eta", "1")).mean() > 0.1  # another seed, other noise
+    assert np.abs(one - restored("--seed", "1", "--eta", "0")).mean() > 0.1  # η changes the chain's noise
+    photo = data_dir() / "real-lq" / "whole_imgs" / "00.jpg"
+    capsys.readouterr()
+    assert main(["restore", str(photo), "-o", str(tmp_path / "c"), "--only-center-face", "--steps", "20",
+                 "--start-step", "4", "--save-faces"]) == 0
+    assert "Restored 1 face found" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "c" / "faces").iterdir()) == [
+        "00_difface_00_input.png", "00_difface_00_restored.png"]

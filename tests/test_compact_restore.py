@@ -88,11 +88,12 @@ def test_a_crop_in_the_compact_framing_restores_as_aligned_input(faces):
 
 @needs_difface
 def test_larger_started_step_trades_fidelity_for_realism(case):
-    """DifFace's knob: the farther the chain starts, the less the output is tied to the input."""
+    """DifFace's knob: the farther the chain starts, the less the output is tied to the input, and the more
+    natural it looks (NIQE falls)."""
     model, hq, lq = case
-    near = psnr(model.restore(lq, start_step=10, seed=0), hq).mean()
-    far = psnr(model.restore(lq, start_step=100, seed=0), hq).mean()
-    assert far < near
+    near, far = model.restore(lq, start_step=10, seed=0), model.restore(lq, start_step=100, seed=0)
+    assert psnr(far, hq).mean() < psnr(near, hq).mean()
+    assert niqe(far).mean() < niqe(near).mean()
 
 
 # ---------------------------------------------------------------------------------- IDM
@@ -161,3 +162,35 @@ def test_flipnet_degradation_mode_makes_different_degraded_versions_of_the_face(
     assert (psnr(a, hq) < 35).all()  # degraded, not a copy
     unsteered = model.degrade(hq, variants=1, steps=25, seed=0, phi=0.0)[:, 0]
     assert psnr(a, hq).mean() > psnr(unsteered, hq).mean() + 1.0  # a version of this face
+
+
+@pytest.mark.skipif(not method_status("unsupervised", "compact")[0], reason="swinir64_adapted is not bundled")
+def test_the_adapted_restorer_is_more_natural_than_the_one_it_started_from(tmp_path):
+    """Kuai et al.'s claim on the bundled run's own unseen degradation (camera-lowres; held-out people):
+    above the input's fidelity, and more natural (NIQE) than swinir64, which it was adapted from."""
+    from bfr.api import load_net
+    from bfr.training.adapt import evaluate_holdout, make_demo_set
+
+    make_demo_set(tmp_path, limit=120)
+    adapted = evaluate_holdout(load_net("swinir64_adapted"), tmp_path)
+    start = evaluate_holdout(load_net("swinir64"), tmp_path)
+    assert adapted["n"] >= 20
+    assert adapted["psnr_after"] > adapted["psnr_before"] + 0.5 and adapted["ssim_after"] > adapted["ssim_before"]
+    assert adapted["niqe_after"] < start["niqe_after"] - 0.2
+
+
+@needs_flipnet
+@pytest.mark.skipif(not (data_dir() / "real-lq").is_dir(), reason="../shared/data (real-lq) is not here")
+def test_flipnet_degradation_mode_on_a_photo_takes_its_largest_face():
+    import bfr
+    from bfr.imageio import load_image
+
+    photo = load_image(data_dir() / "real-lq" / "whole_imgs" / "00.jpg")
+    restorer = bfr.load("flipnet", device="cpu")
+    got = restorer.degrade(photo, variants=1, aligned=False, steps=5, seed=0)
+    crops = restorer.face_pipeline().crops(photo)
+    assert len(crops) == 2 and len(got) == 1 and got[0].shape == (64, 64, 3)
+    largest = max(crops, key=lambda f: f.face.eye_distance).crop
+    np.testing.assert_array_equal(got[0], restorer.degrade(largest, variants=1, steps=5, seed=0)[0])
+    smallest = min(crops, key=lambda f: f.face.eye_distance).crop
+    assert np.abs(got[0] - restorer.degrade(smallest, variants=1, steps=5, seed=0)[0]).mean() > 0.02

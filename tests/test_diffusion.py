@@ -90,6 +90,25 @@ def test_posterior_mean_is_consistent():
     assert var.abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("respacing", [None, "ddim250", "25"])
+def test_posterior_is_bayes_rule_at_every_level(respacing):
+    """q(x_{t-1} | x_t, x0) written out as the product of the one-step forward Gaussian and the marginal at t-1
+    (with the chain's own α_t = ᾱ_t / ᾱ_{t-1} on a re-spaced chain): the ancestral sampler, Kuai's
+    pseudo-targets and the prior's variance loss all stand on it."""
+    d = GaussianDiffusion.create(1000, respacing=respacing)
+    g = torch.Generator().manual_seed(0)
+    x0, xt = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    for i in (1, d.num_timesteps // 3, d.num_timesteps - 1):
+        ab, ab_prev = d.alphas_cumprod[i], d.alphas_cumprod[i - 1]
+        a = ab / ab_prev
+        precision = a / (1 - a) + 1 / (1 - ab_prev)
+        var = 1 / precision
+        mean = var * (np.sqrt(a) / (1 - a) * xt + np.sqrt(ab_prev) / (1 - ab_prev) * x0)
+        got_mean, got_var, _ = d.q_posterior_mean_variance(x0, xt, torch.full((2,), i))
+        torch.testing.assert_close(got_mean, mean.float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_var, torch.full_like(got_var, var), atol=0, rtol=1e-5)
+
+
 class Oracle(torch.nn.Module):
     """An ε-model that knows x0: returns the exact noise for whatever level it is asked about."""
 

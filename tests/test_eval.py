@@ -120,6 +120,25 @@ def test_niqe_rises_with_blur_and_noise_on_lfw_faces():
         assert (bad > clean).all()
 
 
+def test_niqe_is_the_mahalanobis_distance_of_the_pooled_covariances():
+    """NIQE(x) = sqrt((ν₁ - ν₂)ᵀ ((Σ₁ + Σ₂) / 2)⁻¹ (ν₁ - ν₂)) between the pristine model and the image's
+    block features (Mittal et al. 2013), written out here; plus the value of two LFW faces against the
+    bundled model, so that a change to the features (MSCN, AGGD fits) that keeps the ordering shows too."""
+    from bfr.training.data import load_faces, split_files
+
+    x = load_faces(split_files("test")[:2], 64).float() / 255
+    model = M.load_niqe_model(64)
+    feats, _ = M.niqe_features(x, model.block)
+    got = M.niqe(x, model)
+    for rows, value in zip(feats, got, strict=True):
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        centred = rows - rows.mean(0)
+        image_cov = centred.T @ centred / (len(rows) - 1)
+        d = model.mu - rows.mean(0)
+        assert value.item() == pytest.approx(np.sqrt(d @ np.linalg.solve((model.cov + image_cov) / 2, d)), rel=1e-6)
+    assert got.tolist() == pytest.approx([1.635893, 1.697828], abs=1e-5)
+
+
 # ------------------------------------------------------------------- optional metrics
 
 
@@ -531,7 +550,8 @@ def test_rows_and_step_knobs_follow_each_method_signature():
     assert [step_knob(m()) for m in (_OnePass, _FromNoise, _Started)] == [None, "steps", "start_step"]
     rows = _model_rows(_Started(), 20, 0.5, (4, 8), 0)
     assert [r[0] for r in rows] == ["backbone alone", "Started N=4", "Started N=8"]
-    assert rows[2][2](torch.zeros(1, 3, 4, 4), 0).max() == pytest.approx(0.008)
+    # every row runs at its own N (a closure over the loop variable would run them all at the last one)
+    assert [rows[i][2](torch.zeros(1, 3, 4, 4), 0).max().item() for i in (1, 2)] == pytest.approx([0.004, 0.008])
     assert [r[0] for r in _model_rows(_OnePass(), 20, 0.5, (4, 8), 0)] == ["One"]
     # the method's own defaults are marked, and a sampler's knobs are named in its row
     started = _Started()
@@ -586,7 +606,7 @@ def test_cli_eval_and_bench(tmp_path, capsys):
     assert "results.md" in out
     md = (tmp_path / "e" / "results.md").read_text()
     # a bundled method gives one row at the compact tier's own defaults; one without weights says why
-    rows = {"idm": "| idm | compact | IDM, 10 steps (η 0) |",
+    rows = {"idm": "| idm | compact | IDM, 10 steps (η 0, colour fix) |",
             "flipnet": "| flipnet | compact | FLIPNET, 50 steps (η 1, φ 1, colour fix) |",
             "unsupervised": "| unsupervised | compact | Unsupervised BFR (Kuai et al.) |"}
     for method, row in rows.items():

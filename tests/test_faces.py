@@ -30,7 +30,7 @@ from bfr.faces import (  # noqa: E402
 from bfr.faces import detect as detect_mod  # noqa: E402
 from bfr.faces.align import compose, warp_image  # noqa: E402
 from bfr.faces.detect import EYE_CASCADE, FACE_CASCADE, HOW_TO_GET_CASCADES, find_cascade  # noqa: E402
-from bfr.faces.paste import FaceParser, output_to_crop_affine, square_soft_mask  # noqa: E402
+from bfr.faces.paste import FaceParser, face_ellipse_mask, output_to_crop_affine, square_soft_mask  # noqa: E402
 from bfr.faces.templates import FFHQ_512, LFW_150, frame_inside, reframe_affine  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
 
@@ -328,6 +328,21 @@ def test_stub_pipeline_overlapping_faces_and_border_faces():
     assert np.allclose(grey.output[80, 70], 0.5, atol=0.02)
 
 
+def test_where_faces_overlap_the_larger_one_ends_on_top():
+    """Smaller (usually farther) faces are pasted first: a background face's crop never covers the main face."""
+    img = synthetic_image(160, 200)
+    big, small = face_at(80, 80, 30), face_at(100, 84, 20)
+    pipe = FacePipeline(detector=StubDetector([small, big]), crop_size=128, use_parse=False)
+    crops = pipe.crops(img)
+    values = [0.8 if c.face is small else 0.2 for c in crops]
+    out = pipe.restore_faces(img, lambda cs: [np.full_like(c, v) for c, v in zip(cs, values, strict=True)]).output
+    mask = np.minimum(square_soft_mask(128), face_ellipse_mask(template("ffhq", 128), 128))
+    weight = {id(c.face): warp_image(mask, inverse_affine(c.affine), (200, 160), border="constant") for c in crops}
+    both = (weight[id(big)] > 0.99) & (weight[id(small)] > 0.5)
+    assert both.sum() > 50  # the two faces do overlap there
+    np.testing.assert_allclose(out[both], 0.2, atol=0.01)  # the larger face's crop (≤ 1% of what lies under it)
+
+
 def test_restore_fn_must_return_one_square_crop_per_face():
     img = synthetic_image()
     pipe = FacePipeline(detector=StubDetector([face_at(100, 80, 30)]), crop_size=64, use_parse=False)
@@ -361,6 +376,28 @@ def test_parse_mask_is_intersected_with_the_square_mask():
     with_parse = paste_faces(img, [grey], [affine], parser=parser)
     without = paste_faces(img, [grey], [affine])
     assert (np.abs(with_parse - img) > 1e-6).sum() < (np.abs(without - img) > 1e-6).sum()
+
+
+def test_without_parsing_faces_are_pasted_through_an_ellipse_not_the_square(blake):
+    """A restoration that changes everything (grey) reaches the face, not the hair and background
+    at the crop's corners, which the square mask alone would have covered."""
+    img, faces = blake
+    pipe = FacePipeline(detector=StubDetector(faces[:1]), crop_size=128, use_parse=False)
+    assert "soft ellipse" in pipe.parse_note
+    affine = pipe.crops(img)[0].affine
+    grey = pipe.restore_faces(img, lambda cs: [np.full_like(c, 0.5) for c in cs])
+    square = paste_faces(img, [np.full((128, 128, 3), 0.5, np.float32)], [affine])  # no face_points: the square
+    changed = np.any(np.abs(grey.output - img) > 1 / 255, axis=2)
+    by_square = np.any(np.abs(square - img) > 1 / 255, axis=2)
+    assert changed.sum() < 0.6 * by_square.sum() and not (changed & ~by_square).any()
+    # the face's middle (between the eyes and the mouth) is the restored crop; a crop corner is the photo
+    inv = inverse_affine(affine)
+    for point, restored in (((64.0, 78.0), True), ((16.0, 16.0), False), ((112.0, 20.0), False)):
+        x, y = transform_points(np.array([point]), inv)[0].round().astype(int)
+        if 0 <= y < img.shape[0] and 0 <= x < img.shape[1]:
+            assert np.allclose(grey.output[y, x], 0.5, atol=0.02) == restored, point
+    mask = face_ellipse_mask(template("ffhq", 128), 128)
+    assert mask[78, 64] > 0.99 and mask[5, 5] < 1e-3 and mask[64, 2] < 0.01  # cheek to cheek, not ear to ear
 
 
 def test_no_face_returns_the_input_with_a_message():
@@ -462,6 +499,18 @@ def test_aligned_mode_keeps_the_size():
         img, lambda cs: cs, aligned=True
     )
     assert up.output.shape == (512, 512, 3)
+
+
+def test_aligned_mode_refuses_a_crop_it_would_squash():
+    path = need(REAL / "cropped_faces" / "Julia_Roberts_crop.png")
+    img = load_rgb(path, max_side=256)
+    pipe = FacePipeline(detector=StubDetector([]), crop_size=64)
+    calls = []
+    with pytest.raises(InputError, match=r"square \(e.g. 512×512\), but this image is 256×180"):
+        pipe.restore_faces(img[:180], calls.append, aligned=True)
+    assert calls == []  # refused before any restoration
+    nearly = pipe.restore_faces(img[:252], lambda cs: cs, aligned=True)  # a few pixels off square is still a crop
+    assert nearly.output.shape == (252, 256, 3) and nearly.n_faces == 1
 
 
 

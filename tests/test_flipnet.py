@@ -233,6 +233,19 @@ def test_color_fix_gives_each_sample_its_condition_faces_channel_statistics():
     torch.testing.assert_close(variants.mean((3, 4)), cond.mean((2, 3))[:, None].expand(2, 2, 3), atol=2e-3, rtol=0)
 
 
+def test_each_variant_of_a_batch_is_degraded_from_its_own_face():
+    """Variant k of face b is conditioned on face b: with η 0 only the starting noise is random, so the first
+    face of a batch gets exactly the variants it gets alone (a tiled condition would hand it face 2's)."""
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net)
+    m = method(net)
+    faces = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    both = m.degrade(faces, variants=2, steps=4, eta=0.0, color_fix=False, seed=0)
+    alone = m.degrade(faces[:1], variants=2, steps=4, eta=0.0, color_fix=False, seed=0)
+    torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=0)
+    assert (both[1] - alone[0]).abs().mean() > 1e-3
+
+
 def test_progress_reports_every_step():
     seen = []
     method().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: seen.append((d, t)))

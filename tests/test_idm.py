@@ -103,6 +103,25 @@ def test_keeps_the_ddim_eps_of_its_measurements(monkeypatch):
     assert seen == ["clipped"]
 
 
+class TintedOracle(OracleNet):
+    """The oracle's face, shifted in colour (the drift of samples drawn from pure noise)."""
+
+    def forward(self, x, t, lq=None):
+        return super().forward(x, t, lq - torch.tensor([0.2, -0.3, 0.1]).view(1, 3, 1, 1))
+
+
+def test_colour_fix_gives_each_face_the_lq_mean_colour_and_keeps_its_detail():
+    lq = torch.rand(2, 3, 16, 16) * 0.5 + 0.25
+    model = make(TintedOracle(), resolution=16)
+    raw = model.restore(lq, steps=5, color_fix=False, seed=0)
+    fixed = model.restore(lq, steps=5, seed=0)  # on by default
+    assert model.defaults["color_fix"] is True
+    shift = lambda out: (out - lq).mean((2, 3))  # noqa: E731
+    torch.testing.assert_close(shift(raw), torch.tensor([[-0.1, 0.15, -0.05]] * 2), atol=2e-3, rtol=0)
+    torch.testing.assert_close(shift(fixed), torch.zeros(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fixed, lq, atol=1e-5, rtol=0)  # only the mean moved: the spread is the face's own
+
+
 def test_lq_is_resized_to_the_model_size_and_back():
     oracle = OracleNet()
     lq = torch.rand(1, 3, 32, 32)

@@ -39,6 +39,21 @@ def test_prior_trains_resumes_and_exports(tmp_path):
     assert (tmp_path / "prior" / "samples_final.png").stat().st_size > 1000
     card = (tmp_path / "prior" / "prior64.md").read_text()
     assert "steps: 5" in card and "LFW train split" in card and "held-out" in card.lower()
+    assert "A quick run on only the first 32 train faces" in card  # not passed off as a model trained on all
+
+    # The export is the EMA the log measured, and that EMA moves with training.
+    from bfr.diffusion import GaussianDiffusion
+    from bfr.training.common import held_out_loss
+    from bfr.training.data import load_faces, split_files
+
+    cfg.max_steps = 6
+    train_prior(cfg)
+    log = [json.loads(line) for line in (tmp_path / "prior" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and log[1]["heldout_loss"] != log[0]["heldout_loss"]
+    test_faces = load_faces(split_files("test")[:256:2], 32).float() / 127.5 - 1
+    exported = held_out_loss(GaussianDiffusion.create(1000, "linear", learn_sigma=True),
+                             load_net("prior64", weights), test_faces)
+    assert exported == pytest.approx(log[1]["heldout_loss"], rel=1e-3)  # fp16 export of the logged weights
 
 
 def test_backbone_training_lowers_l1(tmp_path):
@@ -113,7 +128,57 @@ def test_schedule_steps_is_refused_where_it_means_nothing(tmp_path, capsys):
 
     for what in ("idm", "flipnet"):
         assert main(["train", what, "-o", str(tmp_path / what), "--schedule-steps", "10"]) == 2
-        assert f"--schedule-steps sets the prior's and the backbone's schedule, not {what}'s" in capsys.readouterr().err
+        assert (f"--schedule-steps is an option of `train prior / backbone`, not of `train {what}`"
+                in capsys.readouterr().err)
+
+
+def test_train_refuses_what_no_run_can_use_in_one_line(tmp_path, capsys, monkeypatch):
+    """Flags of another model, counts below one, NaN minutes and --init-from files of the wrong network are
+    refused before anything runs; a catalog name is taken for its file."""
+    import bfr.training.prior
+    from bfr.cli import main
+    from bfr.paths import COMPACT_WEIGHTS_DIR
+
+    ran = []
+    monkeypatch.setattr(bfr.training.prior, "train_prior", ran.append)
+    out = str(tmp_path / "run")
+    cases = [
+        (["train", "prior", "--lr", "1e-3"], "--lr is an option of `train flipnet`, not of `train prior`"),
+        (["train", "backbone", "--embed-steps", "5"], "--embed-steps is an option of `train flipnet`"),
+        (["train", "prior", "--rounds", "2"], "--rounds is an option of `train idm`, not of `train prior`"),
+        (["train", "flipnet", "--init-from", "prior64"], "give the frozen prior with --prior"),
+        (["train", "prior", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["train", "idm", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["train", "prior", "--minutes", "nan"], "--minutes must be a positive number, got nan"),
+        (["train", "backbone", "--init-from", "prior64"],
+         "holds a prior network; `train backbone` starts from swinir weights"),
+        (["train", "idm", "--init-from", "swinir64"], "`train idm` starts from idm or prior weights"),
+        (["train", "prior", "--init-from", str(tmp_path / "nowhere.safetensors")], "no such file"),
+        (["adapt", str(tmp_path), "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["adapt", str(tmp_path), "--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+        (["adapt", str(tmp_path), "--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "-o", out]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert ran == [] and not (tmp_path / "run").exists()
+    assert main(["train", "prior", "-o", out, "--init-from", "prior64", "--steps", "5", "--train-images", "8"]) == 0
+    assert ran[0].init_from == str(COMPACT_WEIGHTS_DIR / "prior64.safetensors") and ran[0].max_steps == 5
+    assert ran[0].train_images == 8
+    assert main(["train", "prior", "-o", out, "--card-faces", "4"]) == 2
+    assert "--card-faces is an option of `train flipnet`" in capsys.readouterr().err
+
+
+def test_a_start_from_another_networks_weights_is_a_readable_error(tmp_path):
+    from bfr.training.checkpoint import resume_or_init
+    from bfr.weights.load import StateDictMismatchError, save_safetensors
+
+    net = torch.nn.Conv2d(3, 4, 3)
+    other = save_safetensors(torch.nn.Conv2d(3, 8, 3).state_dict(), tmp_path / "other.safetensors")
+    ema = EMA(net)
+    with pytest.raises(StateDictMismatchError, match="weight: file \\[8, 3, 3, 3\\] vs model \\[4, 3, 3, 3\\]"):
+        resume_or_init(tmp_path / "state.safetensors", net, ema.model, torch.optim.AdamW(net.parameters()), str(other))
 
 
 def test_rewarm_ramps_the_rate_only_for_fresh_optimizer_moments():

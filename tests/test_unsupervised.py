@@ -392,6 +392,18 @@ def test_adapt_general_path_uses_fixed_references(tmp_path, tiny_compact, count_
     settings = json.loads(read_metadata(weights)["pseudo_targets"])
     assert settings["path"] == "general" and settings["factor"] == lowpass_factor(16, "general")
     assert sum(count_prior_calls) == 10 * 2
+    # each pseudo-target is filed under its own input: its coarse layout is its own reference's, not the other's
+    from safetensors.torch import load_file
+
+    from bfr.imageio import load_image, to_tensor
+
+    targets = load_file(str(tmp_path / "general" / "pseudo_targets.safetensors"))
+    references = {f"face_{i}": to_tensor(load_image(tmp_path / "refs" / f"face_{i}.jpg")) for i in range(2)}
+    assert len(targets) == 2
+    for name, target in targets.items():
+        coarse = lowpass(target[None].float() / 255, settings["factor"])
+        nearest = min(references, key=lambda r: (coarse - lowpass(references[r], settings["factor"])).abs().mean())
+        assert Path(name).stem == nearest, name
     (tmp_path / "refs" / "face_1.jpg").unlink()
     with pytest.raises(InputError, match="no reference"):
         adapt(AdaptConfig(**tiny_compact, out_dir=str(tmp_path / "g2"), references_dir=refs))

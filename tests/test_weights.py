@@ -143,6 +143,26 @@ def test_offline_absent_remote_file_fails_fast_with_directions():
     assert not ok and "HF_HUB_OFFLINE" in why
 
 
+def test_a_method_names_every_missing_file_before_building_a_network(monkeypatch, tmp_path):
+    import bfr
+    import bfr.api
+
+    built = []
+    monkeypatch.setattr(bfr.api, "UNetModel", lambda **kw: built.append("unet"))
+    monkeypatch.setattr(bfr.api, "SwinIR", lambda **kw: built.append("swinir"))
+    with pytest.raises(WeightsUnavailableError) as err:
+        bfr.load("difface", tier="paper", device="cpu")
+    msg = str(err.value)
+    assert msg.startswith("2 weights files are missing") and built == []
+    assert "iddpm_ffhq512_ema500000.pth" in msg and "swinir_restoration512_L1.pth" in msg
+    assert "--weights difface_unet_512=PATH" in msg and "--weights difface_swinir_512=PATH" in msg
+    # one found (given), one missing: only the missing one is named, still before anything is built
+    unet = save_safetensors(tiny().state_dict(), tmp_path / "unet.safetensors")
+    with pytest.raises(WeightsUnavailableError) as err:
+        bfr.load("difface", tier="paper", device="cpu", weights={"difface_unet_512": str(unet)})
+    assert "swinir_restoration512_L1.pth" in str(err.value) and "iddpm" not in str(err.value) and built == []
+
+
 def test_unreachable_host_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     spec = WeightSpec(name="nowhere", filename="nowhere.pth", url="https://weights.invalid/nowhere.pth")

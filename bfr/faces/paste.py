@@ -3,8 +3,9 @@
 Each crop goes back through the inverse of its alignment affine, weighted by a soft mask:
 a square the size of the crop, pulled in from its edges and feathered with a Gaussian blur
 whose width is a fixed fraction of the crop (so, in the output, proportional to the face
-size, as in facexlib's helper), optionally intersected with a blurred face-parsing mask
-(ParseNet through facexlib, only when its weights file is already on this machine).
+size, as in facexlib's helper), intersected with a blurred face-parsing mask (ParseNet
+through facexlib, only when its weights file is already on this machine) or, without one,
+with a soft ellipse over the face.
 Pixels that no mask reaches are left exactly as they were.
 """
 
@@ -37,6 +38,26 @@ def square_soft_mask(size: int, feather: float = 1 / 20) -> np.ndarray:
         mask[edge:-edge, edge:-edge] = 1.0
     k = 2 * edge + 1
     return cv2.GaussianBlur(mask, (k, k), edge / 3.0)
+
+
+def face_ellipse_mask(points: np.ndarray, size: int) -> np.ndarray:
+    """A size×size float32 mask: a soft ellipse over the face whose 5 landmarks in the crop are ``points``,
+    cheek to cheek (2.2 eye distances) and lower forehead to chin (3), fading over about a quarter
+    of the eye distance.
+
+    [choice] The paste mask where no face parsing is at hand. facexlib then pastes the whole
+    square crop, and a restoration that shifts the crop's colours or softens its hair shows as
+    a square patch in the photo; the ellipse leaves hair, neck and background to the photo, as
+    the parsing mask does.
+    """
+    pts = np.asarray(points, np.float64)
+    d = float(np.linalg.norm(pts[1] - pts[0]))
+    cx, cy = (pts[:2].mean(0) + pts[3:].mean(0)) / 2  # between the eyes and the mouth
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    mask = ((((xx - cx) / (1.1 * d)) ** 2 + ((yy - cy) / (1.5 * d)) ** 2) <= 1).astype(np.float32)
+    sigma = max(0.12 * d, 0.5)
+    k = 2 * int(np.ceil(3 * sigma)) + 1
+    return cv2.GaussianBlur(mask, (k, k), sigma)
 
 
 def upscale_image(img: np.ndarray, upscale: float) -> np.ndarray:
@@ -123,8 +144,13 @@ def paste_faces(
     background: np.ndarray | None = None,
     parser: FaceParser | None = None,
     feather: float = 1 / 20,
+    face_points: np.ndarray | None = None,
 ) -> np.ndarray:
     """Paste restored crops into `image` (HWC float32 RGB in [0, 1]) and return the result.
+
+    The mask is the feathered square, intersected with the face-parsing mask when `parser` is
+    given, else with `face_ellipse_mask` when `face_points` (the crops' 5 template landmarks at
+    `crop_size`) are.
 
     `affines` are the image→crop affines from alignment at `crop_size` (default: each
     restored crop's own size). With `upscale` s the output is s× the input: `background`
@@ -134,8 +160,8 @@ def paste_faces(
     """
     if len(restored_crops) != len(affines):
         raise InputError(f"got {len(restored_crops)} restored crops but {len(affines)} affines")
-    if upscale <= 0:
-        raise InputError(f"upscale must be positive, got {upscale}")
+    if not (np.isfinite(upscale) and upscale > 0):
+        raise InputError(f"upscale must be a positive number, got {upscale}")
     h, w = image.shape[:2]
     out_h, out_w = round(h * upscale), round(w * upscale)
     if background is None:
@@ -154,6 +180,8 @@ def paste_faces(
         mask = square_soft_mask(crop.shape[0], feather)
         if parser is not None:
             mask = np.minimum(mask, parser(crop))  # the intersection, as facexlib's paste
+        elif face_points is not None:
+            mask = np.minimum(mask, face_ellipse_mask(np.asarray(face_points) * crop.shape[0] / size, crop.shape[0]))
         out = blend_crop(out, crop, to_crop, mask=mask)
     return np.clip(out, 0.0, 1.0)
 

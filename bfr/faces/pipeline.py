@@ -91,8 +91,8 @@ class FacePipeline:
             raise InputError(f"template must be 'ffhq' or 'lfw', got {template!r}")
         if int(crop_size) < 16:
             raise InputError(f"crop_size must be at least 16 pixels, got {crop_size}")
-        if upscale <= 0:
-            raise InputError(f"upscale must be positive, got {upscale}")
+        if not (np.isfinite(upscale) and upscale > 0):
+            raise InputError(f"upscale must be a positive number, got {upscale}")
         self.template_name = template
         self.crop_size = int(crop_size)
         self.template = template_points(template, self.crop_size)
@@ -109,7 +109,7 @@ class FacePipeline:
             raise InputError(f"detector must be 'auto', 'retinaface', 'haar' or a detector, got {detector!r}")
 
         self.parser: FaceParser | None = None
-        self.parse_note = "face parsing off"
+        self.parse_note = "no face parsing: faces pasted through a soft ellipse"
         if isinstance(use_parse, FaceParser):
             self.parser, self.parse_note = use_parse, "face parsing on (ParseNet)"
         elif use_parse not in (True, False, "auto"):
@@ -119,7 +119,8 @@ class FacePipeline:
                 self.parser = FaceParser(find_parsenet_weights(weights_dir), device=device)
                 self.parse_note = "face parsing on (ParseNet)"
             else:
-                self.parse_note = "face parsing off (ParseNet weights not on this machine)"
+                self.parse_note = ("no face parsing (ParseNet weights not on this machine): faces pasted through a "
+                                   "soft ellipse")
 
     @property
     def detector(self) -> FaceDetector:
@@ -168,6 +169,7 @@ class FacePipeline:
             crop_size=self.crop_size,
             background=background,
             parser=self.parser,
+            face_points=self.template,
         )
 
     def restore_faces(
@@ -228,6 +230,7 @@ class FacePipeline:
         self, img: np.ndarray, restore_fn: RestoreFn, background: np.ndarray | None, framing: str
     ) -> FaceRestoreResult:
         h, w = img.shape[:2]
+        check_aligned_shape(h, w)
         cs = self.crop_size
         affine = reframe_affine(h, w, framing, self.template_name, cs)
         crop = warp_image(img, affine, (cs, cs), border="replicate")
@@ -238,10 +241,19 @@ class FacePipeline:
             out_size = (round(w * self.upscale), round(h * self.upscale))
             output = np.clip(warp_image(restored, inverse_affine(to_crop), out_size, border="replicate"), 0, 1)
         else:  # the model's frame is the smaller one: blend the face into the rest of the image
-            output = paste_faces(img, [restored], [affine], upscale=self.upscale, crop_size=cs, background=background)
+            output = paste_faces(img, [restored], [affine], upscale=self.upscale, crop_size=cs, background=background,
+                                 face_points=self.template)
         msg = (f"Treated the whole image as one {framing.upper()}-aligned face (restored in "
                f"{self.template_name} framing at {cs} px).")
         return FaceRestoreResult(output, [RestoredFace(crop, restored, None)], "none (aligned input)", 1, msg)
+
+
+def check_aligned_shape(height: int, width: int) -> None:
+    """An aligned face crop is square (a few pixels off is fine); resizing another shape to the crop would squash
+    the face."""
+    if abs(height - width) > 0.02 * max(height, width):
+        raise InputError(f"an aligned face crop is square (e.g. 512×512), but this image is {width}×{height}: crop "
+                         "it square around the face, or restore it as a photo (faces detected and aligned)")
 
 
 def _keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:

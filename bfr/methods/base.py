@@ -33,15 +33,18 @@ def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def match_color(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def match_color(x: torch.Tensor, ref: torch.Tensor, spread: bool = True, eps: float = 1e-5) -> torch.Tensor:
     """AdaIN colour correction (StableSR's "colour fix"): each channel of each image in ``x`` takes the
-    mean and standard deviation of the same channel of ``ref``. Both (B, 3, H, W) in [0, 1], any sizes.
+    mean and standard deviation of the same channel of ``ref``; with ``spread=False`` the mean only.
+    Both (B, 3, H, W) in [0, 1], any sizes.
 
     Diffusion samples drawn from pure noise drift in global colour (an ε-model gets little signal for
     the mean colour at the noisiest steps); the condition face fixes it.
     """
-    m, s = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
-    rm, rs = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
+    m, rm = x.mean((2, 3), keepdim=True), ref.mean((2, 3), keepdim=True)
+    if not spread:
+        return (x - m + rm).clamp(0, 1)
+    s, rs = x.std((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
     return ((x - m) / (s + eps) * rs + rm).clamp(0, 1)
 
 

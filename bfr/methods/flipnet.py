@@ -186,7 +186,7 @@ def paper_networks(adapters: str | Path | None = None, unet: str | Path | None =
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from bfr.nets.configs import SD21_BASE_UNET, SD_VAE
-    from bfr.weights import CATALOG, load_into, load_state_dict, resolve
+    from bfr.weights import CATALOG, load_into, load_state_dict, resolve_all
     from bfr.weights.hub import find_local
 
     if adapters is None:
@@ -199,9 +199,10 @@ def paper_networks(adapters: str | Path | None = None, unet: str | Path | None =
                 f"pass weights={{'{PAPER_WEIGHTS}': PATH}} "
                 f"(command line: --weights {PAPER_WEIGHTS}=PATH) or put them at "
                 f"$BFR_WEIGHTS_DIR/{PAPER_WEIGHTS}.safetensors; or use the compact tier ({COMPACT_WEIGHTS}).")
+    files = resolve_all({"sd21_unet": unet, "sd21_vae": vae})  # both named if missing, before anything is built
     adapters_metadata(adapters)  # fail on a wrong file before loading the UNet
     unet_net = UNet2DConditionModel(**SD21_BASE_UNET)
-    load_into(unet_net, load_state_dict(resolve("sd21_unet", unet)))
+    load_into(unet_net, load_state_dict(files["sd21_unet"]))
     vae_net = AutoencoderKL(**SD_VAE)
-    load_into(vae_net, load_state_dict(resolve("sd21_vae", vae)))
+    load_into(vae_net, load_state_dict(files["sd21_vae"]))
     return attach_adapters(unet_net, adapters), vae_net

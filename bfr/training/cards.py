@@ -19,6 +19,15 @@ DATA_NOTE = (
 )
 
 
+def data_note(config: dict) -> str:
+    """DATA_NOTE, led by a warning when the run trained on only some of the faces (``--train-images``)."""
+    n = config.get("train_images")
+    if n is None:
+        return DATA_NOTE
+    return (f"**A quick run on only the first {n} train faces** (`--train-images {n}`), not weights to ship. "
+            + DATA_NOTE)
+
+
 def format_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
@@ -42,7 +51,7 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",
              "- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
-             "weights with `--init-from`.", "", "## Data", "", DATA_NOTE, ""]
+             "weights with `--init-from`.", "", "## Data", "", data_note(config), ""]
     if log:
         keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]
         lines += ["## Log (every evaluation)", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bfr.weights.load import read_metadata
+from bfr.weights.load import load_into, read_metadata
 
 
 def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -59,8 +59,8 @@ def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Modul
         return meta["step"], meta["seconds"]
     if init_from:
         weights = {k: v.float() for k, v in load_file(init_from).items()}
-        model.load_state_dict(weights)
-        ema.load_state_dict(weights)
+        load_into(model, weights)  # a file for another network is a readable error, not a key dump
+        load_into(ema, weights)
         print(f"initialised from {init_from}")
         if continue_count:
             meta = read_metadata(init_from)

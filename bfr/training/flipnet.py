@@ -57,7 +57,7 @@ from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
 from bfr.nets.face_embed import pooled, two_way_contrastive
 from bfr.nets.flipnet import FlipNet, FlipNetConfig
 from bfr.training.backbone import gray_where, validation_set
-from bfr.training.cards import DATA_NOTE, format_duration
+from bfr.training.cards import data_note, format_duration
 from bfr.training.checkpoint import load_state, save_state
 from bfr.training.common import (
     JsonlLog,
@@ -616,15 +616,17 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
         face_entry = ("through a zero-initialised cross-attention per site (the ADM prior has no text "
                       "cross-attention)")
-        data_note, test_faces = DATA_NOTE, f"seeded `{config.restore_preset}`-degraded LFW test faces"
+        data, test_faces = data_note(cfg), f"seeded `{config.restore_preset}`-degraded LFW test faces"
         limits = ("Trained for few steps on a CPU around an undertrained prior: a demonstration of the method's "
                   "mechanics, not of its published quality. Restoration starts from pure noise, so identity is not "
                   "guaranteed. 64 px only.")
     else:
         title, around = "paper tier", "the frozen Stable Diffusion 2.1-base UNet, in its VAE's latents"
         face_entry = "as the UNet's cross-attention context, in place of text (SD's own cross-attention)"
-        data_note = (f"Clean faces from `{config.clean_dir}` (the paper trains on FFHQ), the first "
-                     f"{config.val_faces} files held out for the checks and this card's test.")
+        data = (f"Clean faces from `{config.clean_dir}` (the paper trains on FFHQ), the first "
+                     f"{config.val_faces} files held out for the checks and this card's test"
+                     + (f"; only the next {config.train_images} trained on (`--train-images`)." if config.train_images
+                        else "."))
         test_faces = f"seeded `{config.restore_preset}`-degraded held-out clean faces"
         limits = ("Restoration starts from pure noise, so identity is not guaranteed. No real paired degradation "
                   "data was used (see Training).")
@@ -656,7 +658,7 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
            if config.tier == "compact" else f" only; clean-image terms: {meta['losses']}."),
         f"- reproduce: `python -m bfr train flipnet{reproduce}` (resumable; stages embed → degrade → offline → "
         "restore).", "",
-        "## Data", "", data_note, "",
+        "## Data", "", data, "",
         "## Face embedding", "", embed_line, "",
         "## Log", "", *table, "",
         "## Test", "",

@@ -45,7 +45,7 @@ from bfr.metrics import psnr, ssim
 from bfr.nets.configs import COMPACT_IDM_64
 from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
-from bfr.training.cards import DATA_NOTE, format_duration
+from bfr.training.cards import data_note, format_duration
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, held_out_loss, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
@@ -255,10 +255,11 @@ def prior_to_idm(prior: dict[str, torch.Tensor], net: dict) -> dict[str, torch.T
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, hq: torch.Tensor, lq: torch.Tensor, steps: int, seed: int = 0,
              batch: int = 64, prediction: str = "eps") -> tuple[dict[str, float], torch.Tensor]:
-    """PSNR/SSIM of DDIM (η=0) restorations of fixed test pairs, and of the LQ inputs; plus the restorations."""
+    """PSNR/SSIM of DDIM (η=0) restorations of fixed test pairs, and of the LQ inputs; plus the restorations.
+    The network alone, without the method's colour fix, as every round recorded so far was measured."""
     device = next(net.parameters()).device
     method = IDM(net, resolution=net.image_size, framing="lfw", tier="compact", device=device, prediction=prediction)
-    restored = torch.cat([method.restore(lq[i:i + batch], steps=steps, eta=0.0, seed=seed + i)
+    restored = torch.cat([method.restore(lq[i:i + batch], steps=steps, eta=0.0, color_fix=False, seed=seed + i)
                           for i in range(0, len(lq), batch)])
     metrics = {"psnr": psnr(restored, hq).mean().item(), "ssim": ssim(restored, hq).mean().item(),
                "psnr_input": psnr(lq, hq).mean().item(), "ssim_input": ssim(lq, hq).mean().item(),
@@ -295,7 +296,8 @@ def clean_faces(method: IDM, faces: torch.Tensor, path: Path, cfg: IDMConfig, st
     for i in range(len(done), len(faces), cfg.clean_batch):
         hq = faces[i:i + cfg.clean_batch].float() / 255.0
         lq = degrade_batch(hq, degradation, seed=cfg.seed + i)
-        restored = method.restore(lq, steps=cfg.clean_steps, eta=0.0, seed=cfg.seed + i)
+        restored = method.restore(lq, steps=cfg.clean_steps, eta=0.0, color_fix=False,  # as the recorded rounds
+                                  seed=cfg.seed + i)
         chunks.append((restored * 255).round().to(torch.uint8))
         bar.update(len(hq))
         stopping = bool(stop)  # read once: the deadline may pass between two reads
@@ -379,7 +381,8 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         f"- round 0 started from: {_start_note(config.get('init_from'))}",
         *notes,
         "- reproduce: `python -m bfr train idm --rounds K` (see README); resumable within a round.", "",
-        "## Data", "", DATA_NOTE, "Rounds ≥ 1 train on the same faces as restored by the previous round (cached in "
+        "## Data", "", data_note(config),
+        "Rounds ≥ 1 train on the same faces as restored by the previous round (cached in "
         "`round{k}/cleaned.safetensors`); the test split is never cleaned or trained on.", "",
         "## Samples", "", "Rows: degraded test input, restored (last round), ground truth.", "",
         "![samples](idm64_samples.png)", "",

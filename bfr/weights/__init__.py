@@ -1,7 +1,7 @@
 """Model weights: the catalog of known files, finding or fetching them, and loading them safely."""
 
 from bfr.weights.catalog import CATALOG, WeightSpec, get_spec
-from bfr.weights.hub import ChecksumError, available, cache_dir, offline, resolve, sha256_of, verify_sha256
+from bfr.weights.hub import ChecksumError, available, cache_dir, offline, resolve, resolve_all, sha256_of, verify_sha256
 from bfr.weights.load import (
     LoadReport,
     StateDictMismatchError,
@@ -28,6 +28,7 @@ __all__ = [
     "offline",
     "read_metadata",
     "resolve",
+    "resolve_all",
     "save_safetensors",
     "sha256_of",
     "unwrap_state_dict",

@@ -261,6 +261,24 @@ def resolve(
         raise _unavailable(spec, f"the download failed ({e})") from e
 
 
+def resolve_all(paths: dict[str, str | Path | None]) -> dict[str, Path]:
+    """``resolve`` for several weights (catalog name → given path or None), before anything is built: every file
+    that cannot be had is named in one error, not the first of them after minutes of loading."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for name, path in paths.items():
+        try:
+            found[name] = resolve(name, path)
+        except WeightsUnavailableError as e:
+            missing.append(str(e))
+    if len(missing) == 1:
+        raise WeightsUnavailableError(missing[0])
+    if missing:
+        listed = "\n".join(f"- {m}" for m in missing)
+        raise WeightsUnavailableError(f"{len(missing)} weights files are missing:\n{listed}")
+    return found
+
+
 def available(weights: str | WeightSpec) -> tuple[bool, str]:
     """Whether the weights can be used now, and why, without downloading anything.
 
