@@ -564,6 +564,21 @@ def test_rows_and_step_knobs_follow_each_method_signature():
     assert rec["output"].max() == pytest.approx(0.03) and rec["seconds_median"] >= 0
 
 
+def test_peak_memory_sees_what_a_call_allocates():
+    """The bench's CPU measure (RSS high-water mark since the call began): a 256 MB buffer touched inside
+    shows, an empty call does not."""
+    from bfr.evaluation.bench import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as idle:
+        pass
+    with PeakMemory(torch.device("cpu")) as busy:
+        buffer = torch.ones(64 * 2**20)  # 256 MB, every page written
+        del buffer
+    if busy.peak is None:
+        pytest.skip("no /proc/self/clear_refs here: the bench reports no CPU memory")
+    assert busy.peak > 200 * 2**20 and idle.peak < 32 * 2**20
+
+
 def test_precision_wrapper_restores_the_networks():
     from bfr.evaluation.bench import precision
 
