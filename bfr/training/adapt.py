@@ -640,8 +640,9 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         f"({pt['path']} path); last made with the restorer of step {pt['round']}"
         + (f" (regenerated every {cfg['regenerate_every']} steps)" if cfg.get("regenerate_every") else ""),
         f"- diffusion: respacing \"{pt['respacing']}\", start index {pt['start']}, ancestral with learned variance; "
-        f"low-pass replacement (antialiased bicubic, factor {pt['factor']} at {pt['resolution']} px) after every "
-        f"step with index ≥ {pt['min_index']}; prior `{cfg['prior'] or 'default'}`",
+        f"low-pass replacement (antialiased bicubic, borders mirrored as the authors' resizer; factor {pt['factor']} "
+        f"at {pt['resolution']} px) after every step with index ≥ {pt['min_index']}; prior "
+        f"`{cfg['prior'] or 'default'}`",
         *([gen_line] if gen_line else []),
         "",
         "## Fine-tuning",
