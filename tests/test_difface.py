@@ -39,6 +39,21 @@ def test_restore_shape_range_and_resize_back():
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_the_backbone_sees_the_resized_input_unclamped():
+    """As in the authors' sampler: the LQ is resized (antialiased bicubic) to the model size and given to the
+    backbone as it is, the cubic kernel's overshoot at sharp edges included; only its estimate is clamped."""
+    seen = []
+    model = make()
+    model.backbone = torch.nn.Identity()
+    model.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    edges = torch.zeros(1, 3, 24, 24)
+    edges[..., 11:] = 1  # a step: the cubic kernel's negative lobes overshoot on both sides of it
+    model.estimate(edges)
+    want = torch.nn.functional.interpolate(edges, size=(16, 16), mode="bicubic", antialias=True, align_corners=False)
+    assert want.min() < -0.01 and want.max() > 1.01
+    torch.testing.assert_close(seen[0], want)
+
+
 def test_seed_reproducible_and_matters():
     model = make()
     lq = torch.rand(1, 3, 16, 16)

@@ -25,12 +25,14 @@ def check_batch(x: torch.Tensor) -> None:
         raise InputError(f"expected values in [0, 1], got [{x.min().item():.3f}, {x.max().item():.3f}]")
 
 
-def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize (the authors' preprocessing); a no-op at the same size."""
+def resize(x: torch.Tensor, size: int | tuple[int, int], clamp: bool = True) -> torch.Tensor:
+    """Antialiased bicubic resize (the authors' preprocessing); a no-op at the same size. ``clamp=False``
+    keeps the cubic kernel's overshoot past [0, 1], as DifFace feeds its backbone."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    out = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(0, 1) if clamp else out
 
 
 def match_color(x: torch.Tensor, ref: torch.Tensor, spread: bool = True, eps: float = 1e-5) -> torch.Tensor:

@@ -48,7 +48,7 @@ class DifFace:
     def estimate(self, lq: torch.Tensor) -> torch.Tensor:
         """The backbone's x̂0 in [0, 1] at the model resolution."""
         check_batch(lq)
-        y = resize(lq.to(self.device), self.resolution)
+        y = resize(lq.to(self.device), self.resolution, clamp=False)  # unclamped, as the authors' sampler
         with autocast(self.device):
             return self.backbone(y).float().clamp(0, 1)
 
