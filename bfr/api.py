@@ -20,7 +20,7 @@ import torch
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.detect import FaceDetector, get_detector
 from bfr.faces.paste import FaceParser
-from bfr.faces.pipeline import FacePipeline, FaceRestoreResult
+from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape
 from bfr.faces.templates import template as template_points
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
@@ -254,6 +254,8 @@ class Restorer:
         if not hasattr(self.model, "degrade"):
             raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")
         img = load_image(image)
+        if aligned:
+            check_aligned_shape(*img.shape[:2])
         with self._lock:
             if not aligned:
                 pipeline = self.face_pipeline()

@@ -247,10 +247,13 @@ def _init_file(value: str, what: str) -> str:
     from bfr.weights import CATALOG, read_metadata, resolve
 
     path = Path(value).expanduser()
+    example = "swinir64" if what == "backbone" else "prior64"
     if not path.is_file():
         if value not in CATALOG:
-            raise BfrError(f"--init-from {value}: no such file (give a weights file, or a name such as "
-                           f"{'swinir64' if what == 'backbone' else 'prior64'})")
+            raise BfrError(f"--init-from {value}: no such file (give a weights file, or a name such as {example})")
+        if not CATALOG[value].made_by:  # a published checkpoint: not a network bfr's trainers continue
+            raise BfrError(f"--init-from {value}: `train {what}` continues bfr-trained weights such as {example}, "
+                           "not a third-party checkpoint")
         path = resolve(value)
     kind = read_metadata(path).get("kind")
     if kind not in INIT_KINDS[what]:

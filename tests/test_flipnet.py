@@ -246,6 +246,15 @@ def test_each_variant_of_a_batch_is_degraded_from_its_own_face():
     assert (both[1] - alone[0]).abs().mean() > 1e-3
 
 
+def test_degradation_mode_refuses_an_aligned_crop_it_would_squash():
+    from bfr.api import Restorer
+
+    restorer = Restorer(method())
+    with pytest.raises(InputError, match="an aligned face crop is square"):
+        restorer.degrade(np.full((64, 80, 3), 0.5, np.float32), variants=1, steps=2)
+    assert restorer.degrade(np.full((16, 16, 3), 0.5, np.float32), variants=1, steps=2)[0].shape == (16, 16, 3)
+
+
 def test_progress_reports_every_step():
     seen = []
     method().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: seen.append((d, t)))
@@ -577,14 +586,18 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     assert "one LFW-aligned face" in capsys.readouterr().out
 
     assert main(["restore", str(face), "-o", str(tmp_path / "out"), "--method", "flipnet", "--aligned",
-                 "--steps", "3", "--phi", "0.5", *weights]) == 0
+                 "--steps", "3", "--phi", "0.5", "--save-faces", *weights]) == 0
     assert (tmp_path / "out" / "face_flipnet.png").is_file()
     assert main(["restore", str(face), "-o", str(tmp_path / "raw"), "--method", "flipnet", "--aligned",
-                 "--steps", "3", "--phi", "0.5", "--no-color-fix", *weights]) == 0
-    fixed, raw = (np.asarray(Image.open(tmp_path / d / "face_flipnet.png"), dtype=np.float32) for d in ("out", "raw"))
-    src = np.asarray(Image.open(face), dtype=np.float32)
-    # the colour fix gives the output the input's channel means; without it they drift
-    assert np.abs(fixed.mean((0, 1)) - src.mean((0, 1))).max() < 1.0 < np.abs(raw.mean((0, 1)) - src.mean((0, 1))).max()
+                 "--steps", "3", "--phi", "0.5", "--no-color-fix", "--save-faces", *weights]) == 0
+
+    def crop(run, which):
+        return np.asarray(Image.open(tmp_path / run / "faces" / f"face_flipnet_00_{which}.png"), dtype=np.float32)
+
+    # the colour fix gives the restored crop its input crop's channel means; without it they drift
+    src = crop("out", "input")
+    assert np.abs(crop("out", "restored").mean((0, 1)) - src.mean((0, 1))).max() < 1.0
+    assert np.abs(crop("raw", "restored").mean((0, 1)) - src.mean((0, 1))).max() > 1.0
     assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--phi", "1"]) == 2
     assert "--phi does not apply" in capsys.readouterr().err
     assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--no-color-fix"]) == 2

@@ -154,6 +154,8 @@ def test_train_refuses_what_no_run_can_use_in_one_line(tmp_path, capsys, monkeyp
          "holds a prior network; `train backbone` starts from swinir weights"),
         (["train", "idm", "--init-from", "swinir64"], "`train idm` starts from idm or prior weights"),
         (["train", "prior", "--init-from", str(tmp_path / "nowhere.safetensors")], "no such file"),
+        (["train", "prior", "--init-from", "difface_unet_512"],
+         "`train prior` continues bfr-trained weights such as prior64, not a third-party checkpoint"),
         (["adapt", str(tmp_path), "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["adapt", str(tmp_path), "--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
         (["adapt", str(tmp_path), "--lr", "-1"], "--lr must be a positive number, got -1.0"),

@@ -48,6 +48,21 @@ def down(x, factor):
 # ---------------------------------------------------------------------------- the low-pass hook
 
 
+def test_lowpass_sees_the_image_mirrored_beyond_its_borders_even_past_a_short_side():
+    """The authors' resizer mirrors (half-sample symmetric) wherever its kernel runs off the image; bfr's low-pass
+    equals its own result on the mirror-tiled image's middle copy, also when the margin (4·factor) is longer than a
+    side (8 px here, factor 4) and on a non-square image."""
+    x = torch.rand(1, 3, 8, 16, generator=torch.Generator().manual_seed(0))
+
+    def mirror_tile(t, dim):
+        f = t.flip(dim)
+        return torch.cat([t, f, t, f, t], dim=dim)  # periodic: … x, flipped x, x …
+
+    big = mirror_tile(mirror_tile(x, -2), -1)  # 40 × 80, x in the middle
+    inner = lowpass(big, 4)[..., 16:24, 32:48]
+    torch.testing.assert_close(lowpass(x, 4), inner, atol=1e-5, rtol=0)
+
+
 def test_lowpass_factor_keeps_the_cutoff_relative_to_the_face():
     assert lowpass_factor(512, "swinir") == 16 and lowpass_factor(512, "general") == 8  # the authors' values
     assert lowpass_factor(256, "swinir") == 8 and lowpass_factor(256, "general") == 4

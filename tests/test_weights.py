@@ -153,7 +153,7 @@ def test_a_method_names_every_missing_file_before_building_a_network(monkeypatch
     with pytest.raises(WeightsUnavailableError) as err:
         bfr.load("difface", tier="paper", device="cpu")
     msg = str(err.value)
-    assert msg.startswith("2 weights files are missing") and built == []
+    assert msg.startswith("2 weights files are missing: (1) ") and "\n" not in msg and built == []
     assert "iddpm_ffhq512_ema500000.pth" in msg and "swinir_restoration512_L1.pth" in msg
     assert "--weights difface_unet_512=PATH" in msg and "--weights difface_swinir_512=PATH" in msg
     # one found (given), one missing: only the missing one is named, still before anything is built

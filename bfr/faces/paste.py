@@ -42,8 +42,8 @@ def square_soft_mask(size: int, feather: float = 1 / 20) -> np.ndarray:
 
 def face_ellipse_mask(points: np.ndarray, size: int) -> np.ndarray:
     """A size×size float32 mask: a soft ellipse over the face whose 5 landmarks in the crop are ``points``,
-    cheek to cheek (2.2 eye distances) and lower forehead to chin (3), fading over about a quarter
-    of the eye distance.
+    2.8 eye distances wide and 3.4 tall, centred between the eyes and the mouth: full weight over the
+    face from jaw to jaw and chin to hairline, fading out beyond it over a fifth of the eye distance.
 
     [choice] The paste mask where no face parsing is at hand. facexlib then pastes the whole
     square crop, and a restoration that shifts the crop's colours or softens its hair shows as
@@ -54,8 +54,8 @@ def face_ellipse_mask(points: np.ndarray, size: int) -> np.ndarray:
     d = float(np.linalg.norm(pts[1] - pts[0]))
     cx, cy = (pts[:2].mean(0) + pts[3:].mean(0)) / 2  # between the eyes and the mouth
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    mask = ((((xx - cx) / (1.1 * d)) ** 2 + ((yy - cy) / (1.5 * d)) ** 2) <= 1).astype(np.float32)
-    sigma = max(0.12 * d, 0.5)
+    mask = ((((xx - cx) / (1.4 * d)) ** 2 + ((yy - cy) / (1.7 * d)) ** 2) <= 1).astype(np.float32)
+    sigma = max(0.1 * d, 0.5)
     k = 2 * int(np.ceil(3 * sigma)) + 1
     return cv2.GaussianBlur(mask, (k, k), sigma)
 

@@ -199,8 +199,8 @@ def paper_networks(adapters: str | Path | None = None, unet: str | Path | None =
                 f"pass weights={{'{PAPER_WEIGHTS}': PATH}} "
                 f"(command line: --weights {PAPER_WEIGHTS}=PATH) or put them at "
                 f"$BFR_WEIGHTS_DIR/{PAPER_WEIGHTS}.safetensors; or use the compact tier ({COMPACT_WEIGHTS}).")
+    adapters_metadata(adapters)  # a wrong file fails before gigabytes of Stable Diffusion are fetched or built
     files = resolve_all({"sd21_unet": unet, "sd21_vae": vae})  # both named if missing, before anything is built
-    adapters_metadata(adapters)  # fail on a wrong file before loading the UNet
     unet_net = UNet2DConditionModel(**SD21_BASE_UNET)
     load_into(unet_net, load_state_dict(files["sd21_unet"]))
     vae_net = AutoencoderKL(**SD_VAE)

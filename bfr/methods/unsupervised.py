@@ -105,13 +105,19 @@ def lowpass(x: torch.Tensor, factor: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % factor or w % factor:
         raise InputError(f"low-pass factor {factor} does not divide the image size {h}×{w}")
-    m = min(4 * factor, h, w)
-    x = torch.cat([x[..., :m, :].flip(-2), x, x[..., -m:, :].flip(-2)], dim=-2)
-    x = torch.cat([x[..., :m].flip(-1), x, x[..., -m:].flip(-1)], dim=-1)
+    m = 4 * factor
+    x = x.index_select(-2, _mirrored(h, m, x.device)).index_select(-1, _mirrored(w, m, x.device))
     size = (h + 2 * m) // factor, (w + 2 * m) // factor
     small = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
     out = F.interpolate(small, size=x.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
     return out[..., m:m + h, m:m + w]
+
+
+def _mirrored(n: int, margin: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-n axis extended by ``margin`` on both sides by repeated half-sample mirroring
+    (…, 1, 0, 0, 1, …, n−1, n−1, n−2, …), so a margin longer than the axis still mirrors as the authors'."""
+    i = torch.arange(-margin, n + margin, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def lowpass_hook(reference: torch.Tensor, diffusion: GaussianDiffusion, factor: int, min_index: int = 90,

@@ -363,7 +363,8 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         "## Rounds", "",
         f"Test: the first {first['test_images']} faces of a fixed slice of the LFW test split, degraded with the "
         f"seeded `{config['degradation']}` preset (input PSNR {first['psnr_input']:.2f} dB, SSIM "
-        f"{first['ssim_input']:.4f}), restored with {first['test_steps']} DDIM steps (η = 0, seed 0). The targets "
+        f"{first['ssim_input']:.4f}), restored with {first['test_steps']} DDIM steps (η = 0, seed 0), the network "
+        "alone (restorations also give each face the input's mean colour, `color_fix`). The targets "
         "are the original LFW test faces, which are themselves not clean: a later round that removes their "
         "residual blur and JPEG blocking can lose PSNR without being a worse restorer.", "",
         *rows, "",

@@ -274,8 +274,8 @@ def resolve_all(paths: dict[str, str | Path | None]) -> dict[str, Path]:
     if len(missing) == 1:
         raise WeightsUnavailableError(missing[0])
     if missing:
-        listed = "\n".join(f"- {m}" for m in missing)
-        raise WeightsUnavailableError(f"{len(missing)} weights files are missing:\n{listed}")
+        listed = " ".join(f"({k}) {m}" for k, m in enumerate(missing, 1))
+        raise WeightsUnavailableError(f"{len(missing)} weights files are missing: {listed}")  # one line
     return found
 
 
