@@ -47,8 +47,8 @@ def face_ellipse_mask(points: np.ndarray, size: int) -> np.ndarray:
 
     [choice] The paste mask where no face parsing is at hand. facexlib then pastes the whole
     square crop, and a restoration that shifts the crop's colours or softens its hair shows as
-    a square patch in the photo; the ellipse leaves hair, neck and background to the photo, as
-    the parsing mask does.
+    a square patch in the photo; the ellipse leaves the hair and background above and beside the
+    face to the photo, much as the parsing mask does (its lower edge reaches below the chin).
     """
     pts = np.asarray(points, np.float64)
     d = float(np.linalg.norm(pts[1] - pts[0]))
