@@ -293,6 +293,9 @@ def test_interrupted_cleaning_resumes_to_the_same_faces(tmp_path):
     assert resumed.dtype == torch.uint8 and resumed.shape == faces.shape
     torch.testing.assert_close(resumed, whole)
     assert path.is_file() and not path.with_name(path.name + ".partial").exists()
+    last = tmp_path / "c" / "cleaned.safetensors"  # a stop that comes with the last chunk: nothing is left to do
+    torch.testing.assert_close(clean_faces(make(), faces, last, cfg, StopAfter(2)), whole)
+    assert last.is_file() and not last.with_name(last.name + ".partial").exists()
 
 
 def test_a_face_prior_starts_idm_as_its_own_eps_predictor():

@@ -300,7 +300,7 @@ def clean_faces(method: IDM, faces: torch.Tensor, path: Path, cfg: IDMConfig, st
                                   seed=cfg.seed + i)
         chunks.append((restored * 255).round().to(torch.uint8))
         bar.update(len(hq))
-        stopping = bool(stop)  # read once: the deadline may pass between two reads
+        stopping = bool(stop) and i + len(hq) < len(faces)  # read once; a stop after the last chunk finishes
         if stopping or len(chunks) % 8 == 0:
             _save_faces(torch.cat(chunks), partial, {"complete": "false", **settings})
         if stopping:
