@@ -170,18 +170,22 @@ def paste_faces(
         if background.shape[:2] != (out_h, out_w):
             raise InputError(f"background is {background.shape[1]}×{background.shape[0]}, expected {out_w}×{out_h}")
         out = np.array(background, dtype=np.float32, copy=True)
+    shape_masks: dict[tuple[int, int], np.ndarray] = {}  # (restored size, crop size) → mask: the same for every face
     order = sorted(range(len(affines)), key=lambda i: -affine_scale(affines[i]))
     for i in order:
         crop = np.asarray(restored_crops[i], dtype=np.float32)
         if crop.ndim != 3 or crop.shape[0] != crop.shape[1]:
             raise InputError(f"restored crop {i} must be a square HWC image, got shape {crop.shape}")
-        size = crop_size or crop.shape[0]
-        to_crop = output_to_crop_affine(affines[i], upscale, size, crop.shape[0])
-        mask = square_soft_mask(crop.shape[0], feather)
+        n, size = crop.shape[0], crop_size or crop.shape[0]
+        to_crop = output_to_crop_affine(affines[i], upscale, size, n)
+        if (n, size) not in shape_masks:
+            mask = square_soft_mask(n, feather)
+            if parser is None and face_points is not None:
+                mask = np.minimum(mask, face_ellipse_mask(np.asarray(face_points) * n / size, n))
+            shape_masks[n, size] = mask
+        mask = shape_masks[n, size]
         if parser is not None:
             mask = np.minimum(mask, parser(crop))  # the intersection, as facexlib's paste
-        elif face_points is not None:
-            mask = np.minimum(mask, face_ellipse_mask(np.asarray(face_points) * crop.shape[0] / size, crop.shape[0]))
         out = blend_crop(out, crop, to_crop, mask=mask)
     return np.clip(out, 0.0, 1.0)
 

@@ -624,9 +624,9 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         title, around = "paper tier", "the frozen Stable Diffusion 2.1-base UNet, in its VAE's latents"
         face_entry = "as the UNet's cross-attention context, in place of text (SD's own cross-attention)"
         data = (f"Clean faces from `{config.clean_dir}` (the paper trains on FFHQ), the first "
-                     f"{config.val_faces} files held out for the checks and this card's test"
-                     + (f"; only the next {config.train_images} trained on (`--train-images`)." if config.train_images
-                        else "."))
+                f"{config.val_faces} files held out for the checks and this card's test"
+                + (f"; only the next {config.train_images} trained on (`--train-images`)." if config.train_images
+                   else "."))
         test_faces = f"seeded `{config.restore_preset}`-degraded held-out clean faces"
         limits = ("Restoration starts from pure noise, so identity is not guaranteed. No real paired degradation "
                   "data was used (see Training).")
