@@ -40,6 +40,7 @@ def test_prior_trains_resumes_and_exports(tmp_path):
     card = (tmp_path / "prior" / "prior64.md").read_text()
     assert "steps: 5" in card and "LFW train split" in card and "held-out" in card.lower()
     assert "A quick run on only the first 32 train faces" in card  # not passed off as a model trained on all
+    assert json.loads((tmp_path / "prior" / "config.json").read_text())["train_images_runs"] == [32]
 
     # The export is the EMA the log measured, and that EMA moves with training.
     from bfr.diffusion import GaussianDiffusion
@@ -54,6 +55,20 @@ def test_prior_trains_resumes_and_exports(tmp_path):
     exported = held_out_loss(GaussianDiffusion.create(1000, "linear", learn_sigma=True),
                              load_net("prior64", weights), test_faces)
     assert exported == pytest.approx(log[1]["heldout_loss"], rel=1e-3)  # fp16 export of the logged weights
+
+
+def test_card_remembers_a_quick_start_after_a_resume_on_all_faces(tmp_path):
+    from bfr.training.cards import data_note, write_run_config
+
+    write_run_config(tmp_path, {"train_images": None, "lr": 1e-3})
+    assert "quick run" not in data_note(json.loads((tmp_path / "config.json").read_text()))
+    write_run_config(tmp_path, {"train_images": 16, "lr": 1e-3})
+    write_run_config(tmp_path, {"train_images": 64, "lr": 1e-3})
+    write_run_config(tmp_path, {"train_images": None, "lr": 2e-4})  # resumed without the flag
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["lr"] == 2e-4 and config["train_images"] is None and config["train_images_runs"] == [None, 16, 64]
+    assert data_note(config).startswith("**Part of this run trained on only the first 64 train faces**")
+    assert data_note({"train_images": 8}).startswith("**A quick run on only the first 8 train faces**")  # old runs
 
 
 def test_backbone_training_lowers_l1(tmp_path):

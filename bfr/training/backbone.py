@@ -7,7 +7,6 @@ PSNR on a fixed, seeded degraded slice of the test split is logged as it trains.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from bfr.degradations import degrade_batch, preset
 from bfr.metrics import psnr
 from bfr.nets.configs import COMPACT_SWINIR_64
 from bfr.nets.swinir import SwinIR
-from bfr.training.cards import write_card
+from bfr.training.cards import write_card, write_run_config
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import (
     JsonlLog,
@@ -106,7 +105,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     first_step = None if state_path.exists() else step  # fresh AdamW moments: re-warm (rewarm)
     resumed_at = step
     reseed(cfg.seed, step, batches.generator)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_run_config(out, asdict(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)
 

@@ -19,13 +19,32 @@ DATA_NOTE = (
 )
 
 
+def write_run_config(out: Path, config: dict) -> None:
+    """Write a run's ``config.json``, keeping the ``--train-images`` of every invocation before this one.
+
+    A run resumed without the flag after a quick start still has those steps in it: the card must say so."""
+    path = Path(out) / "config.json"
+    history = []
+    if path.is_file():
+        before = json.loads(path.read_text())
+        history = before.get("train_images_runs", [before.get("train_images")])
+    current = config.get("train_images")
+    config = {**config, "train_images_runs": history + ([current] if current not in history else [])}
+    path.write_text(json.dumps(config, indent=2))
+
+
 def data_note(config: dict) -> str:
     """DATA_NOTE, led by a warning when the run trained on only some of the faces (``--train-images``)."""
-    n = config.get("train_images")
-    if n is None:
+    runs = config.get("train_images_runs", [config.get("train_images")])
+    subsets = [n for n in runs if n is not None]
+    if not subsets:
         return DATA_NOTE
-    return (f"**A quick run on only the first {n} train faces** (`--train-images {n}`), not weights to ship. "
-            + DATA_NOTE)
+    n = max(subsets)
+    if len(subsets) == len(runs):
+        return (f"**A quick run on only the first {n} train faces** (`--train-images {n}`), not weights to ship. "
+                + DATA_NOTE)
+    return (f"**Part of this run trained on only the first {n} train faces** (invocations with `--train-images`; "
+            "the others on all of them), not weights to ship. " + DATA_NOTE)
 
 
 def format_duration(seconds: float) -> str:

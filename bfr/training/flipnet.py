@@ -57,7 +57,7 @@ from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
 from bfr.nets.face_embed import pooled, two_way_contrastive
 from bfr.nets.flipnet import FlipNet, FlipNetConfig
 from bfr.training.backbone import gray_where, validation_set
-from bfr.training.cards import data_note, format_duration
+from bfr.training.cards import data_note, format_duration, write_run_config
 from bfr.training.checkpoint import load_state, save_state
 from bfr.training.common import (
     JsonlLog,
@@ -344,7 +344,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_tier(out, cfg.tier)
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "total_steps": cfg.total_steps}, indent=2))
+    write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps})
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     tune_for_cuda()
     device = accelerator.device
@@ -616,7 +616,8 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
         face_entry = ("through a zero-initialised cross-attention per site (the ADM prior has no text "
                       "cross-attention)")
-        data, test_faces = data_note(cfg), f"seeded `{config.restore_preset}`-degraded LFW test faces"
+        data = data_note(json.loads((run / "config.json").read_text()))  # with the --train-images of every invocation
+        test_faces = f"seeded `{config.restore_preset}`-degraded LFW test faces"
         limits = ("Trained for few steps on a CPU around an undertrained prior: a demonstration of the method's "
                   "mechanics, not of its published quality. Restoration starts from pure noise, so identity is not "
                   "guaranteed. 64 px only.")

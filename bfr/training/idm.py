@@ -45,7 +45,7 @@ from bfr.metrics import psnr, ssim
 from bfr.nets.configs import COMPACT_IDM_64
 from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
-from bfr.training.cards import data_note, format_duration
+from bfr.training.cards import data_note, format_duration, write_run_config
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, held_out_loss, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
@@ -103,7 +103,7 @@ def train_idm(cfg: IDMConfig) -> Path | None:
         if before != cfg.prediction:
             raise InputError(f"{out} holds a run that predicts {before!r}, not {cfg.prediction!r}: "
                              "use another output folder")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_run_config(out, asdict(cfg))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     size = cfg.net["image_size"]
     print(f"loading LFW train/test faces at {size} px …")

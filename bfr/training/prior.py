@@ -12,7 +12,6 @@ convergence; a run of a few thousand CPU steps needs that more than a 500k-step 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from bfr.diffusion import GaussianDiffusion, noise_like, sample
 from bfr.nets.configs import COMPACT_PRIOR_64
 from bfr.nets.unet import UNetModel
-from bfr.training.cards import write_card
+from bfr.training.cards import write_card, write_run_config
 from bfr.training.checkpoint import resume_or_init, save_state
 from bfr.training.common import (
     JsonlLog,
@@ -88,7 +87,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     first_step = None if state_path.exists() else step  # fresh AdamW moments: re-warm (rewarm)
     resumed_at = step
     reseed(cfg.seed, step, batches.generator)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_run_config(out, asdict(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)
 
