@@ -427,6 +427,18 @@ def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path
     assert face_x.min() < 150 <= face_x.max()  # both halves of the photo (both faces) were restored
 
 
+def test_only_center_face_restores_the_middle_face_alone(clean_face, tmp_path):
+    other = load_image(LFW / "Abel_Pacheco_0001.jpg")
+    row = np.concatenate([load_image(clean_face), other, np.full_like(other, 0.5)], axis=1)  # face 2 is central
+    save_image(row, tmp_path / "row.png")
+    message, *rest = app.restore_for_ui(str(tmp_path / "row.png"), ["difface"], "compact", *FAST.values(), False,
+                                        1, True, False, progress=None)
+    faces, files = rest[len(app.METHODS) + 1], rest[len(app.METHODS) + 2]
+    assert "1 face" in message and [c for _, c in faces] == ["Face 1: input · DifFace"]
+    changed = np.argwhere(np.abs(load_image(files[0]) - load_image(tmp_path / "row.png")).max(axis=2) > 0.02)
+    assert len(changed) > 500 and 150 <= changed[:, 1].min() and changed[:, 1].max() < 300
+
+
 @needs_weights
 def test_restorers_are_loaded_once():
     assert app.get_restorer("difface", "compact") is app.get_restorer("difface", "compact")
