@@ -81,7 +81,17 @@ CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #f
        "{ min-height: 0; }"
        # the faces gallery holds one wide strip per face: cells as tall as their strip, not square
        "#faces .thumbnail-item { aspect-ratio: auto; height: auto; }"
-       "#faces .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }")
+       "#faces .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }"
+       # its captions name every method: under the strip, whole, not over the faces and cut off
+       "#faces .caption-label { position: static; display: block; max-width: 100%; white-space: normal; }"
+       "#gallery .caption-label { max-width: 100%; white-space: normal; }"
+       # the galleries' labels sit above their first row, not over it
+       "#faces .grid-wrap, #gallery .grid-wrap { padding-top: 2.5em; }"
+       # a phone: one face strip per row, at the full width
+       "@media (max-width: 640px) { #faces .grid-container { grid-template-columns: 1fr !important; } }")
+# On a narrow screen the results are below the inputs and examples: show where the run's progress appears.
+SCROLL_TO_RESULTS = ("() => { if (window.innerWidth <= 640) "
+                     "document.getElementById('message')?.scrollIntoView({behavior: 'smooth'}); }")
 LAUNCH = dict(max_file_size="64mb", css=CSS)  # uploads beyond this stop at the server; MAX_PIXELS per image
 CUSTOM = "custom"
 
@@ -96,10 +106,18 @@ def _check_payload(component, payload, preprocess):
     """Gradio's own checks of an input, with the errors a visitor or an API caller can act on."""
     if isinstance(component, gr.CheckboxGroup) and isinstance(payload, str):
         raise gr.Error(f"{component.label} must be a list of names, e.g. [{payload!r}], not a string.")
-    if isinstance(component, gr.Slider) and payload is None:
+    if isinstance(component, (gr.Slider, gr.Number)) and payload is None:
         raise gr.Error(f"{component.label} needs a number, got None.")
     if not isinstance(component, gr.Image):
-        return preprocess(component, payload)
+        try:
+            return preprocess(component, payload)
+        except gr.Error as e:  # Gradio's range and choice checks, which do not say which of 11 inputs is wrong
+            if isinstance(component, (gr.CheckboxGroup, gr.Radio, gr.Dropdown)):
+                values = [value for _, value in component.choices]
+                bad = [v for v in payload if v not in values] if isinstance(payload, list) else [payload]
+                raise gr.Error(f"{component.label}: {', '.join(map(repr, bad))} is not a choice here; choose from: "
+                               f"{', '.join(map(str, values))}.") from e
+            raise gr.Error(f"{component.label}: {e.message[:1].lower()}{e.message[1:]}") from e
     try:
         return preprocess(component, payload)
     except gr.Error:
@@ -114,14 +132,13 @@ def _check_payload(component, payload, preprocess):
 
 
 def _install_checks() -> None:
-    """Route the preprocess of Image, CheckboxGroup and Slider through ``_check_payload`` for components
-    marked CHECKED.
+    """Route the preprocess of the demo's input kinds through ``_check_payload`` for components marked CHECKED.
 
     On the class, not the instance: an example click or any property update makes Gradio rebuild the
     session's copy of a component from its constructor arguments (which keep the marker), and a
     subclass would make Gradio write an app.pyi stub beside this file.
     """
-    for cls in (gr.Image, gr.CheckboxGroup, gr.Slider):
+    for cls in (gr.Image, gr.CheckboxGroup, gr.Slider, gr.Number, gr.Radio, gr.Dropdown):
         original = getattr(cls.preprocess, "__wrapped__", cls.preprocess)  # idempotent on re-import
 
         @functools.wraps(original)
@@ -142,6 +159,15 @@ def photo_input(**kwargs) -> gr.Image:
                     **kwargs)
 
 
+def sentence(text: str) -> str:
+    """bfr's messages are clauses (the CLI prints "error: …"); a toast shows a sentence."""
+    text = text.strip()
+    first = text.split(" ", 1)[0]
+    if first.isalpha() and first.islower():  # not a file name such as idm64.safetensors
+        text = text[:1].upper() + text[1:]
+    return text + ("" if text.endswith((".", "!", "?", ")")) else ".")
+
+
 @contextmanager
 def user_errors(path: str | None = None):
     """bfr's InputError / WeightsUnavailableError → gr.Error, with temporary paths shortened to file names."""
@@ -149,7 +175,7 @@ def user_errors(path: str | None = None):
         yield
     except BfrError as e:
         message = str(e).replace(path, Path(path).name) if path else str(e)
-        raise gr.Error(message) from e
+        raise gr.Error(sentence(message)) from e
 
 
 @contextmanager
@@ -164,7 +190,7 @@ def readable_errors():
     except (gr.Error, StopRequested):
         raise
     except BfrError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(sentence(str(e))) from e
     except torch.OutOfMemoryError as e:
         raise gr.Error("Out of memory. Tick “only the centre face”, choose a smaller upscale, or use the compact "
                        "tier.") from e
@@ -182,13 +208,23 @@ def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
         return load_image(path)
 
 
+def check_upload(path: str | None) -> None:
+    """On upload: a file that cannot be restored (not an image, too large or small) is said now, not at Restore."""
+    if path:
+        read_photo(path)
+
+
 def check_methods(methods: list[str] | None, tier: str) -> list[str]:
     if isinstance(methods, str):
         raise gr.Error(f"Methods must be a list of names, e.g. [{methods!r}], not a string.")
-    if not methods:
-        raise gr.Error("Choose at least one method.")
     if tier not in TIERS:
         raise gr.Error(f"Unknown tier {tier!r}; choose one of: {', '.join(TIERS)}.")
+    if not methods:
+        if not any(method_status(name, tier)[0] for name in METHODS):
+            raise gr.Error(f"No method can run on the {tier} tier here: "
+                           + " · ".join(f"{METHODS[name].title}: {method_status(name, tier)[1]}" for name in METHODS)
+                           + ". Choose the compact tier, or see “Methods on this machine”.")
+        raise gr.Error("Choose at least one method.")
     for name in methods:
         if name not in METHODS:
             raise gr.Error(f"Unknown method {name!r}; choose from: {', '.join(METHODS)}.")
@@ -291,15 +327,24 @@ def check_stop(session: str | None) -> None:
 
 
 def request_stop(request: gr.Request) -> None:
-    """The Stop buttons: the session's run (queued or running) ends at its next check."""
+    """The restoration's Stop button: the session's run (queued or running) ends at its next check."""
+    _request_stop(request, " Methods already done are kept.")
+
+
+def request_stop_variants(request: gr.Request) -> None:
+    """The Stop button of FLIPNET's degradation mode."""
+    _request_stop(request, "")
+
+
+def _request_stop(request: gr.Request | None, kept: str) -> None:
     if (session := _session(request)) is None:
         return
     with _stop_lock:
         running = session in _armed
         if running:
             _stop_requested.add(session)
-    gr.Info("Stopping at the next sampling step; methods already done are kept." if running
-            else "Nothing is running.")
+    gr.Info("Stopping: the run ends at its next sampling step, or before it starts if it is still waiting." + kept
+            if running else "Nothing is running.")
 
 
 _counter = FacePipeline(detector="auto", use_parse=False)
@@ -395,8 +440,8 @@ def run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, ups
 
 def _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
                  own_defaults, progress, session):
-    img = read_photo(image)
     methods = check_methods(methods, tier)
+    img = read_photo(image)
     knobs = check_knobs(methods, dict(steps=steps, start_step=start_step, eta=eta, seed=seed), bool(own_defaults))
     upscale = float(upscale or 1)
     h, w = img.shape[:2]
@@ -410,7 +455,9 @@ def _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, up
         n_faces, detector = count_faces(img, bool(aligned), bool(only_center_face))
     if n_faces == 0:
         message = (f"No face found by the {detector} detector, so nothing was restored. If the photo is a single "
-                   "face crop filling the frame, open “Faces” and tick “Input is an aligned face crop”.")
+                   "face crop filling the frame, open “Faces” and tick “Input is an aligned face crop”."
+                   + (f" The photo is only {w}×{h} px: a face needs more pixels to be found." if min(h, w) < 48
+                      else ""))
         gr.Warning(message)
         return Run(name, img, tier, knobs, [], [], message, 0, detector)
     needed = gpu_estimate(methods, tier, knobs, n_faces)
@@ -439,7 +486,7 @@ def _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, up
     files = [str(save_image(r.image, out_dir / f"{name}_{r.method}_{r.tier}.png")) for r in results]
     message = results[0].message
     if failures:
-        message += " Not restored: " + " · ".join(failures)
+        message += " Not restored: " + sentence(" · ".join(failures))
         if stopped and len(failures) == 1:
             gr.Info(f"{failures[0]}; the methods already done are kept.")
         else:
@@ -532,6 +579,8 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
     Plain values only (no gr.update): Gradio 6.31's lazy example caching fails on property updates.
     """
     session = request.session_hash if request is not None else None
+    if isinstance(methods, list) and set(methods) <= set(METHODS):  # the sliders' order, in gallery and strips too
+        methods = sorted(methods, key=list(METHODS).index)
     run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
                       own_defaults, progress, session)
     by_method = {r.method: r for r in run.results}
@@ -648,8 +697,14 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
         raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     t0 = time.perf_counter()
-    with user_errors(image):
-        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
+    try:
+        with user_errors(image):
+            outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
+    except gr.Error as e:
+        if aligned or not e.message.startswith("No face found"):
+            raise
+        raise gr.Error(f"{e.message.split(';')[0]} in this image. If it is a face crop filling the frame, tick "
+                       "“Input is an aligned face crop”.") from e
     note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {int(seed)}, "
             f"50 DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it "
             "was trained.")
@@ -773,7 +828,8 @@ def _knob_widget(name: str, own_defaults: bool) -> gr.components.Component:
     users = [info.title for info in METHODS.values() if name in info.knobs]
     spec["info"] = spec["info"] + (f" (used by {', '.join(users)})" if users else "")
     if name == "seed":
-        return gr.Number(value=_knob_default(name), precision=0, elem_id=f"knob-{name}", **spec)
+        return gr.Number(value=_knob_default(name), precision=0, elem_id=f"knob-{name}", elem_classes=[CHECKED],
+                         **spec)
     return gr.Slider(value=_knob_default(name), elem_id=f"knob-{name}", interactive=not own_defaults,
                      elem_classes=[CHECKED], **spec)
 
@@ -808,8 +864,8 @@ INTRO = """# bfr — blind face restoration with diffusion priors
 Upload a photo with faces (or pick an example), choose one or more methods and press **Restore**. Each face
 is detected, aligned, restored and pasted back. The **compact** tier runs small 64-px models trained by this
 project (a demonstration, fast on a CPU); the **paper** tier runs the authors' 512-px weights where they are
-available. Results are PNG (lossless). Programs can call the `/restore` and `/degrade` endpoints
-(“Use via API” at the bottom of the page).
+available. Results are PNG (lossless). Programs can call the `/restore`, `/degrade` and `/degrade_flipnet`
+endpoints (“Use via API” at the bottom of the page).
 """
 
 
@@ -826,9 +882,12 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2, min_width=320) as inputs_column:
                         image = photo_input(label="Photo", height=300, elem_id="photo")
                         methods = gr.CheckboxGroup(method_choices("compact"), value=first_ready, label="Methods",
-                                                   info="one or several; unavailable ones are explained below",
+                                                   info="one or several; unavailable ones are explained below"
+                                                   + ("" if ON_GPU else " · on a CPU, FLIPNET takes about a minute "
+                                                      "per face"),
                                                    elem_id="methods", elem_classes=[CHECKED])
-                        tier = gr.Radio(list(TIERS), value="compact", label="Tier",
+                        tier = gr.Radio(list(TIERS), value="compact", label="Tier", elem_id="tier",
+                                        elem_classes=[CHECKED],
                                         info="compact: bundled 64-px models · paper: the authors' 512-px weights")
                         with gr.Accordion("Sampling", open=True):
                             own_defaults = gr.Checkbox(True, label="Each method's own defaults",
@@ -845,7 +904,7 @@ def build_demo() -> gr.Blocks:
                             stop = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
                     with gr.Column(scale=3, min_width=360):
                         message = gr.Markdown("Results appear here.", elem_id="message")
-                        sliders = [gr.ImageSlider(label=f"{info.title} — before / after (drag the handle)",
+                        sliders = [gr.ImageSlider(label=f"{info.title}: before / after",
                                                   format="png", visible=name in first_ready, max_height=520,
                                                   elem_id=f"slider-{name}")
                                    for name, info in METHODS.items()]
@@ -867,7 +926,7 @@ def build_demo() -> gr.Blocks:
                                     fn=restore_example if ON_GPU else None,
                                     outputs=example_outputs if ON_GPU else None, cache_examples=ON_GPU,
                                     cache_mode="lazy" if ON_GPU else None, examples_per_page=6)
-                    with gr.Accordion("Methods on this machine", open=True):
+                    with gr.Accordion("Methods on this machine", open=False):  # a phone scrolls past it to results
                         gr.Markdown(status_list())
                 api_only = gr.Button(visible=False)  # carries the /restore endpoint: files + summary, no display
 
@@ -875,9 +934,9 @@ def build_demo() -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=320):
                         clean = photo_input(label="Clean face", height=300, elem_id="clean")
-                        preset = gr.Dropdown([*PRESETS, CUSTOM], value="mild", label="Preset",
+                        preset = gr.Dropdown([*PRESETS, CUSTOM], value="mild", label="Preset", elem_classes=[CHECKED],
                                              info="random settings within a preset's ranges, or custom below")
-                        deg_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                        deg_seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_classes=[CHECKED])
                         with gr.Accordion("Custom settings (moving one selects “custom”)", open=True):
                             blur = gr.Slider(0, 10, value=2, step=0.1, label="Blur σ (px)", elem_classes=[CHECKED])
                             downsample = gr.Slider(1, 16, value=4, step=0.5, label="Downsample ×",
@@ -903,6 +962,7 @@ def build_demo() -> gr.Blocks:
                             gr.Markdown("**FLIPNET degradation mode**: the FLIPNET network with its roles flipped "
                                         "(the clean face is the condition) generates realistic degraded versions, "
                                         "a different one per noise seed. "
+                                        + ("" if ON_GPU else "On a CPU it takes about a minute. ")
                                         + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
                             with gr.Row():
                                 flip_variants = gr.Slider(1, 8, value=4, step=1, label="Variants",
@@ -924,15 +984,20 @@ def build_demo() -> gr.Blocks:
                             api_name="own_defaults", api_visibility="private")
         # The UI's own events are private: programs use /restore and /degrade.
         # Stop is armed by the click itself (unqueued), so it also ends a run still waiting in the queue.
+        run.click(None, js=SCROLL_TO_RESULTS)
         run.click(arm_stop, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
             restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
             concurrency_id="gpu")
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
+        # Queued (not queue=False): Gradio shows gr.Warning / gr.Error only for queued events, and these say why
+        # a method was unticked. Their own concurrency groups: a running restoration does not hold them up.
         methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private",
-                      queue=False, trigger_mode="always_last")
+                      trigger_mode="always_last")
         tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private",
-                   queue=False, trigger_mode="always_last")
+                   trigger_mode="always_last")
+        for photo in (image, clean):
+            photo.upload(check_upload, photo, None, api_name="check_upload", api_visibility="private")
         methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)
 
         custom_inputs = [blur, downsample, noise, quality]
@@ -943,11 +1008,11 @@ def build_demo() -> gr.Blocks:
         flip_run.click(arm_stop, None, None, api_name="arm_flipnet", api_visibility="private", queue=False).then(
             degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],
             api_name="degrade_flipnet", concurrency_id="gpu")
-        flip_stop.click(request_stop, None, None, api_name="stop_flipnet", api_visibility="private")
+        flip_stop.click(request_stop_variants, None, None, api_name="stop_flipnet", api_visibility="private")
         for slider in custom_inputs:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
         send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",
-                   api_visibility="private", queue=False)
+                   api_visibility="private")  # queued, so its "degrade a face first" reaches the browser
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
 

@@ -219,9 +219,11 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 def _check_size(width: int, height: int, max_pixels: int, min_side: int, name: str) -> None:
     if width * height > max_pixels:
         side = int(max_pixels**0.5)
+        digits = next(d for d in range(1, 8) if f"{width * height / 1e6:.{d}f}" != f"{max_pixels / 1e6:.{d}f}")
         raise InputError(
-            f"{name} is {width}×{height} = {width * height / 1e6:.1f} MP, above the {max_pixels / 1e6:.1f} MP "
-            f"limit (about {side}×{side}); downscale it first (faces need far fewer pixels)"
+            f"{name} is {width}×{height} = {width * height / 1e6:.{digits}f} MP, above the "
+            f"{max_pixels / 1e6:.{digits}f} MP limit (about {side}×{side}); downscale it first (faces need far "
+            "fewer pixels)"
         )
     if min(width, height) < min_side:
         raise InputError(f"{name} is {width}×{height} pixels; at least {min_side} pixels per side are needed")

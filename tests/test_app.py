@@ -277,12 +277,69 @@ def test_a_string_for_methods_and_a_missing_number_are_sentences(client, clean_f
     assert "Upscale needs a number" in message
 
 
+def test_out_of_range_values_and_unknown_choices_name_their_input(client, clean_face):
+    """Gradio's own checks run before the app's: their errors must say which of the 11 inputs is wrong."""
+    assert "Steps: value 0 is less than minimum value 1" in app_error(lambda: restore(client, clean_face, steps=0))
+    assert "Seed: value -1 is less than minimum value 0" in app_error(lambda: restore(client, clean_face, seed=-1))
+    message = app_error(lambda: restore(client, clean_face, methods=["difface", "codeformer"]))
+    assert "Methods: 'codeformer' is not a choice here; choose from: difface" in message
+    assert "Tier: 'papr' is not a choice here" in app_error(lambda: restore(client, clean_face, tier="papr"))
+    message = app_error(lambda: client.predict(gradio_client.handle_file(str(clean_face)), "blurry", 0, 0, 1, 0, 0,
+                                               api_name="/degrade"))
+    assert "Preset: 'blurry' is not a choice here; choose from: difface" in message
+
+
+def test_an_empty_method_list_on_a_tier_where_nothing_runs_says_why():
+    if any(method_status(name, "paper")[0] for name in app.METHODS):
+        pytest.skip("a paper-tier method can run here")
+    with pytest.raises(gr.Error, match=r"No method can run on the paper tier here: DifFace: .*Choose the compact"):
+        app.check_methods([], "paper")
+    with pytest.raises(gr.Error, match="Choose at least one method"):
+        app.check_methods([], "compact")
+
+
+def test_ui_events_that_explain_themselves_are_queued():
+    """Gradio shows gr.Warning / gr.Error in the browser for queued events only."""
+    deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
+    for name in ("pick_methods", "change_tier", "send_to_restore", "check_upload"):
+        assert deps[name]["queue"] is not False, name
+
+
+def test_messages_read_as_sentences():
+    assert app.sentence("no face found by the haar detector; pass an aligned face crop") == (
+        "No face found by the haar detector; pass an aligned face crop.")
+    assert app.sentence("Done.") == "Done." and app.sentence("stopped (2 of 3)") == "Stopped (2 of 3)"
+    assert app.sentence("idm64.safetensors is missing") == "idm64.safetensors is missing."  # a name stays as it is
+
+
+def test_flipnet_without_a_face_tells_the_visitor_what_to_tick(monkeypatch, tmp_path):
+    from bfr.errors import InputError
+
+    class NoFace:
+        def degrade(self, *args, **kwargs):
+            raise InputError("no face found by the haar detector; pass an aligned face crop")
+
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: NoFace())
+    save_image(np.full((64, 96, 3), 0.5, np.float32), tmp_path / "wall.png")
+    with pytest.raises(gr.Error, match="No face found by the haar detector in this image. If it is a face crop .*tick"):
+        app._degrade_flipnet(str(tmp_path / "wall.png"), 2, 0, False, None, None)
+
+
+def test_a_tiny_photo_without_a_face_says_it_is_tiny(tmp_path):
+    save_image(np.full((20, 24, 3), 0.5, np.float32), tmp_path / "tiny.png")
+    run = app.run_restore(str(tmp_path / "tiny.png"), ["difface"], "compact", 20, 8, 0.5, 0, False, 1, False, True,
+                          None)
+    assert run.n_faces == 0 and "The photo is only 24×20 px" in run.message
+
+
 def test_too_large_image_is_refused_before_decoding(client, tmp_path):
     side = int(MAX_PIXELS**0.5) + 8
     big = tmp_path / "huge.png"
     save_image(np.zeros((side, side, 3), np.uint8), big)  # a few kB on disk, 17 MP decoded
     message = app_error(lambda: restore(client, big))
     assert f"{side}×{side}" in message and "limit" in message and "downscale" in message
+    size, limit = re.search(r"= ([\d.]+) MP, above the ([\d.]+) MP limit", message).groups()
+    assert size != limit  # "16.8 MP, above the 16.8 MP limit" said nothing
     assert "/tmp" not in message  # the upload's temporary path is not shown, only its name
 
 
@@ -582,7 +639,7 @@ def test_failures_inside_the_gpu_call_become_sentences(monkeypatch, clean_face):
     from bfr.errors import InputError
 
     face = np.zeros((64, 64, 3), np.float32)
-    for error, said in ((InputError("the face is too small to restore"), "DifFace: the face is too small to restore"),
+    for error, said in ((InputError("the face is too small to restore"), "DifFace: The face is too small to restore."),
                         (RuntimeError("boom"), "DifFace: Unexpected error (RuntimeError: boom). Please report it "
                                                "with the photo's size and the options you chose.")):
         monkeypatch.setattr(app, "get_restorer", lambda name, tier, error=error: _Failing(error))
@@ -595,7 +652,7 @@ def test_an_aligned_crop_that_is_not_square_is_one_sentence_before_any_model(mon
     wide = tmp_path / "wide.png"
     save_image(np.full((64, 128, 3), 0.5, np.float32), wide)
     monkeypatch.setattr(app, "get_restorer", lambda name, tier: pytest.fail("must be refused before loading"))
-    with pytest.raises(gr.Error, match=r"an aligned face crop is square \(e.g. 512×512\), but this image is 128×64"):
+    with pytest.raises(gr.Error, match=r"An aligned face crop is square \(e.g. 512×512\), but this image is 128×64"):
         _run(wide, ["difface", "idm"])
 
 

@@ -88,6 +88,26 @@ def test_a_bad_upload_after_an_example_click_is_still_a_sentence(page, tmp_path)
     page.locator('#photo button[aria-label="Remove Image"]').click()
 
 
+def test_the_page_says_why_a_tier_or_a_file_cannot_be_used(page, tmp_path):
+    """Said in the page, not only in the server's log (Gradio shows warnings of queued events only)."""
+    def toast(text: str):
+        page.locator(".toast-body").filter(has_text=text).first.wait_for(state="visible", timeout=30_000)
+
+    text = tmp_path / "notes.png"
+    text.write_text("not a photo")
+    page.locator("#photo input[type=file]").set_input_files(str(text))
+    toast("notes.png is not an image this demo can read")  # at the upload, before any Restore
+    page.locator('#photo button[aria-label="Remove Image"]').click()
+    if any(method_status(name, "paper")[0] for name in app.METHODS):
+        return  # paper weights are here: nothing to explain
+    page.locator("#tier").get_by_label("paper", exact=True).check()
+    toast("cannot run on the paper tier here")  # why DifFace was unticked
+    page.locator("#restore-button").click()
+    toast("No method can run on the paper tier here")
+    page.locator("#tier").get_by_label("compact", exact=True).check()
+    sync_api.expect(page.locator("#methods").get_by_label("DifFace", exact=True)).to_be_checked()
+
+
 def test_upload_restore_and_see_the_results(page, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     photo = tmp_path / "two_children.jpg"
