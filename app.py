@@ -230,7 +230,9 @@ def check_methods(methods: list[str] | None, tier: str) -> list[str]:
             raise gr.Error(f"Unknown method {name!r}; choose from: {', '.join(METHODS)}.")
         ok, why = method_status(name, tier)
         if not ok:
-            raise gr.Error(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.")
+            advice = (" Choose the compact tier, or run the demo where the weights can be downloaded (or are in "
+                      "$BFR_WEIGHTS_DIR)." if tier == "paper" else "")
+            raise gr.Error(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.{advice}")
     return list(dict.fromkeys(methods))
 
 

@@ -295,11 +295,14 @@ class Restorer:
 
     def _enlargement_note(self, result: FaceRestoreResult, upscale: float) -> str:
         """A sentence when faces are pasted back much larger than the model restores them (soft next to the photo)."""
-        eyes = [f.face.eye_distance for f in result.faces if f.face is not None]
-        if not eyes:
+        if not result.faces:
             return ""
-        t = template_points(self.model.framing, self.model.resolution)
-        zoom = max(eyes) * upscale / float(np.linalg.norm(t[1] - t[0]))
+        eyes = [f.face.eye_distance for f in result.faces if f.face is not None]
+        if eyes:
+            t = template_points(self.model.framing, self.model.resolution)
+            zoom = max(eyes) * upscale / float(np.linalg.norm(t[1] - t[0]))
+        else:  # an aligned crop: the whole output is the restored face, enlarged (the upscale is in the output)
+            zoom = max(result.output.shape[:2]) / self.model.resolution
         if zoom <= 2:
             return ""
         hint = "; the paper tier restores at 512 px" if self.model.tier == "compact" else ""

@@ -115,13 +115,23 @@ def cmd_degrade(args: argparse.Namespace) -> None:
         raise BfrError(f"--variants must be at least 1, got {args.variants}")
     if args.resolution is not None and args.resolution < 16:
         raise BfrError(f"--resolution is a face size in pixels, at least 16; got {args.resolution}")
+    # options of the other method are refused, not ignored
+    given = {"--preset": args.preset, "--resolution": args.resolution} if args.method == "flipnet" else {
+        "--tier": args.tier, "--device": args.device, "--weights": args.weights,
+        "--no-color-fix": args.no_color_fix or None}
+    for flag, value in given.items():
+        if value is not None:
+            other = "synthetic" if args.method == "flipnet" else "flipnet"
+            raise BfrError(f"{flag} applies to --method {other} only, not {args.method}")
     if args.method == "synthetic":
+        args.preset = args.preset or "difface"
         preset(args.preset, 512)  # an unknown preset fails here, before any output
     paths = _inputs(args.inputs)
     out_dir = _output_dir(args.output)
     if args.method == "flipnet":
         import bfr
 
+        args.tier = args.tier or "compact"
         restorer = bfr.load("flipnet", tier=args.tier, device=args.device,
                             weights=_weights(args.weights, "flipnet", args.tier))
 
@@ -154,7 +164,10 @@ def _drop_stale_faces(folder: Path, prefix: str, kept: int) -> None:
             path.unlink()
 
 
-def cmd_restore(args: argparse.Namespace) -> None:
+NO_FACE_EXIT = 3  # some photos had no face: copied unchanged, as the library returns them
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import bfr
@@ -173,7 +186,8 @@ def cmd_restore(args: argparse.Namespace) -> None:
     accepted = inspect.signature(restorer.model.restore).parameters
     for name in options:
         if name not in accepted:
-            raise BfrError(f"--{name.replace('_', '-')} does not apply to {args.method}")
+            flag = "--no-color-fix" if name == "color_fix" else f"--{name.replace('_', '-')}"
+            raise BfrError(f"{flag} does not apply to {args.method}")
 
     def work(path: Path, stem: str) -> None:
         with tqdm(desc=path.name, unit="step", leave=False, disable=None) as bar:  # no bar when not a terminal
@@ -187,6 +201,10 @@ def cmd_restore(args: argparse.Namespace) -> None:
                                       only_center_face=args.only_center_face, progress=progress, **options)
         target = out_dir / f"{stem}_{args.method}.png"
         save_image(result.image, target)
+        if not result.faces:  # a script must be able to tell this copy from a restoration
+            no_face.append(path.name)
+            print(f"warning: {target}: {result.message}", file=sys.stderr)
+            return
         print(f"{target}: {result.message} ({result.seconds:.1f} s, detector: {result.detector})")
         if args.save_faces:  # each method its own pairs: another run's crops may be of other faces or framing
             prefix = f"{stem}_{args.method}"
@@ -195,7 +213,13 @@ def cmd_restore(args: argparse.Namespace) -> None:
                 save_image(after, out_dir / "faces" / f"{prefix}_{i:02d}_restored.png")
             _drop_stale_faces(out_dir / "faces", prefix, kept=len(result.faces))
 
+    no_face: list[str] = []
     _each(paths, work)
+    if no_face:
+        print(f"no face found in {len(no_face)} of {len(paths)} inputs ({', '.join(no_face)}): copied unchanged "
+              f"(exit code {NO_FACE_EXIT}); a face crop needs --aligned", file=sys.stderr)
+        return NO_FACE_EXIT
+    return 0
 
 
 # `train` options and the models they belong to: a flag given to another model is refused, not ignored.
@@ -267,6 +291,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     _check_train_flags(args)
     if args.init_from is not None and not (args.what == "idm" and args.init_from == "scratch"):
         args.init_from = _init_file(args.init_from, args.what)
+    if args.output:
+        _output_dir(args.output)
     common = {k: v for k, v in dict(batch_size=args.batch_size, mixed_precision=args.precision,
                                     train_images=args.train_images).items() if v is not None}
     if args.what == "prior":
@@ -335,6 +361,9 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     _check_numbers(args, counts=("start", "min_index"), low=0)
     if not 0 <= args.ema_decay < 1:
         raise BfrError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.gan_weight is not None and not args.gan_weight >= 0:
+        raise BfrError(f"--gan-weight must be 0 or more, got {args.gan_weight}")
+    _output_dir(args.output)
 
     cfg = AdaptConfig(lq_dir=args.lq_dir, out_dir=args.output, tier=args.tier, restorer=args.restorer,
                       prior=args.prior, references_dir=args.references, clean_dir=args.clean_dir,
@@ -342,7 +371,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
                       batch_size=args.batch_size, lr=args.lr, regenerate_every=args.regenerate_every,
                       factor=args.factor, start=args.start, min_index=args.min_index,
                       gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
-                      ema_decay=args.ema_decay, seed=args.seed)
+                      ema_decay=args.ema_decay, seed=args.seed,
+                      **({} if args.gan_weight is None else {"gan_weight": args.gan_weight}))
     if adapt(cfg) is None:
         print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
     elif args.bundle:
@@ -352,6 +382,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_demo_set(args: argparse.Namespace) -> None:
     from bfr.training.adapt import make_demo_set
 
+    _output_dir(args.output)
     m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed)
     print(f"{args.output}: {m['counts']['adapt']} degraded faces in adapt/, {m['counts']['holdout']} held out in "
           "holdout/ (ground truth in holdout_gt/, for evaluation only)")
@@ -364,6 +395,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.readme:
         check_markers(args.readme)  # before the run, not after it
+    _output_dir(args.output)
     report = run_eval(args.output, methods=tuple(args.methods or METHODS), tiers=tuple(args.tiers),
                       n_images=args.n_images, offset=args.offset,
                       resolution=args.resolution, seed=args.seed, start_steps=tuple(args.start_steps),
@@ -378,6 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from bfr.evaluation import run_bench
 
+    _output_dir(args.output)
     report = run_bench(args.output, methods=tuple(args.methods), tiers=tuple(args.tiers),
                        devices=tuple(args.devices) if args.devices else None, precisions=tuple(args.precisions),
                        batch_sizes=tuple(args.batch_sizes), start_steps=tuple(args.start_steps), steps=args.steps,
@@ -397,14 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("degrade", help="synthesize degraded versions of clean faces")
     p.add_argument("inputs", nargs="+", help="images or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--preset", default="difface", help=PRESET_HELP)
+    p.add_argument("--preset", default=None, help=PRESET_HELP + " (default difface)")
     p.add_argument("--resolution", type=int, default=None,
                    help="face size the preset's ranges are scaled to (default: the image size)")
     p.add_argument("--variants", type=int, default=1, help="degraded variants per image")
     p.add_argument("--seed", type=int, default=0, help="seed of the first variant (the k-th uses seed+k)")
     p.add_argument("--method", default="synthetic",
                    help="synthetic (the --preset pipeline) | flipnet (FLIPNET's degradation mode on aligned faces)")
-    p.add_argument("--tier", default="compact", choices=["compact", "paper"], help="flipnet: weights tier")
+    p.add_argument("--tier", default=None, choices=["compact", "paper"], help="flipnet: weights tier (default compact)")
     p.add_argument("--device", default=None, help="flipnet: cpu | cuda (default: cuda when present)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="flipnet: local weights for a catalog entry")
     p.add_argument("--no-color-fix", action="store_true",
@@ -415,14 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore every face in photos (or aligned face crops)")
     p.add_argument("inputs", nargs="+", help="images or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--method", default="difface", help="difface | flipnet | idm | unsupervised (see `methods`)")
-    p.add_argument("--tier", default="compact", choices=["compact", "paper"])
+    p.add_argument("--method", default="difface",
+                   help="difface (default) | flipnet | idm | unsupervised (see `methods`)")
+    p.add_argument("--tier", default="compact", choices=["compact", "paper"],
+                   help="compact (default: the bundled 64-px models) or paper (the authors' 512-px weights)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     p.add_argument("--framing", default=None, choices=["ffhq", "lfw"],
                    help="with --aligned, how the crops are framed: ffhq (default; FFHQ/facexlib crops, e.g. 512 px) "
                         "or lfw (the compact models' own crops: `degrade --method flipnet` and `demo-set` output)")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
-    p.add_argument("--upscale", type=float, default=1, help="output scale of the whole image (1, 2, 4)")
+    p.add_argument("--upscale", type=float, default=1,
+                   help="output scale of the whole image: any positive factor, e.g. 2 or 4 (default 1)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling chain length (default: the method's own on this tier; `methods` lists them)")
     p.add_argument("--start-step", type=int, default=None,
@@ -436,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mean, FLIPNET also its spread)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
-    p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"])
+    p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"],
+                   help="auto (default): RetinaFace when its weights are here, else OpenCV's Haar cascade")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
                    help="use a local weights file for a catalog entry, e.g. difface_unet_512=/data/x.pth")
     p.add_argument("--save-faces", action="store_true",
@@ -447,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a compact-tier model on ../shared/data (LFW train split); "
                                    "FLIPNET also in Stable Diffusion latents (--tier paper)")
     p.add_argument("what", choices=["prior", "backbone", "idm", "flipnet"])
-    p.add_argument("-o", "--output", default=None, help="run folder (resumes if it holds a state)")
+    p.add_argument("-o", "--output", default=None,
+                   help="run folder (resumes if it holds a state; default runs/prior64, runs/swinir64, runs/idm64 or "
+                        "runs/flipnet64 under the current folder)")
     p.add_argument("--steps", type=int, default=None,
                    help="stop at this total step count (a resumed or --init-from run counts its earlier steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
@@ -494,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lq_dir", help="folder of degraded, aligned faces (the model's framing)")
     p.add_argument("-o", "--output", required=True, help="run folder (resumes if it holds a state)")
     p.add_argument("--tier", default="compact", choices=["compact", "paper"])
-    p.add_argument("--iters", type=int, default=20_000, help="fine-tuning iterations (cosine lr schedule length)")
+    p.add_argument("--iters", type=int, default=20_000,
+                   help="fine-tuning iterations (cosine lr schedule length; default 20000: hours on a CPU)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-5, help="start of the cosine schedule (ends at 5e-6)")
@@ -514,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--ema-decay", type=float, default=0.999,
                    help="the exported restorer is an EMA with this decay (0: the fine-tuned weights, as the authors)")
+    p.add_argument("--gan-weight", type=float, default=None,
+                   help="weight of the adversarial loss (default 0.1, the recipe's; 0 = L1 only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")
@@ -534,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to evaluate (default all; those without weights are skipped with the reason)")
     p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
-    p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (at most 756)")
+    p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (default 64, at most 756)")
     p.add_argument("--resolution", type=int, default=64, help="face size of the test set")
     p.add_argument("--seed", type=int, default=0, help="picks the faces and the noise; same seed, same test set")
     p.add_argument("--offset", type=int, default=0,
@@ -575,11 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args) or 0
     except (BfrError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code

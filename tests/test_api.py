@@ -79,6 +79,9 @@ def test_detector_and_face_parser_load_once_per_restorer(monkeypatch, tmp_path):
     restorer = Restorer(StubModel(64), detector="haar")
     crop = np.full((64, 64, 3), 0.5, np.float32)
     assert restorer.restore(crop, aligned=True).faces and built["detector"] == []
+    assert "enlarged" not in restorer.restore(crop, aligned=True).message  # 64 px to 64 px
+    big = restorer.restore(np.full((512, 512, 3), 0.5, np.float32), aligned=True).message
+    assert "restored at 64 px and enlarged up to ×8.0" in big  # an aligned 512-px crop is told why it is soft
     with pytest.raises(InputError, match="pass aligned=True with it"):
         restorer.restore(crop, framing="lfw")
     first = restorer.restore(photo, seed=0)

@@ -132,11 +132,75 @@ def test_output_path_that_is_a_file_fails_before_any_work(tmp_path, capsys):
     img, taken = _face(tmp_path / "face.png"), tmp_path / "taken"
     taken.write_text("keep me")
     for cmd in (["restore", str(img), "-o", str(taken), "--aligned"], ["degrade", str(img), "-o", str(taken)],
-                ["restore", str(img), "-o", str(taken / "sub"), "--aligned"]):
+                ["restore", str(img), "-o", str(taken / "sub"), "--aligned"], ["eval", "-o", str(taken)],
+                ["bench", "-o", str(taken)], ["demo-set", str(taken)], ["adapt", str(tmp_path), "-o", str(taken)],
+                *(["train", what, "-o", str(taken), "--steps", "1"] for what in ("prior", "backbone", "flipnet")),
+                ["train", "idm", "-o", str(taken)]):
         assert main(cmd) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and ("is a file" in err or "cannot make" in err), err
     assert taken.read_text() == "keep me"
+
+
+@needs_adapted
+def test_a_photo_without_a_face_is_copied_with_a_warning_and_exit_code_3(tmp_path):
+    from bfr.cli import NO_FACE_EXIT
+
+    wall = _face(tmp_path / "wall.png", 90)
+    out = run("restore", str(wall), "-o", str(tmp_path / "out"), "--method", "unsupervised")
+    assert out.returncode == NO_FACE_EXIT == 3
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith("warning:") and "No face found" in lines[0], out.stderr
+    assert "no face found in 1 of 1 inputs (wall.png): copied unchanged" in lines[-1]
+    copy = np.asarray(Image.open(tmp_path / "out" / "wall_unsupervised.png"))
+    assert (copy == 90).all()  # the input, unchanged, as the library returns it
+    face = LFW / "Aaron_Sorkin_0001.jpg"
+    if LFW.is_dir():  # a face alone: exit 0
+        assert run("restore", str(face), "-o", str(tmp_path / "o2"), "--method", "unsupervised").returncode == 0
+
+
+def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys):
+    img = _face(tmp_path / "face.png")
+    for cmd, message in (
+            (["restore", str(img), "-o", str(tmp_path / "o"), "--aligned", "--no-color-fix"],
+             "--no-color-fix does not apply to difface"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--method", "flipnet", "--preset", "camera"],
+             "--preset applies to --method synthetic only"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--method", "flipnet", "--resolution", "64"],
+             "--resolution applies to --method synthetic only"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--tier", "paper"], "--tier applies to --method flipnet"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--no-color-fix"], "--no-color-fix applies to --method "
+                                                                                 "flipnet")):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (cmd, err)
+
+
+def test_paper_training_names_every_missing_file_with_its_own_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path / "none"))
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert main(["train", "flipnet", "--tier", "paper", "--clean-dir", str(clean), "-o", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "2 weights files are missing" in err and "pass --unet PATH" in err and "pass --vae PATH" in err, err
+    assert "--weights" not in err and len(err.strip().splitlines()) == 1
+    assert main(["adapt", str(clean), "-o", str(tmp_path / "a"), "--tier", "paper", "--clean-dir", str(clean)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --restorer PATH" in err and "pass --prior PATH" in err and "--weights" not in err, err
+    assert main(["adapt", str(clean), "-o", str(tmp_path / "a"), "--tier", "paper"]) == 2
+    assert "(--gan-weight 0)" in capsys.readouterr().err
+    assert main(["adapt", str(clean), "-o", str(tmp_path / "a"), "--gan-weight", "-1"]) == 2
+    assert "--gan-weight must be 0 or more" in capsys.readouterr().err
+
+
+def test_gan_weight_help_states_the_configs_default():
+    from bfr.cli import build_parser
+    from bfr.training.adapt import AdaptConfig
+
+    adapt = build_parser()._subparsers._group_actions[0].choices["adapt"]
+    text = next(a.help for a in adapt._actions if "--gan-weight" in a.option_strings)
+    assert f"default {AdaptConfig.gan_weight:g}," in text
 
 
 @needs_adapted

@@ -601,7 +601,7 @@ def test_cli_degrade_and_restore_with_flipnet_weights(tmp_path, capsys):
     assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--phi", "1"]) == 2
     assert "--phi does not apply" in capsys.readouterr().err
     assert main(["restore", str(face), "-o", str(tmp_path / "x"), "--method", "difface", "--no-color-fix"]) == 2
-    assert "--color-fix does not apply" in capsys.readouterr().err
+    assert "--no-color-fix does not apply" in capsys.readouterr().err
 
 
 def test_methods_reports_flipnet_paper_tier_as_needing_adapters(monkeypatch, tmp_path):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from bfr.errors import InputError
-from bfr.evaluation.eval import build_test_set, git_revision, hardware
+from bfr.evaluation.eval import build_test_set, counted, git_revision, hardware
 from bfr.evaluation.plots import Panel, Series, line_charts
 from bfr.imageio import load_image, resize
 
@@ -158,7 +158,7 @@ def _inputs(n: int, resolution: int, seed: int, data_root) -> tuple[torch.Tensor
     """LQ faces from the evaluation's test set, or seeded smooth noise where the LFW data is absent."""
     try:
         ts = build_test_set(n, resolution, seed, data_root)
-        return ts.lq.float() / 255.0, f"{n} LQ faces of the evaluation test set (seed {seed})"
+        return ts.lq.float() / 255.0, f"{counted(n, 'LQ face')} of the evaluation test set (seed {seed})"
     except InputError:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(n, 3, resolution // 8, resolution // 8, generator=g)
@@ -351,7 +351,7 @@ def _mib(b: int | None) -> str:
 def bench_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# {report['title']}", "",
-             f"Median of {s['repeats']} timed calls (after {s['warmup']} untimed) per row; calls = network "
+             f"Median of {counted(s['repeats'], 'timed call')} (after {s['warmup']} untimed) per row; calls = network "
              f"calls per face (DifFace: started step N on a ddim{s['steps']} chain; IDM: chain length); "
              f"inputs: {s['inputs']}.", "",
              "| Method | Tier | Device | Precision | Faces / call | Calls | s / face (median) | faces / s | "
@@ -369,7 +369,7 @@ def bench_markdown(report: dict) -> str:
     lines.append("")
     if report.get("photo_records"):
         lines += [f"Whole photo: {s['photo']}, resized to each long side; median seconds of each stage over "
-                  f"{s['repeats']} calls, the method's own defaults and precision:", "",
+                  f"{counted(s['repeats'], 'call')}, the method's own defaults and precision:", "",
                   "| Method | Tier | Device | Size | Megapixels | Faces | detect + align (s) | restore (s) | "
                   "paste (s) | total (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["photo_records"]:
@@ -389,7 +389,8 @@ def bench_markdown(report: dict) -> str:
               "- s / face = median wall time of one call / faces in it (CUDA synchronised before and after)."]
     lines += [f"- Peak memory on {d}: {how}." for d, how in report["memory"].items()]
     for d, hw in report["hardware"].items():
-        lines.append(f"- {d}: {hw.get('gpu', hw['cpu'])}; {hw['torch_threads']} torch threads; torch {hw['torch']}.")
+        threads = counted(hw["torch_threads"], "torch thread")
+        lines.append(f"- {d}: {hw.get('gpu', hw['cpu'])}; {threads}; torch {hw['torch']}.")
     lines += [f"- Date: {report['date']}; bfr {report['bfr_version']}"
               + (f" (git {report['git']})" if report["git"] else "") + ".",
               "- Timings are noisy: compare medians and ratios measured in the same run, never across machines.", ""]
@@ -417,7 +418,7 @@ def _plot(report: dict, out_dir: Path) -> str:
                     logx=True, logy=True),
               Panel(f"Steps (faces per call = {b_max})", "network calls per face (DifFace: N; IDM: steps)",
                     "s / face (median)", by_steps, logx=True, logy=True)]
-    return line_charts(panels, out_dir / "bench.png", f"medians of {s['repeats']} calls").name
+    return line_charts(panels, out_dir / "bench.png", f"medians of {counted(s['repeats'], 'call')}").name
 
 
 def _plot_photo(report: dict, out_dir: Path) -> str:
@@ -434,4 +435,5 @@ def _plot_photo(report: dict, out_dir: Path) -> str:
         title = "Whole photo" if stage == "total" else {"detect": "Detect + align", "restore": "Restore the faces",
                                                          "paste": "Paste back"}[stage]
         panels.append(Panel(title, "megapixels", "s (median)", series, logx=True, logy=True))
-    return line_charts(panels, out_dir / "bench_photo.png", f"medians of {report['settings']['repeats']} calls").name
+    repeats = counted(report["settings"]["repeats"], "call")
+    return line_charts(panels, out_dir / "bench_photo.png", f"medians of {repeats}").name

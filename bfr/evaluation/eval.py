@@ -240,6 +240,11 @@ KNOB_LABELS = {  # how a method's sampling defaults read in a row label
 }
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 call', '3 calls': report lines read right for any count."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def hardware(device: torch.device) -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
@@ -430,7 +435,7 @@ def results_markdown(report: dict) -> str:
         f"- DifFace: ddim{s['steps']} chain, η = {s['eta']}, started steps N ∈ {s['start_steps']}; "
         f"batch size {s['batch_size']}, noise seed = {s['seed']} + batch index.",
         f"- Weights (sha256 prefixes): {json.dumps(report['weights'])}.",
-        f"- Hardware: {hw['device']} — {hw.get('gpu', hw['cpu'])}; {hw['torch_threads']} torch threads; "
+        f"- Hardware: {hw['device']} — {hw.get('gpu', hw['cpu'])}; {counted(hw['torch_threads'], 'torch thread')}; "
         f"torch {hw['torch']}, Python {hw['python']}.",
         f"- Date: {report['date']}; bfr {report['bfr_version']}" + (f" (git {report['git']})" if report['git'] else "")
         + f"; total {report['seconds_total']:.0f} s.",

@@ -159,24 +159,26 @@ def build_networks(cfg: AdaptConfig) -> tuple[nn.Module, dict, int, Callable[[],
     {"restorer": file, "prior": file or catalog name})."""
     from bfr.api import load_net
     from bfr.nets import SwinIR, UNetModel
-    from bfr.weights import load_into, load_pretrained, load_state_dict, read_metadata, resolve
+    from bfr.weights import load_into, load_pretrained, load_state_dict, read_metadata, resolve, resolve_all
 
     if cfg.tier == "compact":
-        restorer_file = resolve("swinir64", cfg.restorer)
+        restorer_file = resolve("swinir64", cfg.restorer, option="--restorer")
         net_config = json.loads(read_metadata(restorer_file)["config"])
         restorer = load_net("swinir64", restorer_file)
-        prior_file = resolve("prior64", cfg.prior)
+        prior_file = resolve("prior64", cfg.prior, option="--prior")
         resolution = int(json.loads(read_metadata(prior_file)["config"])["image_size"])
         return (restorer, net_config, resolution, lambda: load_net("prior64", prior_file),
                 {"restorer": restorer_file, "prior": prior_file})
     if cfg.tier == "paper":
+        files = resolve_all({"dtbfr_swinir_gan": cfg.restorer, "difface_unet_512": cfg.prior},  # both named at once
+                            options={"dtbfr_swinir_gan": "--restorer", "difface_unet_512": "--prior"})
         restorer = SwinIR(**cfg.paper_swinir)
-        restorer_file = resolve("dtbfr_swinir_gan", cfg.restorer)
+        restorer_file = files["dtbfr_swinir_gan"]
         load_into(restorer, load_state_dict(restorer_file))
 
         def load_prior() -> nn.Module:
             prior = UNetModel(**cfg.paper_unet)
-            load_pretrained(prior, "difface_unet_512", cfg.prior)
+            load_pretrained(prior, "difface_unet_512", files["difface_unet_512"])
             return prior
 
         return (restorer, dict(cfg.paper_swinir), int(cfg.paper_unet["image_size"]), load_prior,
@@ -324,7 +326,7 @@ def adapt(cfg: AdaptConfig) -> Path | None:
                          "it cannot be combined with fixed references (references_dir)")
     if cfg.gan_weight > 0 and cfg.tier == "paper" and not cfg.clean_dir:
         raise InputError("the paper tier's discriminator needs clean FFHQ-aligned faces at 512 px: pass clean_dir "
-                         "(--clean-dir; the authors use FFHQ), or set the GAN weight to 0")
+                         "(--clean-dir; the authors use FFHQ), or train without the GAN term (--gan-weight 0)")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -642,7 +644,7 @@ def write_card(run_dir: str | Path, dest: str | Path | None = None, name: str = 
         f"- diffusion: respacing \"{pt['respacing']}\", start index {pt['start']}, ancestral with learned variance; "
         f"low-pass replacement (antialiased bicubic, borders mirrored as the authors' resizer; factor {pt['factor']} "
         f"at {pt['resolution']} px) after every step with index ≥ {pt['min_index']}; prior "
-        f"`{cfg['prior'] or 'default'}`",
+        f"`{cfg['prior'] or ('prior64' if cfg['tier'] == 'compact' else 'difface_unet_512')}`",
         *([gen_line] if gen_line else []),
         "",
         "## Fine-tuning",

@@ -170,7 +170,7 @@ def write_backbone_card(run_dir: Path, weights: Path, dest: Path, metrics: dict[
         {"Validation": f"PSNR on 64 seeded degraded LFW test faces: {metrics['psnr']:.2f} dB restored vs "
                        f"{metrics['psnr_input']:.2f} dB for the degraded input.",
          "Limitations": "Regression to the mean: outputs are smooth (that is DifFace's premise). 64 px only."},
-        samples_png="samples_final.png",
+        samples_png="samples_final.png", command="train backbone",
     )
 
 

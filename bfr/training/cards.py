@@ -52,7 +52,7 @@ def format_duration(seconds: float) -> str:
 
 
 def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: str, extra_sections: dict[str, str],
-               samples_png: str | None = None) -> Path:
+               samples_png: str | None = None, command: str = "train …") -> Path:
     """Copy ``weights`` (and a sample grid) to ``dest`` and write ``<name>.md`` beside them."""
     from bfr.weights import read_metadata
 
@@ -69,8 +69,9 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
              f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",
-             "- reproduce: `python -m bfr train …` (see README); resumable, and a later run can start from these "
-             "weights with `--init-from`.", "", "## Data", "", data_note(config), ""]
+             f"- reproduce: `python -m bfr {command}` (resumable); a later run continues from these weights with "
+             f"`--init-from {target.stem}` (`--schedule-steps N` anneals it by step N).",
+             "", "## Data", "", data_note(config), ""]
     if log:
         keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]
         lines += ["## Log (every evaluation)", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

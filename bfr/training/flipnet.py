@@ -140,7 +140,9 @@ def prior_file(cfg: FlipNetTrainConfig) -> Path:
     """The frozen prior's weights file (its sha256 ties the adapters to it)."""
     from bfr.weights import resolve
 
-    return resolve("prior64", cfg.prior) if cfg.tier == "compact" else resolve("sd21_unet", cfg.unet)
+    if cfg.tier == "compact":
+        return resolve("prior64", cfg.prior, option="--prior")
+    return resolve("sd21_unet", cfg.unet, option="--unet")
 
 
 def load_prior(cfg: FlipNetTrainConfig) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -156,7 +158,7 @@ def load_prior(cfg: FlipNetTrainConfig) -> tuple[torch.nn.Module, torch.nn.Modul
     unet = UNet2DConditionModel(**cfg.paper_unet)
     load_into(unet, load_state_dict(prior_file(cfg)))
     vae = AutoencoderKL(**cfg.paper_vae)
-    load_into(vae, load_state_dict(resolve("sd21_vae", cfg.vae)))
+    load_into(vae, load_state_dict(resolve("sd21_vae", cfg.vae, option="--vae")))
     return unet, vae.eval().requires_grad_(False)
 
 
@@ -339,8 +341,11 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Run (or resume) all stages; returns the exported adapters file."""
     from accelerate import Accelerator
 
+    from bfr.weights import resolve_all
     from bfr.weights.hub import sha256_of
 
+    if cfg.tier == "paper":  # both of Stable Diffusion's files named at once, before any stage starts
+        resolve_all({"sd21_unet": cfg.unet, "sd21_vae": cfg.vae}, options={"sd21_unet": "--unet", "sd21_vae": "--vae"})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_tier(out, cfg.tier)

@@ -157,7 +157,7 @@ def write_prior_card(run_dir: Path, weights: Path, dest: Path) -> Path:
         {"Held-out check": gap or "no evaluation logged",
          "Limitations": "Trained for few steps on CPU: unconditional samples are face-like but distorted; "
                         "restoration from DifFace's started step uses only its low-noise part. 64 px only."},
-        samples_png="samples_final.png",
+        samples_png="samples_final.png", command="train prior",
     )
 
 

@@ -143,20 +143,20 @@ def _hub_url() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
-def _how_to_place(spec: WeightSpec) -> str:
+def _how_to_place(spec: WeightSpec, option: str | None = None) -> str:
     env_dir = os.environ.get("BFR_WEIGHTS_DIR")
     target = f"{env_dir}/{spec.filename}" if env_dir else f"$BFR_WEIGHTS_DIR/{spec.filename}"
     cached = cache_dir() / "weights" / spec.filename
-    return f"put it at {target} or {cached}, or pass --weights {spec.name}=PATH"
+    return f"put it at {target} or {cached}, or pass " + (f"{option} PATH" if option else f"--weights {spec.name}=PATH")
 
 
-def _unavailable(spec: WeightSpec, why: str) -> WeightsUnavailableError:
+def _unavailable(spec: WeightSpec, why: str, option: str | None = None) -> WeightsUnavailableError:
     src = spec.remote
     if src:
-        where = f"Download it from {src} and {_how_to_place(spec)}."
+        where = f"Download it from {src} and {_how_to_place(spec, option)}."
     else:
         make = f"make it with `{spec.made_by}`, then " if spec.made_by else ""
-        where = f"It has no public download; {make}{_how_to_place(spec)}."
+        where = f"It has no public download; {make}{_how_to_place(spec, option)}."
     return WeightsUnavailableError(f"Weights {spec.name!r} ({spec.filename}) are not on this machine: {why}. {where}")
 
 
@@ -203,12 +203,14 @@ def resolve(
     *,
     download: bool = True,
     verify: bool = False,
+    option: str | None = None,
 ) -> Path:
     """Path of a weights file, fetching it into the cache if allowed and needed.
 
     `path` (a file, or a folder holding the file) wins over everything and must exist.
     `verify` re-checks the sha256 of a file found locally (downloads are always checked).
-    Raises WeightsUnavailableError, naming the file and how to get it, when nothing works.
+    Raises WeightsUnavailableError, naming the file and how to get it, when nothing works;
+    `option`: the command-line option that gives this file (default `--weights NAME=PATH`).
     """
     spec = get_spec(weights) if isinstance(weights, str) else weights
     if path is not None:
@@ -228,13 +230,13 @@ def resolve(
         return found
 
     if spec.remote is None:
-        raise _unavailable(spec, "it is not bundled in this install and has no public source")
+        raise _unavailable(spec, "it is not bundled in this install and has no public source", option)
     if not download:
-        raise _unavailable(spec, "downloading was not allowed")
+        raise _unavailable(spec, "downloading was not allowed", option)
     is_file_url = spec.url is not None and spec.url.startswith("file:")
     off, var = offline()
     if off and not is_file_url:
-        raise _unavailable(spec, f"downloads are off ({var})")
+        raise _unavailable(spec, f"downloads are off ({var})", option)
 
     if spec.hub_repo:
         hub_failure = f"{_hub_url()} is unreachable"
@@ -249,26 +251,26 @@ def resolve(
                 verify_sha256(got, spec.sha256)
                 return Path(got)
         if not spec.url:
-            raise _unavailable(spec, hub_failure)
+            raise _unavailable(spec, hub_failure, option)
     if not reachable(spec.url):
         host = urllib.parse.urlsplit(spec.url).hostname
-        raise _unavailable(spec, f"{host} is unreachable (no network?)")
+        raise _unavailable(spec, f"{host} is unreachable (no network?)", option)
     try:
         return download_url(spec.url, cache_dir() / "weights" / spec.filename, spec.sha256)
     except ChecksumError:
         raise
     except OSError as e:  # URLError, timeouts, HTTP errors, disk full
-        raise _unavailable(spec, f"the download failed ({e})") from e
+        raise _unavailable(spec, f"the download failed ({e})", option) from e
 
 
-def resolve_all(paths: dict[str, str | Path | None]) -> dict[str, Path]:
+def resolve_all(paths: dict[str, str | Path | None], options: dict[str, str] | None = None) -> dict[str, Path]:
     """``resolve`` for several weights (catalog name → given path or None), before anything is built: every file
     that cannot be had is named in one error, not the first of them after minutes of loading."""
     found: dict[str, Path] = {}
     missing: list[str] = []
     for name, path in paths.items():
         try:
-            found[name] = resolve(name, path)
+            found[name] = resolve(name, path, option=(options or {}).get(name))
         except WeightsUnavailableError as e:
             missing.append(str(e))
     if len(missing) == 1:
