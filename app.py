@@ -47,7 +47,7 @@ from bfr.degradations import degrade as degrade_image
 from bfr.errors import BfrError
 from bfr.faces import FacePipeline
 from bfr.faces.pipeline import check_aligned_shape
-from bfr.imageio import MAX_PIXELS, load_image, resize, save_image, to_uint8
+from bfr.imageio import MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIERS = tuple(dict.fromkeys(tier for info in METHODS.values() for tier in info.tiers))  # compact, paper
@@ -165,7 +165,7 @@ def sentence(text: str) -> str:
     first = text.split(" ", 1)[0]
     if first.isalpha() and first.islower():  # not a file name such as idm64.safetensors
         text = text[:1].upper() + text[1:]
-    return text + ("" if text.endswith((".", "!", "?", ")")) else ".")
+    return text + ("" if text.endswith((".", "!", "?")) else ".")
 
 
 @contextmanager
@@ -209,9 +209,11 @@ def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
 
 
 def check_upload(path: str | None) -> None:
-    """On upload: a file that cannot be restored (not an image, too large or small) is said now, not at Restore."""
+    """On upload: a file that cannot be restored (not an image, too large or small) is said now, not at Restore;
+    from its header, so a large photo is not decoded twice."""
     if path:
-        read_photo(path)
+        with user_errors(path):
+            check_image_file(path)
 
 
 def check_methods(methods: list[str] | None, tier: str) -> list[str]:
@@ -763,23 +765,27 @@ def send_to_restore(degraded: str | None):
     return degraded, False, gr.Tabs(selected="restore")
 
 
-def available(methods: list[str], tier: str) -> list[str]:
-    """The methods that can run on this tier, with a warning for each one dropped."""
-    keep = []
-    for name in methods:
-        ok, why = method_status(name, tier)
-        if ok:
-            keep.append(name)
-        else:
-            gr.Warning(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.")
-    return keep
+def methods_info(tier: str, dropped: list[str] = ()) -> str:
+    """The method list's help line: why ticked methods were unticked, or that none can run on this tier.
+
+    In the page, not a toast: these events run unqueued (a full queue must not stop a tick), and Gradio shows
+    toasts of queued events only."""
+    reasons = [f"{METHODS[name].title} cannot run on the {tier} tier here: {method_status(name, tier)[1]}."
+               for name in dropped]
+    if not any(method_status(name, tier)[0] for name in METHODS):
+        reasons.insert(0, f"No method can run on the {tier} tier here.")
+    if reasons:
+        return " ".join(reasons) + " See “Methods on this machine” below."
+    return METHODS_INFO
 
 
 def pick_methods(methods: list[str], tier: str):
     """A ticked method that cannot run on this tier is unticked, saying why (the list shows them all);
     otherwise the boxes are left alone, so a quick second tick is never overwritten."""
-    keep = available(methods, tier)
-    return gr.skip() if keep == list(methods) else keep
+    dropped = [name for name in methods if not method_status(name, tier)[0]]
+    if not dropped:
+        return gr.skip()
+    return gr.update(value=[name for name in methods if name not in dropped], info=methods_info(tier, dropped))
 
 
 def show_sliders(methods: list[str]):
@@ -790,9 +796,10 @@ def show_sliders(methods: list[str]):
 def change_tier(tier: str, methods: list[str]):
     """New labels for the tier; methods that cannot run there are unticked, and a tier left with none
     ticked gets its first available one (coming back from a tier where nothing could run)."""
-    keep = available(methods, tier)
+    dropped = [name for name in methods if not method_status(name, tier)[0]]
+    keep = [name for name in methods if name not in dropped]
     first = [name for name in METHODS if method_status(name, tier)[0]][:1]
-    return gr.update(choices=method_choices(tier), value=keep or first)
+    return gr.update(choices=method_choices(tier), value=keep or first, info=methods_info(tier, dropped))
 
 
 # ---------------------------------------------------------------------------- layout
@@ -862,6 +869,8 @@ def _examples() -> dict:
             for tab in ("restore", "degrade")}
 
 
+METHODS_INFO = ("one or several; unavailable ones are explained under “Methods on this machine”"
+                + ("" if ON_GPU else " · on a CPU, FLIPNET takes about a minute per face"))
 INTRO = """# bfr — blind face restoration with diffusion priors
 Upload a photo with faces (or pick an example), choose one or more methods and press **Restore**. Each face
 is detected, aligned, restored and pasted back. The **compact** tier runs small 64-px models trained by this
@@ -884,9 +893,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2, min_width=320) as inputs_column:
                         image = photo_input(label="Photo", height=300, elem_id="photo")
                         methods = gr.CheckboxGroup(method_choices("compact"), value=first_ready, label="Methods",
-                                                   info="one or several; unavailable ones are explained below"
-                                                   + ("" if ON_GPU else " · on a CPU, FLIPNET takes about a minute "
-                                                      "per face"),
+                                                   info=METHODS_INFO,
                                                    elem_id="methods", elem_classes=[CHECKED])
                         tier = gr.Radio(list(TIERS), value="compact", label="Tier", elem_id="tier",
                                         elem_classes=[CHECKED],
@@ -956,7 +963,7 @@ def build_demo() -> gr.Blocks:
                             degraded = gr.Image(label="Degraded", type="filepath", format="png", height=300,
                                                 interactive=False, elem_id="degraded")
                             params = gr.JSON(label="Parameters used")
-                        send = gr.Button("Restore this →", elem_id="send-to-restore")
+                        send = gr.Button("Restore this →", elem_id="send-to-restore", interactive=False)
                         presets = gr.Gallery(label="Every preset at this seed", format="png", columns=4,
                                              object_fit="contain", rows=2, height="auto", elem_id="presets")
                         presets_table = gr.Markdown(elem_id="presets-table")
@@ -992,12 +999,11 @@ def build_demo() -> gr.Blocks:
             concurrency_id="gpu")
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
-        # Queued (not queue=False): Gradio shows gr.Warning / gr.Error only for queued events, and these say why
-        # a method was unticked. Their own concurrency groups: a running restoration does not hold them up.
+        # Unqueued, so a full queue never stops a tick; they say why in the methods' help line, not in a toast.
         methods.input(pick_methods, [methods, tier], methods, api_name="pick_methods", api_visibility="private",
-                      trigger_mode="always_last")
+                      queue=False, trigger_mode="always_last")
         tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private",
-                   trigger_mode="always_last")
+                   queue=False, trigger_mode="always_last")
         for photo in (image, clean):
             photo.upload(check_upload, photo, None, api_name="check_upload", api_visibility="private")
         methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)
@@ -1013,8 +1019,10 @@ def build_demo() -> gr.Blocks:
         flip_stop.click(request_stop_variants, None, None, api_name="stop_flipnet", api_visibility="private")
         for slider in custom_inputs:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
+        degraded.change(lambda path: gr.update(interactive=bool(path)), degraded, send, api_name="can_send",
+                        api_visibility="private", queue=False)  # nothing to send before a degradation
         send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",
-                   api_visibility="private")  # queued, so its "degrade a face first" reaches the browser
+                   api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
 

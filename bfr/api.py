@@ -287,22 +287,29 @@ class Restorer:
             result: FaceRestoreResult = pipeline.restore_faces(
                 img, lambda crops: self.restore_crops(crops, progress=progress, **options), aligned=aligned,
                 framing=framing)
+        note = self._enlargement_note(result, upscale, framing if aligned else None)
         return RestoreResult(
             image=result.output, faces=[(f.input_crop, f.restored_crop) for f in result.faces],
-            detector=result.detector, message=result.message + self._enlargement_note(result, upscale),
+            detector=result.detector, message=result.message + note,
             seconds=time.perf_counter() - t0, method=self.model.name, tier=self.model.tier,
         )
 
-    def _enlargement_note(self, result: FaceRestoreResult, upscale: float) -> str:
-        """A sentence when faces are pasted back much larger than the model restores them (soft next to the photo)."""
+    def _enlargement_note(self, result: FaceRestoreResult, upscale: float, aligned_framing: str | None) -> str:
+        """A sentence when faces are pasted back much larger than the model restores them (soft next to the photo).
+
+        The enlargement compares eye distances: a detected face's, or the template's at an aligned crop's size."""
         if not result.faces:
             return ""
-        eyes = [f.face.eye_distance for f in result.faces if f.face is not None]
-        if eyes:
-            t = template_points(self.model.framing, self.model.resolution)
-            zoom = max(eyes) * upscale / float(np.linalg.norm(t[1] - t[0]))
-        else:  # an aligned crop: the whole output is the restored face, enlarged (the upscale is in the output)
-            zoom = max(result.output.shape[:2]) / self.model.resolution
+        if aligned_framing is not None:
+            side = max(result.output.shape[:2]) / upscale  # the crop as given
+            t_in = template_points(aligned_framing, round(side))
+            eyes = [float(np.linalg.norm(t_in[1] - t_in[0]))]
+        else:
+            eyes = [f.face.eye_distance for f in result.faces if f.face is not None]
+        if not eyes:
+            return ""
+        t = template_points(self.model.framing, self.model.resolution)
+        zoom = max(eyes) * upscale / float(np.linalg.norm(t[1] - t[0]))
         if zoom <= 2:
             return ""
         hint = "; the paper tier restores at 512 px" if self.model.tier == "compact" else ""

@@ -201,25 +201,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
                                       only_center_face=args.only_center_face, progress=progress, **options)
         target = out_dir / f"{stem}_{args.method}.png"
         save_image(result.image, target)
-        if not result.faces:  # a script must be able to tell this copy from a restoration
-            no_face.append(path.name)
-            print(f"warning: {target}: {result.message}", file=sys.stderr)
-            return
-        print(f"{target}: {result.message} ({result.seconds:.1f} s, detector: {result.detector})")
         if args.save_faces:  # each method its own pairs: another run's crops may be of other faces or framing
             prefix = f"{stem}_{args.method}"
             for i, (before, after) in enumerate(result.faces):
                 save_image(before, out_dir / "faces" / f"{prefix}_{i:02d}_input.png")
                 save_image(after, out_dir / "faces" / f"{prefix}_{i:02d}_restored.png")
             _drop_stale_faces(out_dir / "faces", prefix, kept=len(result.faces))
+        if result.faces:
+            print(f"{target}: {result.message} ({result.seconds:.1f} s, detector: {result.detector})")
+        else:  # a script must be able to tell this file from a restoration
+            no_face.append(path.name)
+            print(f"warning: {target}: {result.message}", file=sys.stderr)
 
     no_face: list[str] = []
-    _each(paths, work)
-    if no_face:
-        print(f"no face found in {len(no_face)} of {len(paths)} inputs ({', '.join(no_face)}): copied unchanged "
-              f"(exit code {NO_FACE_EXIT}); a face crop needs --aligned", file=sys.stderr)
-        return NO_FACE_EXIT
-    return 0
+    try:
+        _each(paths, work)
+    finally:  # said also when another input failed (exit code 2 then)
+        if no_face:
+            print(f"warning: no face found in {len(no_face)} of {len(paths)} inputs ({', '.join(no_face)}): written "
+                  f"as the library returns them, not restored (exit code {NO_FACE_EXIT}); a face crop needs --aligned",
+                  file=sys.stderr)
+    return NO_FACE_EXIT if no_face else 0
 
 
 # `train` options and the models they belong to: a flag given to another model is refused, not ignored.

@@ -99,8 +99,18 @@ def _read_file(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from e
 
 
-def _decode(data: bytes, name: str, max_pixels: int, min_side: int) -> np.ndarray:
-    """Header first (size check), then pixels: PIL for most files, OpenCV for 16-bit colour."""
+def check_image_file(path: str | Path) -> None:
+    """``load_image``'s checks from the file's header alone (readable, within the size limits), without decoding
+    the pixels: a quick check when a file arrives. Formats only OpenCV reads are decoded."""
+    data, name = _read_file(Path(path)), str(path)
+    if not data:
+        raise InputError(f"{name} is empty (0 bytes)")
+    if _open_header(data, name, MAX_PIXELS, MIN_SIDE) is None:
+        _decode_with_opencv(data, name, MAX_PIXELS, MIN_SIDE)
+
+
+def _open_header(data: bytes, name: str, max_pixels: int, min_side: int) -> Image.Image | None:
+    """PIL's lazily opened image, its size checked; None when PIL cannot read the file."""
     with warnings.catch_warnings():
         # Our own cap is tighter than PIL's bomb guard; silence its warning, keep its hard stop.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -109,8 +119,18 @@ def _decode(data: bytes, name: str, max_pixels: int, min_side: int) -> np.ndarra
         except Image.DecompressionBombError as e:
             raise InputError(f"{name} is far too large to open safely ({e}); downscale it first") from e
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return _decode_with_opencv(data, name, max_pixels, min_side)
-        _check_size(pil.width, pil.height, max_pixels, min_side, name)
+            return None
+    _check_size(pil.width, pil.height, max_pixels, min_side, name)
+    return pil
+
+
+def _decode(data: bytes, name: str, max_pixels: int, min_side: int) -> np.ndarray:
+    """Header first (size check), then pixels: PIL for most files, OpenCV for 16-bit colour."""
+    pil = _open_header(data, name, max_pixels, min_side)
+    if pil is None:
+        return _decode_with_opencv(data, name, max_pixels, min_side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         orientation = _orientation(pil)
         try:
             if _is_16bit_color(pil, data):

@@ -82,6 +82,10 @@ def test_detector_and_face_parser_load_once_per_restorer(monkeypatch, tmp_path):
     assert "enlarged" not in restorer.restore(crop, aligned=True).message  # 64 px to 64 px
     big = restorer.restore(np.full((512, 512, 3), 0.5, np.float32), aligned=True).message
     assert "restored at 64 px and enlarged up to ×8.0" in big  # an aligned 512-px crop is told why it is soft
+    lfw_model = StubModel(64)
+    lfw_model.framing = "lfw"  # the compact tier: FFHQ eyes 125.9 px apart at 512, LFW's 17.6 at 64
+    big = Restorer(lfw_model).restore(np.full((512, 512, 3), 0.5, np.float32), aligned=True).message
+    assert "enlarged up to ×7.1" in big
     with pytest.raises(InputError, match="pass aligned=True with it"):
         restorer.restore(crop, framing="lfw")
     first = restorer.restore(photo, seed=0)

@@ -298,17 +298,26 @@ def test_an_empty_method_list_on_a_tier_where_nothing_runs_says_why():
         app.check_methods([], "compact")
 
 
-def test_ui_events_that_explain_themselves_are_queued():
-    """Gradio shows gr.Warning / gr.Error in the browser for queued events only."""
+def test_unticked_methods_say_why_in_the_page_and_ticks_skip_the_queue():
+    """Ticks and tier switches run unqueued (a full queue must not stop them), so they explain themselves in the
+    methods' help line (Gradio shows toasts of queued events only); the upload check is queued, for its toast."""
     deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
-    for name in ("pick_methods", "change_tier", "send_to_restore", "check_upload"):
-        assert deps[name]["queue"] is not False, name
+    assert all(deps[name]["queue"] is False for name in ("pick_methods", "change_tier", "send_to_restore"))
+    assert deps["check_upload"]["queue"] is not False
+    paper = {name: method_status(name, "paper") for name in app.METHODS}
+    if not any(ok for ok, _ in paper.values()):
+        update = app.change_tier("paper", ["difface", "idm"])
+        assert update["value"] == [] and update["info"].startswith("No method can run on the paper tier here.")
+        assert f"DifFace cannot run on the paper tier here: {paper['difface'][1]}." in update["info"]
+        assert "IDM cannot run on the paper tier here" in update["info"]
+        back = app.change_tier("compact", [])
+        assert back["value"] == app.compact_methods()[:1] and back["info"] == app.METHODS_INFO
 
 
 def test_messages_read_as_sentences():
     assert app.sentence("no face found by the haar detector; pass an aligned face crop") == (
         "No face found by the haar detector; pass an aligned face crop.")
-    assert app.sentence("Done.") == "Done." and app.sentence("stopped (2 of 3)") == "Stopped (2 of 3)"
+    assert app.sentence("Done.") == "Done." and app.sentence("stopped (2 of 3)") == "Stopped (2 of 3)."
     assert app.sentence("idm64.safetensors is missing") == "idm64.safetensors is missing."  # a name stays as it is
 
 
@@ -502,11 +511,9 @@ def test_restorers_are_loaded_once():
 
 
 @needs_weights
-def test_method_ticks_are_left_alone_unless_a_tier_rules_one_out(monkeypatch):
+def test_method_ticks_are_left_alone_unless_a_tier_rules_one_out():
     """pick_methods writes the boxes back only to untick an unavailable method (a quick second tick is
     never overwritten by the first one's reply); coming back to a tier with none ticked ticks its first."""
-    warned = []
-    monkeypatch.setattr(app.gr, "Warning", warned.append)
     ready = app.compact_methods()
     assert app.pick_methods(ready, "compact") == gr.skip()
     deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
@@ -514,7 +521,8 @@ def test_method_ticks_are_left_alone_unless_a_tier_rules_one_out(monkeypatch):
     assert app.change_tier("compact", [])["value"] == ready[:1]
     unavailable = [name for name in app.METHODS if not method_status(name, "paper")[0]]
     if unavailable:
-        assert app.pick_methods(unavailable, "paper") == [] and len(warned) == len(unavailable)
+        update = app.pick_methods(unavailable, "paper")  # unticked, each with its reason in the help line
+        assert update["value"] == [] and update["info"].count("cannot run on the paper tier here") == len(unavailable)
 
 
 def test_send_to_restore_needs_a_degraded_face():

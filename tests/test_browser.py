@@ -101,11 +101,12 @@ def test_the_page_says_why_a_tier_or_a_file_cannot_be_used(page, tmp_path):
     if any(method_status(name, "paper")[0] for name in app.METHODS):
         return  # paper weights are here: nothing to explain
     page.locator("#tier").get_by_label("paper", exact=True).check()
-    toast("cannot run on the paper tier here")  # why DifFace was unticked
+    sync_api.expect(page.locator("#methods")).to_contain_text("DifFace cannot run on the paper tier here")  # why
     page.locator("#restore-button").click()
     toast("No method can run on the paper tier here")
     page.locator("#tier").get_by_label("compact", exact=True).check()
     sync_api.expect(page.locator("#methods").get_by_label("DifFace", exact=True)).to_be_checked()
+    sync_api.expect(page.locator("#methods")).not_to_contain_text("cannot run")
 
 
 def test_upload_restore_and_see_the_results(page, tmp_path):
@@ -167,6 +168,7 @@ def test_degradation_preview_and_restore_this(page):
     face = data_dir() / "lfw150" / "Abbas_Kiarostami_0001.jpg"
     if not face.is_file():
         pytest.skip(f"LFW face not found: {face}")
+    sync_api.expect(page.locator("#send-to-restore")).to_be_disabled()  # nothing degraded yet: nothing to send
     page.locator("#clean input[type=file]").set_input_files(str(face))
     page.locator("#clean img").first.wait_for(state="visible", timeout=30_000)
     page.locator("#degrade-button").click()

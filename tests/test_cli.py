@@ -147,13 +147,22 @@ def test_a_photo_without_a_face_is_copied_with_a_warning_and_exit_code_3(tmp_pat
     from bfr.cli import NO_FACE_EXIT
 
     wall = _face(tmp_path / "wall.png", 90)
-    out = run("restore", str(wall), "-o", str(tmp_path / "out"), "--method", "unsupervised")
+    stale = tmp_path / "out" / "faces" / "wall_unsupervised_00_input.png"  # from an earlier run that found a face
+    stale.parent.mkdir(parents=True)
+    _face(stale)
+    out = run("restore", str(wall), "-o", str(tmp_path / "out"), "--method", "unsupervised", "--save-faces")
     assert out.returncode == NO_FACE_EXIT == 3
     lines = out.stderr.strip().splitlines()
-    assert lines[0].startswith("warning:") and "No face found" in lines[0], out.stderr
-    assert "no face found in 1 of 1 inputs (wall.png): copied unchanged" in lines[-1]
+    assert all(line.startswith("warning:") for line in lines) and "No face found" in lines[0], out.stderr
+    assert "no face found in 1 of 1 inputs (wall.png): written as the library returns them" in lines[-1]
     copy = np.asarray(Image.open(tmp_path / "out" / "wall_unsupervised.png"))
     assert (copy == 90).all()  # the input, unchanged, as the library returns it
+    assert not stale.exists()  # not passed off as this run's crop
+    (tmp_path / "bad.png").write_text("not an image")  # with a bad input too: exit 2, and both are said
+    out = run("restore", str(wall), str(tmp_path / "bad.png"), "-o", str(tmp_path / "out"), "--method",
+              "unsupervised")
+    assert out.returncode == 2 and "error: bad.png" in out.stderr.replace(str(tmp_path) + "/", "")
+    assert "warning: no face found in 1 of 2 inputs (wall.png)" in out.stderr
     face = LFW / "Aaron_Sorkin_0001.jpg"
     if LFW.is_dir():  # a face alone: exit 0
         assert run("restore", str(face), "-o", str(tmp_path / "o2"), "--method", "unsupervised").returncode == 0
@@ -179,6 +188,7 @@ def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys):
 def test_paper_training_names_every_missing_file_with_its_own_option(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))  # not a cache that holds paper weights
     clean = tmp_path / "clean"
     clean.mkdir()
     assert main(["train", "flipnet", "--tier", "paper", "--clean-dir", str(clean), "-o", str(tmp_path / "f")]) == 2

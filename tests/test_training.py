@@ -60,15 +60,17 @@ def test_prior_trains_resumes_and_exports(tmp_path):
 def test_card_remembers_a_quick_start_after_a_resume_on_all_faces(tmp_path):
     from bfr.training.cards import data_note, write_run_config
 
-    write_run_config(tmp_path, {"train_images": None, "lr": 1e-3})
+    write_run_config(tmp_path, {"train_images": None, "lr": 1e-3}, resumed=False)
     assert "quick run" not in data_note(json.loads((tmp_path / "config.json").read_text()))
-    write_run_config(tmp_path, {"train_images": 16, "lr": 1e-3})
-    write_run_config(tmp_path, {"train_images": 64, "lr": 1e-3})
-    write_run_config(tmp_path, {"train_images": None, "lr": 2e-4})  # resumed without the flag
+    write_run_config(tmp_path, {"train_images": 16, "lr": 1e-3}, resumed=True)
+    write_run_config(tmp_path, {"train_images": 64, "lr": 1e-3}, resumed=True)
+    write_run_config(tmp_path, {"train_images": None, "lr": 2e-4}, resumed=True)  # resumed without the flag
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["lr"] == 2e-4 and config["train_images"] is None and config["train_images_runs"] == [None, 16, 64]
     assert data_note(config).startswith("**Part of this run trained on only the first 64 train faces**")
     assert data_note({"train_images": 8}).startswith("**A quick run on only the first 8 train faces**")  # old runs
+    write_run_config(tmp_path, {"train_images": None, "lr": 1e-3}, resumed=False)  # a fresh run in the old folder
+    assert json.loads((tmp_path / "config.json").read_text())["train_images_runs"] == [None]
 
 
 def test_backbone_training_lowers_l1(tmp_path):

@@ -105,7 +105,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     first_step = None if state_path.exists() else step  # fresh AdamW moments: re-warm (rewarm)
     resumed_at = step
     reseed(cfg.seed, step, batches.generator)
-    write_run_config(out, asdict(cfg))
+    write_run_config(out, asdict(cfg), resumed=first_step is None)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(accelerator.device)
 

@@ -19,13 +19,14 @@ DATA_NOTE = (
 )
 
 
-def write_run_config(out: Path, config: dict) -> None:
-    """Write a run's ``config.json``, keeping the ``--train-images`` of every invocation before this one.
+def write_run_config(out: Path, config: dict, resumed: bool) -> None:
+    """Write a run's ``config.json``, keeping the distinct ``--train-images`` values of the invocations it resumes.
 
-    A run resumed without the flag after a quick start still has those steps in it: the card must say so."""
+    A run resumed without the flag after a quick start still has those steps in it: the card must say so. A run
+    that starts afresh in an old folder keeps none of them."""
     path = Path(out) / "config.json"
     history = []
-    if path.is_file():
+    if resumed and path.is_file():
         before = json.loads(path.read_text())
         history = before.get("train_images_runs", [before.get("train_images")])
     current = config.get("train_images")

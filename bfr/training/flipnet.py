@@ -349,7 +349,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_tier(out, cfg.tier)
-    write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps})
+    write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=(out / "state.json").exists())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     tune_for_cuda()
     device = accelerator.device

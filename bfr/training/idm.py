@@ -98,12 +98,13 @@ def train_idm(cfg: IDMConfig) -> Path | None:
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "config.json").is_file() and any(out.glob("round*/state.safetensors")):
+    resumed = any(out.glob("round*/state.safetensors"))
+    if (out / "config.json").is_file() and resumed:
         before = json.loads((out / "config.json").read_text()).get("prediction", "eps")
         if before != cfg.prediction:
             raise InputError(f"{out} holds a run that predicts {before!r}, not {cfg.prediction!r}: "
                              "use another output folder")
-    write_run_config(out, asdict(cfg))
+    write_run_config(out, asdict(cfg), resumed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     size = cfg.net["image_size"]
     print(f"loading LFW train/test faces at {size} px …")
