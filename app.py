@@ -87,6 +87,8 @@ CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #f
        "#gallery .caption-label { max-width: 100%; white-space: normal; }"
        # the galleries' labels sit above their first row, not over it
        "#faces .grid-wrap, #gallery .grid-wrap { padding-top: 2.5em; }"
+       # method names with "(unavailable)" are long: wrap them rather than cut them off
+       "#methods label { max-width: 100%; } #methods label span { white-space: normal; overflow: visible; }"
        # a phone: one face strip per row, at the full width
        "@media (max-width: 640px) { #faces .grid-container { grid-template-columns: 1fr !important; } }")
 # On a narrow screen the results are below the inputs and examples: show where the run's progress appears.
