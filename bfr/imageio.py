@@ -236,14 +236,19 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def megapixels(pixels: int, limit: int) -> tuple[str, str]:
+    """Both counts in MP with as many decimals as it takes to tell them apart ("16.84" vs "16.78", not 16.8 twice)."""
+    digits = next((d for d in range(1, 7) if f"{pixels / 1e6:.{d}f}" != f"{limit / 1e6:.{d}f}"), 6)
+    return f"{pixels / 1e6:.{digits}f}", f"{limit / 1e6:.{digits}f}"
+
+
 def _check_size(width: int, height: int, max_pixels: int, min_side: int, name: str) -> None:
     if width * height > max_pixels:
         side = int(max_pixels**0.5)
-        digits = next(d for d in range(1, 8) if f"{width * height / 1e6:.{d}f}" != f"{max_pixels / 1e6:.{d}f}")
+        size, limit = megapixels(width * height, max_pixels)
         raise InputError(
-            f"{name} is {width}×{height} = {width * height / 1e6:.{digits}f} MP, above the "
-            f"{max_pixels / 1e6:.{digits}f} MP limit (about {side}×{side}); downscale it first (faces need far "
-            "fewer pixels)"
+            f"{name} is {width}×{height} = {size} MP, above the {limit} MP limit (about {side}×{side}); downscale it "
+            "first (faces need far fewer pixels)"
         )
     if min(width, height) < min_side:
         raise InputError(f"{name} is {width}×{height} pixels; at least {min_side} pixels per side are needed")

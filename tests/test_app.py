@@ -493,6 +493,20 @@ def test_ui_shows_slider_gallery_and_face_crops_for_a_group(clean_face, tmp_path
     assert face_x.min() < 150 <= face_x.max()  # both halves of the photo (both faces) were restored
 
 
+@needs_weights
+def test_the_ui_runs_methods_in_the_sliders_order(clean_face):
+    """Gallery, face strips and message follow the sliders (METHODS order), whatever order the boxes were ticked."""
+    ticked = [name for name in reversed(app.METHODS) if name in app.compact_methods() and name != "flipnet"][:2]
+    if len(ticked) < 2:
+        pytest.skip("needs two fast compact methods")
+    message, *rest = app.restore_for_ui(str(clean_face), ticked, "compact", *FAST.values(), True, 1, False, True,
+                                        progress=None)
+    gallery = rest[len(app.METHODS)]
+    titles = [caption.split(" · ")[0] for _, caption in gallery[1:]]
+    assert titles == [app.METHODS[name].title for name in app.METHODS if name in ticked] != \
+        [app.METHODS[name].title for name in ticked]
+
+
 def test_only_center_face_restores_the_middle_face_alone(clean_face, tmp_path):
     other = load_image(LFW / "Abel_Pacheco_0001.jpg")
     row = np.concatenate([load_image(clean_face), other, np.full_like(other, 0.5)], axis=1)  # face 2 is central

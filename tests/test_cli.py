@@ -259,7 +259,7 @@ def test_weights_device_and_option_mistakes_are_one_line_errors(tmp_path, capsys
 def test_upscale_beyond_the_output_cap_is_refused(tmp_path, capsys):
     img = _face(tmp_path / "face.png")
     assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--method", "unsupervised", "--upscale", "200"]) == 2
-    assert "over the 67 MP limit" in capsys.readouterr().err
+    assert "over the 67.1 MP limit" in capsys.readouterr().err
     assert not list((tmp_path / "o").glob("*.png"))
 
 

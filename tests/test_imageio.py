@@ -349,3 +349,10 @@ def test_real_faces_load():
         check(img, (150, 150))
         ref = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) / 255.0
         assert np.abs(img - ref).mean() < 2 / 255  # decoders differ only in JPEG rounding
+
+
+def test_megapixel_counts_differ_in_the_message():
+    from bfr.imageio import MAX_PIXELS, megapixels
+
+    assert megapixels(4097 * 4096, MAX_PIXELS) == ("16.781", "16.777")  # not "16.8 … the 16.8 MP limit"
+    assert megapixels(20_000_000, MAX_PIXELS) == ("20.0", "16.8")

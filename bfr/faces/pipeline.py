@@ -21,7 +21,7 @@ from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, sele
 from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
-from bfr.imageio import MAX_OUTPUT_PIXELS
+from bfr.imageio import MAX_OUTPUT_PIXELS, megapixels
 
 FRAMING = (
     "restore_fn receives a list of aligned face crops, each crop_size×crop_size float32 RGB in [0, 1], "
@@ -199,9 +199,9 @@ class FacePipeline:
         h, w = img.shape[:2]
         out_w, out_h = round(w * self.upscale), round(h * self.upscale)
         if out_w * out_h > MAX_OUTPUT_PIXELS:
+            size, limit = megapixels(out_w * out_h, MAX_OUTPUT_PIXELS)
             raise InputError(f"upscaling this {w}×{h} image ×{self.upscale:g} would give {out_w}×{out_h} "
-                             f"({out_w * out_h / 1e6:.0f} MP), over the {MAX_OUTPUT_PIXELS / 1e6:.0f} MP limit: "
-                             "use a smaller upscale")
+                             f"({size} MP), over the {limit} MP limit: use a smaller upscale")
         if aligned:
             return self._restore_aligned(img, restore_fn, background, framing)
         faces = self.crops(img)
