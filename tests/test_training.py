@@ -40,6 +40,8 @@ def test_prior_trains_resumes_and_exports(tmp_path):
     card = (tmp_path / "prior" / "prior64.md").read_text()
     assert "steps: 5" in card and "LFW train split" in card and "held-out" in card.lower()
     assert "A quick run on only the first 32 train faces" in card  # not passed off as a model trained on all
+    own = tmp_path / "prior" / "prior64.safetensors"  # this run's file, not the bundled prior64
+    assert "`python -m bfr train prior`" in card and f"--init-from {own}`" in card
     assert json.loads((tmp_path / "prior" / "config.json").read_text())["train_images_runs"] == [32]
 
     # The export is the EMA the log measured, and that EMA moves with training.

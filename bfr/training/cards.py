@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+from bfr.paths import COMPACT_WEIGHTS_DIR
 from bfr.training.common import JsonlLog
 
 DATA_NOTE = (
@@ -53,7 +54,7 @@ def format_duration(seconds: float) -> str:
 
 
 def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: str, extra_sections: dict[str, str],
-               samples_png: str | None = None, command: str = "train …") -> Path:
+               samples_png: str | None = None, *, command: str) -> Path:
     """Copy ``weights`` (and a sample grid) to ``dest`` and write ``<name>.md`` beside them."""
     from bfr.weights import read_metadata
 
@@ -64,6 +65,8 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
     meta = read_metadata(target)
     config = json.loads((run_dir / "config.json").read_text())
     log = JsonlLog(run_dir / "log.jsonl").read()
+    bundled = dest.resolve() == COMPACT_WEIGHTS_DIR.resolve()
+    init = target.stem if bundled else str(target)  # a bare name means the bundled weights to --init-from
     lines = [f"# {title}", "", summary, "", "## Training", "",
              f"- steps: {json.loads(meta['steps'])}, batch {config['batch_size']}, AdamW lr {config['lr']} "
              f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up",
@@ -71,7 +74,7 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",
              f"- reproduce: `python -m bfr {command}` (resumable); a later run continues from these weights with "
-             f"`--init-from {target.stem}` (`--schedule-steps N` anneals it by step N).",
+             f"`--init-from {init}` (`--schedule-steps N` anneals it by step N).",
              "", "## Data", "", data_note(config), ""]
     if log:
         keys = [k for k in log[-1] if k not in ("time", "lr", "ema_decay")]
