@@ -44,7 +44,7 @@ import bfr
 from bfr.api import METHODS, Restorer, RestoreResult, method_status
 from bfr.degradations import PRESETS, DegradationParams, describe
 from bfr.degradations import degrade as degrade_image
-from bfr.errors import BfrError
+from bfr.errors import BfrError, NoFaceError
 from bfr.faces import FacePipeline
 from bfr.faces.pipeline import check_aligned_shape
 from bfr.imageio import MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
@@ -707,7 +707,7 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
         with user_errors(image):
             outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
     except gr.Error as e:
-        if aligned or not e.message.startswith("No face found"):
+        if aligned or not isinstance(e.__cause__, NoFaceError):
             raise
         raise gr.Error(f"{e.message.split(';')[0]} in this image. If it is a face crop filling the frame, tick "
                        "“Input is an aligned face crop”.") from e

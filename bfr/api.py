@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bfr.errors import InputError, WeightsUnavailableError
+from bfr.errors import InputError, NoFaceError, WeightsUnavailableError
 from bfr.faces.detect import FaceDetector, get_detector
 from bfr.faces.paste import FaceParser
 from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape
@@ -59,7 +59,7 @@ METHODS: dict[str, MethodInfo] = {
     "unsupervised": MethodInfo(
         "unsupervised", "Unsupervised BFR (Kuai et al.)",
         "Kuai et al., Towards Unsupervised Blind Face Restoration using Diffusion Prior (WACV 2025)",
-        {"compact": ("swinir64_adapted",), "paper": ("dtbfr_swinir_gan",)},
+        {"compact": ("swinir64_adapted",), "paper": ("swinir512_adapted",)},
         knobs=Unsupervised.defaults,
     ),
     "idm": MethodInfo(
@@ -95,7 +95,8 @@ def _info(name: str) -> MethodInfo:
     return METHODS[name]
 
 
-NET_KINDS = {"prior64": "prior", "swinir64": "swinir", "swinir64_adapted": "swinir", "idm64": "idm"}  # compact files
+NET_KINDS = {"prior64": "prior", "swinir64": "swinir", "swinir64_adapted": "swinir", "idm64": "idm",
+             "swinir512_adapted": "swinir"}  # files bfr writes
 
 
 def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
@@ -114,8 +115,11 @@ def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
 
 
 def load(method: str = "difface", tier: str = "compact", device: str | None = None,
-         weights: dict[str, str] | None = None, detector: str = "auto") -> Restorer:
-    """Load a method's networks once; ``weights`` maps catalog names to local files."""
+         weights: dict[str, str] | None = None, detector: str = "auto", half_precision: bool = True) -> Restorer:
+    """Load a method's networks once; ``weights`` maps catalog names to local files.
+
+    ``half_precision``: on CUDA the networks run under bf16 autocast (fp16 where bf16 is missing); False runs
+    them in float32, as the authors sample. CPU is always float32."""
     info = _info(method)
     if not info.implemented:
         raise InputError(f"{info.title} is not implemented in this version of bfr yet")
@@ -156,16 +160,22 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
             net, prediction = paper_net(weights.get("idm_unet_512"))
             model = IDM(net, resolution=512, framing="ffhq", tier=tier, device=dev, prediction=prediction)
     elif method == "unsupervised":
-        # One forward pass of a restorer adapted by `python -m bfr adapt` (the prior is needed only there).
-        if tier == "compact":
-            file = files["swinir64_adapted"]
-            resolution = int(json.loads(read_metadata(file).get("resolution", "64")))
-            model = Unsupervised(load_net("swinir64_adapted", file), resolution=resolution, framing="lfw",
-                                 tier=tier, device=dev)
-        else:  # DT-BFR's SwinIR-GAN; adapted weights via weights={"dtbfr_swinir_gan": "runs/…/adapted.safetensors"}
-            net = SwinIR(**DIFFACE_SWINIR_512)
-            load_into(net, load_state_dict(files["dtbfr_swinir_gan"]))
-            model = Unsupervised(net, resolution=512, framing="ffhq", tier=tier, device=dev)
+        # One forward pass of a restorer adapted by `python -m bfr adapt` (the prior is needed only there). On the
+        # paper tier too: DT-BFR's SwinIR-GAN before adaptation is the method's starting point, not the method.
+        name = "swinir64_adapted" if tier == "compact" else "swinir512_adapted"
+        file = files[name]
+        if Path(file).suffix != ".safetensors":
+            raise InputError(f"{name} must be a restorer adapted by `python -m bfr adapt` (the .safetensors it "
+                             f"writes), not {Path(file).name}: a published restorer is where the adaptation "
+                             "starts, not Kuai et al.'s method")
+        meta = read_metadata(file)
+        made_on = json.loads(meta.get("tier", json.dumps(tier)))
+        if made_on != tier:
+            raise InputError(f"{Path(file).name} was adapted on the {made_on} tier, not the {tier} tier")
+        resolution = int(json.loads(meta.get("resolution", "64" if tier == "compact" else "512")))
+        model = Unsupervised(load_net(name, file), resolution=resolution,
+                             framing="lfw" if tier == "compact" else "ffhq", tier=tier, device=dev)
+    model.half_precision = half_precision
     return Restorer(model, detector=detector)
 
 
@@ -261,8 +271,8 @@ class Restorer:
                 pipeline = self.face_pipeline()
                 found = pipeline.crops(img)
                 if not found:
-                    raise InputError(f"no face found by the {pipeline.detector.name} detector; pass an aligned face "
-                                     "crop")
+                    raise NoFaceError(f"no face found by the {pipeline.detector.name} detector; pass an aligned face "
+                                      "crop")
                 img = max(found, key=lambda f: 0.0 if f.face is None else f.face.eye_distance).crop
             out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
         return [from_tensor(v[None]) for v in out[0]]

@@ -48,16 +48,31 @@ def _names(paths: list[Path]) -> list[str]:
     return names
 
 
+_MADE: list[Path] = []  # folders this command made, outermost first: removed again if it fails and they are empty
+
+
 def _output_dir(path: str) -> Path:
     """The output folder, made before any work: a path that is a file or cannot be made fails at once."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise BfrError(f"output {out} is a file, not a folder")
+    new = [d for d in (*reversed(out.parents), out) if not d.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BfrError(f"cannot make the output folder {out}: {e.strerror or e}") from e
+    _MADE.extend(new)
     return out
+
+
+def _remove_made() -> None:
+    """A failed command leaves no empty folders behind (what it wrote before failing stays)."""
+    for d in reversed(_MADE):
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            pass
+    _MADE.clear()
 
 
 def _weights(items: list[str] | None, method: str, tier: str) -> dict[str, str]:
@@ -182,7 +197,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     weights = _weights(args.weights, args.method, args.tier)
     paths = _inputs(args.inputs)
     out_dir = _output_dir(args.output)
-    restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector)
+    restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector,
+                        half_precision=not args.fp32)
     accepted = inspect.signature(restorer.model.restore).parameters
     for name in options:
         if name not in accepted:
@@ -227,14 +243,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
 # `train` options and the models they belong to: a flag given to another model is refused, not ignored.
 TRAIN_FLAGS = {
     "schedule_steps": ("prior", "backbone"),
-    "init_from": ("prior", "backbone", "idm"),
+    "init_from": ("prior", "backbone", "idm", "flipnet"),
     "rounds": ("idm",), "steps_per_round": ("idm",), "refine_steps": ("idm",), "clean_steps": ("idm",),
     "lr": ("flipnet",), "prior": ("flipnet",), "embed_steps": ("flipnet",), "degrade_steps": ("flipnet",),
     "restore_steps": ("flipnet",), "offline_faces": ("flipnet",), "offline_variants": ("flipnet",),
     "tier": ("flipnet",), "clean_dir": ("flipnet",), "unet": ("flipnet",), "vae": ("flipnet",),
     "card_faces": ("flipnet",),
 }
-INIT_KINDS = {"prior": ("prior",), "backbone": ("swinir",), "idm": ("idm", "prior")}  # what --init-from may hold
+INIT_KINDS = {"prior": ("prior",), "backbone": ("swinir",), "idm": ("idm", "prior"),
+              "flipnet": ("flipnet",)}  # what --init-from may hold
 
 
 def _check_train_flags(args: argparse.Namespace) -> None:
@@ -245,14 +262,15 @@ def _check_train_flags(args: argparse.Namespace) -> None:
             option = "--" + flag.replace("_", "-")
             if flag == "tier":
                 raise BfrError(f"`train {args.what}` trains the compact tier only; --tier paper is for `train flipnet`")
-            if flag == "init_from" and args.what == "flipnet":
-                raise BfrError("flipnet resumes from its run folder; give the frozen prior with --prior")
             raise BfrError(f"{option} is an option of `train {' / '.join(users)}`, not of `train {args.what}`")
     _check_numbers(args, counts=("steps", "batch_size", "schedule_steps", "rounds", "steps_per_round", "refine_steps",
                                  "clean_steps", "embed_steps", "restore_steps", "offline_variants", "train_images",
                                  "card_faces"),
                    positive=("minutes", "lr"))
     _check_numbers(args, counts=("degrade_steps", "offline_faces"), low=0)  # a FLIPNET stage may be skipped
+    if args.what == "flipnet" and args.init_from is not None and args.embed_steps is not None:
+        raise BfrError("--init-from brings the face embedding from its adapters: the embedding stage is skipped, "
+                       "so --embed-steps does not apply")
 
 
 def _check_numbers(args: argparse.Namespace, counts: tuple[str, ...] = (), positive: tuple[str, ...] = (),
@@ -273,7 +291,7 @@ def _init_file(value: str, what: str) -> str:
     from bfr.weights import CATALOG, read_metadata, resolve
 
     path = Path(value).expanduser()
-    example = "swinir64" if what == "backbone" else "prior64"
+    example = {"backbone": "swinir64", "flipnet": "flipnet64"}.get(what, "prior64")
     if not path.is_file():
         if value not in CATALOG:
             raise BfrError(f"--init-from {value}: no such file (give a weights file, or a name such as {example})")
@@ -320,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         given = dict(tier=args.tier, prior=args.prior, unet=args.unet, vae=args.vae, clean_dir=args.clean_dir,
                      embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
                      restore_steps=args.restore_steps, offline_faces=args.offline_faces,
-                     offline_variants=args.offline_variants, lr=args.lr, **common)
+                     offline_variants=args.offline_variants, lr=args.lr, init_from=args.init_from, **common)
         cfg, changed = run_config(args.output, {k: v for k, v in given.items() if v is not None},
                                   max_steps=args.steps, max_minutes=args.minutes)
         if cfg.tier == "compact" and (cfg.unet or cfg.vae or cfg.clean_dir):
@@ -378,7 +396,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if adapt(cfg) is None:
         print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
     elif args.bundle:
-        print(f"weights and card copied: {write_card(args.output, dest=args.bundle, name=args.bundle_name)}")
+        name = args.bundle_name or ("swinir64_adapted" if args.tier == "compact" else "swinir512_adapted")
+        print(f"weights and card copied: {write_card(args.output, dest=args.bundle, name=name)}")
 
 
 def cmd_demo_set(args: argparse.Namespace) -> None:
@@ -474,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "mean, FLIPNET also its spread)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    p.add_argument("--fp32", action="store_true",
+                   help="on CUDA, run the networks in float32 as the authors sample (default there: bf16 "
+                        "autocast, fp16 where bf16 is missing; CPU always runs float32)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"],
                    help="auto (default): RetinaFace when its weights are here, else OpenCV's Haar cascade")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
@@ -495,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 16 (flipnet: a resumed run keeps its own, as it keeps every setting not given)")
     p.add_argument("--init-from", default=None, help="start from these inference weights (e.g. the bundled ones); idm: "
-                   "default the bundled prior64, 'scratch' for none")
+                   "default the bundled prior64, 'scratch' for none; flipnet: adapters (e.g. flipnet64) to re-fit "
+                   "around --prior, the embedding stage skipped")
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "no"], help="default bf16")
     p.add_argument("--train-images", type=int, default=None, metavar="N",
                    help="train on only the first N train faces: a quick run to try the pipeline (its card says so)")
@@ -561,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")
-    p.add_argument("--bundle-name", default="swinir64_adapted")
+    p.add_argument("--bundle-name", default=None,
+                   help="file name in --bundle (default swinir64_adapted, or swinir512_adapted on the paper tier: "
+                        "the names restore --method unsupervised looks for)")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("demo-set", help="LFW test faces under an unseen degradation, split adapt / holdout")
@@ -618,12 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _MADE.clear()
     try:
         code = args.func(args) or 0
     except (BfrError, FileNotFoundError) as e:
+        _remove_made()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _remove_made()
         print("interrupted", file=sys.stderr)
         return 130
+    _MADE.clear()
     return code

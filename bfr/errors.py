@@ -1,4 +1,4 @@
-"""The two kinds of failure a user can act on, each with a message that says what to do."""
+"""The kinds of failure a user can act on, each with a message that says what to do."""
 
 
 class BfrError(Exception):
@@ -7,6 +7,10 @@ class BfrError(Exception):
 
 class InputError(BfrError, ValueError):
     """The input (image, tensor, option) is not acceptable; the message says why."""
+
+
+class NoFaceError(InputError):
+    """No face was found where one is needed (a photo given to FLIPNET's degradation mode)."""
 
 
 class WeightsUnavailableError(BfrError, FileNotFoundError):

@@ -98,3 +98,36 @@ def test_detector_and_face_parser_load_once_per_restorer(monkeypatch, tmp_path):
     restorer.restore(photo, seed=0, min_face_size=30)
     assert built == {"detector": [None, 30], "parser": 1}
     assert "enlarged" not in Restorer(StubModel(512), detector="haar").restore(photo).message
+
+
+def test_half_precision_is_a_switch_every_method_obeys(monkeypatch):
+    """On CUDA the networks run under autocast unless ``half_precision=False`` (the authors sample in fp32)."""
+    import contextlib
+
+    import torch
+
+    import bfr
+    from bfr.api import method_status
+    from bfr.methods import base, difface, flipnet, idm, unsupervised
+
+    assert isinstance(base.autocast(torch.device("cuda"), enabled=False), contextlib.nullcontext)
+    assert isinstance(base.autocast(torch.device("cpu")), contextlib.nullcontext)
+    asked = []
+
+    def recording(device, enabled=True):
+        asked.append(enabled)
+        return contextlib.nullcontext()
+
+    for module in (difface, flipnet, idm, unsupervised):
+        monkeypatch.setattr(module, "autocast", recording)
+    face = torch.rand(1, 3, 64, 64)
+    short = {"difface": dict(start_step=2), "flipnet": dict(steps=2), "idm": dict(steps=2), "unsupervised": {}}
+    for name, options in short.items():
+        if not method_status(name, "compact")[0]:
+            continue
+        for half in (True, False):
+            asked.clear()
+            model = bfr.load(name, device="cpu", half_precision=half).model
+            assert model.half_precision is half
+            model.restore(face, **options)
+            assert asked and set(asked) == {half}, (name, half, asked)

@@ -324,14 +324,20 @@ def test_messages_read_as_sentences():
 def test_flipnet_without_a_face_tells_the_visitor_what_to_tick(monkeypatch, tmp_path):
     from bfr.errors import InputError
 
-    class NoFace:
-        def degrade(self, *args, **kwargs):
-            raise InputError("no face found by the haar detector; pass an aligned face crop")
-
-    monkeypatch.setattr(app, "get_restorer", lambda name, tier: NoFace())
+    if not method_status("flipnet", "compact")[0]:
+        pytest.skip("flipnet64 is not bundled")
     save_image(np.full((64, 96, 3), 0.5, np.float32), tmp_path / "wall.png")
     with pytest.raises(gr.Error, match="No face found by the haar detector in this image. If it is a face crop .*tick"):
         app._degrade_flipnet(str(tmp_path / "wall.png"), 2, 0, False, None, None)
+
+    class OtherError:  # another input error is passed on as it is, whatever its words
+        def degrade(self, *args, **kwargs):
+            raise InputError("no face found: an unrelated message")
+
+    monkeypatch.setattr(app, "get_restorer", lambda name, tier: OtherError())
+    with pytest.raises(gr.Error) as raised:
+        app._degrade_flipnet(str(tmp_path / "wall.png"), 2, 0, False, None, None)
+    assert raised.value.message == "No face found: an unrelated message."
 
 
 def test_a_tiny_photo_without_a_face_says_it_is_tiny(tmp_path):

@@ -183,6 +183,20 @@ def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys):
         assert main(cmd) == 2, cmd
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (cmd, err)
+        assert not (tmp_path / "o").exists(), cmd  # a failed command leaves no empty output folder behind
+
+
+def test_a_failed_command_removes_only_the_empty_folders_it_made(tmp_path, capsys):
+    img = _face(tmp_path / "face.png")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.png").write_bytes(b"earlier result")
+    missing = ["--weights", f"swinir64={tmp_path / 'missing.safetensors'}"]
+    assert main(["restore", str(img), "-o", str(tmp_path / "a" / "b" / "c"), "--aligned", *missing]) == 2
+    assert not (tmp_path / "a").exists()  # all three levels were made by the command
+    assert main(["restore", str(img), "-o", str(kept / "new"), "--aligned", *missing]) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["old.png"]  # the folder it did not make stays, with its file
+    assert "missing.safetensors" in capsys.readouterr().err
 
 
 def test_paper_training_names_every_missing_file_with_its_own_option(tmp_path, capsys, monkeypatch):

@@ -422,6 +422,50 @@ def test_held_out_loss_is_the_eps_mse_without_the_vlb_term():
     assert abs(got - losses["loss"].mean().item()) > 1e-3  # the hybrid loss would have differed
 
 @pytest.mark.slow
+def test_a_refit_starts_from_other_adapters_around_a_new_prior(tmp_path):
+    """--init-from: the adapters of one prior re-fitted around another, keeping their face embedding."""
+    from safetensors.torch import load_file
+
+    from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
+    from bfr.weights import read_metadata
+
+    small = dict(flip=TINY_FLIP, resolution=16, batch_size=4, offline_faces=4, eval_every=2, eval_steps=2,
+                 save_every=2, train_images=24, mixed_precision="no")
+    old_prior = export_weights(tiny_prior(), TINY_PRIOR, tmp_path / "old.safetensors", kind="prior")
+    new_prior = export_weights(tiny_prior(seed=3), TINY_PRIOR, tmp_path / "new.safetensors", kind="prior")
+    first = train_flipnet(FlipNetTrainConfig(out_dir=str(tmp_path / "a"), prior=str(old_prior), embed_steps=2,
+                                             degrade_steps=2, restore_steps=2, **small))
+    given = tmp_path / "given.safetensors"
+    given.write_bytes(first.read_bytes())
+    cfg = FlipNetTrainConfig(out_dir=str(tmp_path / "b"), prior=str(new_prior), init_from=str(given),
+                             degrade_steps=2, restore_steps=2, max_steps=2, **small)
+    assert cfg.embed_steps == 0
+    train_flipnet(cfg)  # stops after the degradation stage
+    given.unlink()  # a resume needs only the run folder
+    cfg.max_steps = None
+    refit = train_flipnet(cfg)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["degrade", "restore"]  # no embedding stage
+    a, b = load_file(str(first)), load_file(str(refit))
+    encoders = [k for k in a if k.startswith("embedder.")]
+    assert encoders and all(torch.equal(a[k], b[k]) for k in encoders)  # the face embedding was kept
+    assert any(not torch.equal(a[k], b[k]) for k in a if "lora_" in k or k.startswith("boost."))  # re-fitted
+    assert json.loads(read_metadata(refit)["steps"]) == 4
+    with pytest.raises(WeightsUnavailableError, match="different prior"):
+        attach_adapters(UNetModel(**TINY_PRIOR), refit, old_prior)
+    net = attach_adapters(tiny_prior(seed=3), refit, new_prior)
+    assert method(net).restore(torch.rand(1, 3, 16, 16), steps=2).shape == (1, 3, 16, 16)
+    with pytest.raises(InputError, match="did not start from other adapters"):  # a run is not turned into a re-fit
+        train_flipnet(FlipNetTrainConfig(out_dir=str(tmp_path / "a"), prior=str(old_prior), init_from=str(refit),
+                                         **small))
+    text = write_flipnet_card(tmp_path / "b", n_test=4).read_text()
+    from bfr.weights.hub import sha256_of
+
+    assert f"started from the adapters `given.safetensors` (sha256 {sha256_of(first)[:12]}…; 6 steps, trained " \
+           f"around the prior {sha256_of(old_prior)[:12]}…)" in text
+
+
+@pytest.mark.slow
 def test_training_runs_every_stage_and_resumes(tmp_path):
     from bfr.training.flipnet import FlipNetTrainConfig, train_flipnet, write_flipnet_card
     from bfr.weights import read_metadata
@@ -449,6 +493,8 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     text = card.read_text()
     assert "PSNR" in text and "steps: 14 of 14" in text and "without the colour fix" in text
     assert "from 4 train faces × 2 offline LQ variants" in text
+    assert "in both modes: the degradation mode's variants keep the clean face's global colour" in text
+    assert "HQ and LQ autoencoders on faces resized to 16 px" in text and "no adversarial term" in text
     log_rows = [line for line in text.splitlines() if line.startswith(("| degrade |", "| restore |"))]
     assert log_rows and len(log_rows) == len(set(log_rows))  # the last logged step shown once
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())

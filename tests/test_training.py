@@ -165,7 +165,8 @@ def test_train_refuses_what_no_run_can_use_in_one_line(tmp_path, capsys, monkeyp
         (["train", "prior", "--lr", "1e-3"], "--lr is an option of `train flipnet`, not of `train prior`"),
         (["train", "backbone", "--embed-steps", "5"], "--embed-steps is an option of `train flipnet`"),
         (["train", "prior", "--rounds", "2"], "--rounds is an option of `train idm`, not of `train prior`"),
-        (["train", "flipnet", "--init-from", "prior64"], "give the frozen prior with --prior"),
+        (["train", "flipnet", "--init-from", "prior64"], "`train flipnet` starts from flipnet weights"),
+        (["train", "flipnet", "--init-from", "flipnet64", "--embed-steps", "5"], "--embed-steps does not apply"),
         (["train", "prior", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["train", "idm", "--rounds", "0"], "--rounds must be at least 1, got 0"),
         (["train", "prior", "--minutes", "nan"], "--minutes must be a positive number, got nan"),
@@ -263,3 +264,23 @@ def test_a_second_stop_signal_acts_at_once():
     assert not stop and signal.getsignal(signal.SIGINT) == stop._request
     stop._request(signal.SIGINT, None)  # the first Ctrl-C: stop after this step, save
     assert stop and signal.getsignal(signal.SIGINT) == before  # the next one reaches Python as usual
+
+
+def test_settings_changed_on_resume_are_kept_per_resume(tmp_path):
+    from bfr.training.cards import changes_line, settings_changes
+
+    def invoke(step, **config):
+        config = {"lr": 1e-4, "batch_size": 16, "max_steps": None, "net": (1, 2), **config}
+        config["changes"] = settings_changes(tmp_path, config, step)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return config["changes"]
+
+    assert invoke(0) == []
+    assert invoke(0, lr=5e-5) == []  # a fresh start: nothing to compare with
+    assert invoke(500, lr=5e-5, max_steps=900) == []  # when to stop is not a setting; a tuple read back is equal
+    assert invoke(900, lr=2e-5) == [{"step": 900, "lr": [5e-5, 2e-5]}]
+    assert invoke(1200, lr=2e-5, batch_size=32) == [{"step": 900, "lr": [5e-5, 2e-5]},
+                                                     {"step": 1200, "batch_size": [16, 32]}]
+    line = changes_line(invoke(1500, lr=2e-5, batch_size=32))
+    assert line.endswith("at step 900: lr 5e-05 → 2e-05; at step 1,200: batch_size 16 → 32")
+    assert changes_line([]) is None

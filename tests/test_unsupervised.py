@@ -307,8 +307,11 @@ def test_adapt_with_gan_caches_targets_exports_and_resumes(tmp_path, tiny_compac
     count_prior_calls.clear()
     # the restorer's file changes before the resume: the card still names what the run started from
     export_weights(tiny_restorer(seed=5), TINY_SWINIR, Path(tiny_compact["restorer"]), kind="swinir")
-    cfg.max_steps = 6
+    cfg.max_steps, cfg.gan_weight = 6, 0.05
     adapt(cfg)  # resumes at step 4 with the cached pseudo-targets: no prior call
+    assert "GAN ×0.05" in (run / "adapted.md").read_text()
+    assert "resumed (the values above are the last ones): at step 4: gan_weight 0.1 → 0.05" in \
+        (run / "adapted.md").read_text()  # not max_steps: when to stop is not a setting of the weights
     assert count_prior_calls == []
     assert [r["step"] for r in read_log(run) if "target_l1" in r] == [0, 2, 4, 6]
     assert json.loads(read_metadata(run / "adapted.safetensors")["steps"]) == 6
@@ -442,8 +445,38 @@ def test_adapt_paper_path_loads_third_party_checkpoints(tmp_path, tiny_compact):
     with pytest.raises(InputError, match="clean"):
         adapt(AdaptConfig(**base, out_dir=str(tmp_path / "no_clean")))
     weights = adapt(AdaptConfig(**base, out_dir=str(tmp_path / "paper"), clean_dir=str(tmp_path / "ffhq")))
-    net = load_net("dtbfr_swinir_gan", weights)
+    net = load_net("swinir512_adapted", weights)
     assert isinstance(net, SwinIR) and net.embed_dim == 16
+    import bfr
+
+    restorer = bfr.load("unsupervised", tier="paper", device="cpu", weights={"swinir512_adapted": str(weights)})
+    face = smooth_images(1, size=16, seed=2)[0].permute(1, 2, 0).numpy()
+    out = restorer.restore(face, aligned=True)
+    assert out.image.shape == face.shape and out.faces and restorer.model.resolution == 16
+    with torch.no_grad():
+        expected = net(torch.from_numpy(face).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert np.abs(out.faces[0][1] - expected).mean() < 0.02  # the adapted network's forward pass, nothing else
+
+
+def test_the_paper_tier_runs_adapted_weights_only(tmp_path, tiny_compact, monkeypatch):
+    """DT-BFR's SwinIR-GAN before adaptation is the method's starting point: never run under its name."""
+    import bfr
+    from bfr.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("BFR_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsUnavailableError, match=r"swinir512_adapted.*bfr adapt .*--tier paper"):
+        bfr.load("unsupervised", tier="paper", device="cpu")
+    baseline = tmp_path / "swinir_gan.pth"
+    torch.save({"params": tiny_restorer().state_dict()}, baseline)
+    with pytest.raises(InputError, match="adapted by `python -m bfr adapt`"):
+        bfr.load("unsupervised", tier="paper", device="cpu", weights={"swinir512_adapted": str(baseline)})
+    from bfr.training.common import export_weights
+
+    compact = export_weights(tiny_restorer(), TINY_SWINIR, tmp_path / "c.safetensors", kind="swinir",
+                             extra={"tier": "compact", "resolution": 16})  # as `adapt` writes on the compact tier
+    with pytest.raises(InputError, match="adapted on the compact tier"):
+        bfr.load("unsupervised", tier="paper", device="cpu", weights={"swinir512_adapted": str(compact)})
 
 
 # ---------------------------------------------------------------------------- the demonstration set

@@ -42,6 +42,7 @@ class DifFace:
         self.framing = framing
         self.tier = tier
         self.device = device
+        self.half_precision = True  # bf16/fp16 autocast on CUDA; False: float32
         self.defaults = dict(DifFace.defaults, start_step=COMPACT_START_STEP if tier == "compact" else PAPER_START_STEP)
 
     @torch.no_grad()
@@ -49,7 +50,7 @@ class DifFace:
         """The backbone's x̂0 in [0, 1] at the model resolution."""
         check_batch(lq)
         y = resize(lq.to(self.device), self.resolution, clamp=False)  # unclamped, as the authors' sampler
-        with autocast(self.device):
+        with autocast(self.device, self.half_precision):
             return self.backbone(y).float().clamp(0, 1)
 
     @torch.no_grad()
@@ -77,7 +78,7 @@ class DifFace:
         x = diffusion.q_sample(x0, start_step, generator=g)
 
         def prior(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast(self.device):
+            with autocast(self.device, self.half_precision):
                 return self.prior(x_t, t).float()
 
         out = sample(diffusion, prior, x, start=start_step, sampler="ddim", eta=eta, generator=g, progress=progress)

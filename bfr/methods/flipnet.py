@@ -62,6 +62,7 @@ class FLIPNET:
         self.framing = framing
         self.tier = tier
         self.device = device
+        self.half_precision = True  # bf16/fp16 autocast on CUDA; False: float32
         self.schedule = schedule
         self.learn_sigma = learn_sigma
 
@@ -78,7 +79,7 @@ class FLIPNET:
         return (x.float() * 0.5 + 0.5).clamp(0, 1)
 
     def denoiser(self, x: torch.Tensor, t: torch.Tensor, condition: Condition, phi: float) -> torch.Tensor:
-        with autocast(self.device):
+        with autocast(self.device, self.half_precision):
             return self.net(x, t, condition, phi=phi).float()
 
     # -- generation -----------------------------------------------------------------------------
@@ -93,7 +94,7 @@ class FLIPNET:
         if not 0.0 <= float(phi) <= 4.0:
             raise InputError(f"phi (BoostHub scale) must lie in [0, 4], got {phi}")
         face = cond.to(self.device) * 2 - 1
-        with autocast(self.device):
+        with autocast(self.device, self.half_precision):
             condition = self.net.condition(self.to_model_space(face), face, mode)
         condition = condition.repeat(variants) if variants > 1 else condition
         diffusion = GaussianDiffusion.create(1000, self.schedule, respacing=ddim_respacing(steps),

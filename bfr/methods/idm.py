@@ -65,11 +65,12 @@ class IDM:
         self.framing = framing
         self.tier = tier
         self.device = device
+        self.half_precision = True  # bf16/fp16 autocast on CUDA; False: float32
         self.defaults = dict(IDM.defaults, steps=COMPACT_STEPS if tier == "compact" else PAPER_STEPS)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
         """ε (or v) for x_t at original-scale timesteps t, given the LQ in [-1, 1] at the model size."""
-        with autocast(self.device):
+        with autocast(self.device, self.half_precision):
             return self.net(x_t, t, lq=lq).float()
 
     @torch.no_grad()

@@ -210,6 +210,7 @@ class Unsupervised:
         self.framing = framing
         self.tier = tier
         self.device = device
+        self.half_precision = True  # bf16/fp16 autocast on CUDA; False: float32
 
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, *, seed: int | None = None, progress: Progress | None = None,
@@ -222,7 +223,7 @@ class Unsupervised:
         check_batch(lq)
         size = lq.shape[-2:]
         y = resize(lq.to(self.device), self.resolution)
-        with autocast(self.device):
+        with autocast(self.device, self.half_precision):
             out = self.restorer(y).float().clamp(0, 1)
         if progress is not None:
             progress(1, 1)

@@ -35,6 +35,32 @@ def write_run_config(out: Path, config: dict, resumed: bool) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
+RUN_CONTROLS = ("max_steps", "max_minutes", "eval_every", "sample_every", "save_every", "cache_every")
+
+
+def settings_changes(out: Path, config: dict, step: int) -> list[dict]:
+    """The settings a resumed run changed, per resume: ``[{"step": s, "lr": [old, new], …}, …]``, carried over
+    from the run's earlier ``config.json`` so a card can say that the run did not use one setting throughout
+    (when to stop or log, ``RUN_CONTROLS``, is not a setting of the weights)."""
+    path = Path(out) / "config.json"
+    if step == 0 or not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    config = json.loads(json.dumps(config))  # as it will be read back: tuples become lists
+    changed = {k: [before[k], v] for k, v in config.items()
+               if k not in ("changes", *RUN_CONTROLS) and k in before and before[k] != v}
+    return before.get("changes", []) + ([{"step": step, **changed}] if changed else [])
+
+
+def changes_line(changes: list[dict]) -> str | None:
+    """A card line for ``settings_changes`` (None when the run kept its settings)."""
+    if not changes:
+        return None
+    parts = ["at step {:,}: {}".format(c["step"], ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in c.items()
+                                                             if k != "step")) for c in changes]
+    return "- settings changed when the run was resumed (the values above are the last ones): " + "; ".join(parts)
+
+
 def data_note(config: dict) -> str:
     """DATA_NOTE, led by a warning when the run trained on only some of the faces (``--train-images``)."""
     runs = config.get("train_images_runs", [config.get("train_images")])
@@ -69,7 +95,8 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
     init = target.stem if bundled else str(target)  # a bare name means the bundled weights to --init-from
     lines = [f"# {title}", "", summary, "", "## Training", "",
              f"- steps: {json.loads(meta['steps'])}, batch {config['batch_size']}, AdamW lr {config['lr']} "
-             f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up",
+             f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up (decay "
+             "1 − (1 + step)^−⅔, capped at 0.999)",
              f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",

@@ -130,9 +130,8 @@ def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | Non
 
     The ``lpips`` package brings its linear heads but takes VGG16 from torchvision's cache
     (``torch.hub.get_dir()/checkpoints``); without either, the term is dropped and the reason
-    goes into the log and the model card. Note: the authors sum LPIPS over each micro-batch of
-    4 before averaging micro-batches, an effective 0.4 × the per-image mean; we use the
-    per-image mean with the stated weight.
+    goes into the log and the model card. The loss is the per-image mean: a recipe that sums
+    LPIPS over micro-batches (Kuai et al.'s code: 0.1 on sums over 4 images) sets 4× the weight.
     """
     import importlib.util
 

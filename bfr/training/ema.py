@@ -11,11 +11,11 @@ class EMA:
     """Keeps ``self.model``, an averaged copy of a network.
 
     The decay ramps up as 1 − (1 + step)^(−power) (capped at ``max_decay``): about 0.99 after
-    1k steps and 0.999 after 30k, so the average never lags a short run by more than a few
-    hundred steps (the warm-up used by diffusers' EMAModel).
+    1k steps and 0.999 (DifFace's rate, the default cap) after 30k, so the average never lags a
+    short run by more than a few hundred steps (the warm-up used by diffusers' EMAModel).
     """
 
-    def __init__(self, model: torch.nn.Module, max_decay: float = 0.9999, power: float = 2 / 3):
+    def __init__(self, model: torch.nn.Module, max_decay: float = 0.999, power: float = 2 / 3):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.max_decay = max_decay
         self.power = power

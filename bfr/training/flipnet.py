@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from bfr.degradations import degrade_batch, preset
 from bfr.diffusion import GaussianDiffusion
 from bfr.errors import InputError
-from bfr.methods.flipnet import FLIPNET
+from bfr.methods.flipnet import FLIPNET, adapters_metadata
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
 from bfr.nets.face_embed import pooled, two_way_contrastive
@@ -116,6 +116,9 @@ class FlipNetTrainConfig:
     mixed_precision: str = "bf16"
     seed: int = 0
     train_images: int | None = None
+    # Adapters (e.g. the bundled flipnet64) to start from around this run's prior: a re-fit after the prior
+    # changed, far cheaper than training anew. Their encoders stand in for the embedding stage (embed_steps 0).
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -123,6 +126,8 @@ class FlipNetTrainConfig:
         if self.tier == "paper" and not self.clean_dir:
             raise InputError("FLIPNET's paper tier trains on clean FFHQ-aligned faces at 512 px: pass clean_dir "
                              "(--clean-dir; the paper uses FFHQ)")
+        if self.init_from:
+            self.embed_steps = 0
         if self.out_dir is None:
             self.out_dir = f"runs/{WEIGHTS_NAME[self.tier]}"
         if self.resolution is None:
@@ -199,6 +204,17 @@ def run_config(out_dir: str | None, given: dict, **limits) -> tuple[FlipNetTrain
     check_tier(out, given.get("tier", recorded["tier"]))
     changed = [f"{k} {recorded[k]} → {v}" for k, v in given.items() if recorded.get(k) != v]
     return FlipNetTrainConfig(**{**recorded, **given, "out_dir": str(out), **limits}), changed
+
+
+def describe_adapters(file: str | Path) -> dict:
+    """What a re-fit starts from, recorded once: the adapters file, its steps and the prior it was trained on."""
+    from bfr.weights import read_metadata
+    from bfr.weights.hub import sha256_of
+
+    meta = read_metadata(file)
+    recorded = adapters_metadata(file)
+    return {"file": Path(file).name, "sha256": sha256_of(file), "steps": json.loads(meta.get("steps", "null")),
+            "prior_sha256": recorded["prior_sha256"], "config": recorded["config"]}
 
 
 def flipnet_method(net: FlipNet, cfg: FlipNetTrainConfig, vae: torch.nn.Module | None,
@@ -341,7 +357,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Run (or resume) all stages; returns the exported adapters file."""
     from accelerate import Accelerator
 
-    from bfr.weights import resolve_all
+    from bfr.weights import load_state_dict, resolve_all
     from bfr.weights.hub import sha256_of
 
     if cfg.tier == "paper":  # both of Stable Diffusion's files named at once, before any stage starts
@@ -349,6 +365,16 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_tier(out, cfg.tier)
+    state_path, started_from = out / "state.safetensors", out / "started_from.json"
+    refit = None  # the adapters a re-fit started from; their FLIPNET config is the run's, so that they fit
+    if not state_path.exists():
+        started_from.unlink(missing_ok=True)  # from an earlier run in this folder
+    elif cfg.init_from and not started_from.exists():
+        raise InputError(f"{out} holds a run that did not start from other adapters: --init-from starts a new run, "
+                         "give it a new folder")
+    if cfg.init_from:
+        refit = json.loads(started_from.read_text()) if started_from.exists() else describe_adapters(cfg.init_from)
+        cfg.flip = refit["config"]
     write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=(out / "state.json").exists())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     tune_for_cuda()
@@ -366,13 +392,15 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         perceptual_note = "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
 
     net, vae = build(cfg)
+    if refit is not None and not state_path.exists():
+        net.load_adapters({k: v.float() for k, v in load_state_dict(cfg.init_from).items()})
+        started_from.write_text(json.dumps(refit))
     net = net.to(device)
     if vae is not None:
         vae = vae.to(device)
     encode = None if vae is None else make_encoder(vae)
     ema = EMA(net, max_decay=0.999)
     log = JsonlLog(out / "log.jsonl")
-    state_path = out / "state.safetensors"
     stage, step, seconds = "embed", 0, 0.0
     prior_sha = sha256_of(prior_file(cfg))
     embed_opt = torch.optim.AdamW(net.embedder.parameters(), lr=cfg.embed_lr)
@@ -562,10 +590,20 @@ def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds:
             "train_seconds": json.dumps(round(seconds)),
             "hardware": json.dumps(hardware()), "finished": json.dumps(finished), "losses": json.dumps(perceptual_note),
             "tier": json.dumps(cfg.tier)}
+    if (out / "started_from.json").exists():
+        meta["started_from"] = (out / "started_from.json").read_text()
     path = out / f"{WEIGHTS_NAME[cfg.tier]}.safetensors"
     save_file(tensors, str(path), metadata=meta)
     print(f"step {step}: exported {path}")
     return path
+
+
+def refit_line(source: dict) -> str:
+    """The card's line for a run that started from other adapters (``--init-from``)."""
+    steps = f"{source['steps']:,} steps, " if source.get("steps") is not None else ""
+    return (f"- started from the adapters `{source['file']}` (sha256 {source['sha256'][:12]}…; {steps}trained around "
+            f"the prior {str(source['prior_sha256'])[:12]}…): their face embedding was kept (no embedding stage) "
+            "and the other adapters re-fitted around this prior; the steps above count this run only")
 
 
 def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_test: int = 64,
@@ -612,10 +650,20 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     for r in shown:
         table.append(f"| {r['stage']} | {r['step']} | {r['heldout_degrade']:.4f} | {r['heldout_restore']:.4f} | "
                      f"{r.get('val_psnr', float('nan')):.2f} |")
-    embed_line = (f"after {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
-                  f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
-                  if embed_rows else "not logged.")
+    embed_cfg = cfg["flip"]["embed"]
+    perceptual = meta["losses"] if config.tier == "compact" else "none in this tier"
+    embed_line = (f"HQ and LQ autoencoders on faces resized to {embed_cfg['image_size']} px ({embed_cfg['grid']}×"
+                  f"{embed_cfg['grid']} tokens of width {embed_cfg['dim']}), trained with L1 reconstruction "
+                  f"(perceptual term: {perceptual}) and, from {cfg['align_from']:.0%} of the stage, the two-way "
+                  "contrastive loss; no adversarial term (the paper's Stage I has one; the decoders are only a "
+                  "training device here). ")
+    embed_line += (f"After {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
+                   f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
+                   if embed_rows else "Its retrieval check was not logged.")
     total = config.total_steps
+    rank_note = (" (the paper's 64 is for Stable Diffusion's 320–1280-wide projections; this prior's attention "
+                 "layers are 128–256 wide)"
+                 if config.tier == "compact" and cfg["flip"]["lora_rank"] < 64 else "")
     reproduce = "" if config.tier == "compact" else f" --tier paper --clean-dir {config.clean_dir}"
     if config.tier == "compact":
         title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
@@ -639,12 +687,15 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     lines = [
         f"# FLIPNET, {title} ({name})", "",
         f"FLIPNET (Miao et al., ICCV 2025) re-implemented from the paper (no code or weights are public) around "
-        f"{around}: LoRA (rank {cfg['flip']['lora_rank']}) on every attention projection, a BoostHub beside every "
-        "self-attention (queries from the target, keys/values from the condition's features at the same layer, "
+        f"{around}: LoRA (rank {cfg['flip']['lora_rank']}) on every attention projection{rank_note}, a "
+        "BoostHub beside every self-attention (queries from the target, keys/values from the condition's features "
+        "at the same layer, "
         "zero-initialised output, φ = 1), a learned mode embedding added to the timestep embedding (restore = 0, "
         "degrade = 1), and the face embedding (HQ/LQ convolutional autoencoders aligned by a two-way contrastive "
         f"loss) entering {face_entry}. Inference: pure noise, 50 DDIM steps with η = 1, no guidance, then each sample "
-        "takes its condition face's per-channel mean and spread (StableSR's AdaIN colour fix; `color_fix`).", "",
+        "takes its condition face's per-channel mean and spread (StableSR's AdaIN colour fix; `color_fix`), in both "
+        "modes: the degradation mode's variants keep the clean face's global colour and contrast "
+        "(`--no-color-fix` shows them raw).", "",
         "## Training", "",
         f"- steps: {meta['steps']} of {total} planned (embed {cfg['embed_steps']}, degrade {cfg['degrade_steps']}, "
         f"restore {cfg['restore_steps']}); finished: {meta['finished']}; batch {cfg['batch_size']}, AdamW lr "
@@ -652,6 +703,7 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         f"- precision: {cfg['mixed_precision']}; hardware: {meta['hardware']}; training time: "
         f"{format_duration(meta['train_seconds'])}",
         f"- frozen prior: sha256 {meta['prior_sha256'][:16]}… (the adapters refuse any other prior)",
+        *([refit_line(meta["started_from"])] if meta.get("started_from") else []),
         f"- degradation mode trained on synthetic pairs ({', '.join(cfg['degrade_presets'])} presets): no real "
         "paired degradation data is available here, so this mode learns a richer synthetic pipeline, not real "
         "camera degradations as in the paper.",

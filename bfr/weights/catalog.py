@@ -96,6 +96,15 @@ CATALOG: dict[str, WeightSpec] = {
             "(Kuai et al.'s unsupervised fine-tuning on prior64 pseudo-targets).",
         ),
         WeightSpec(
+            name="swinir512_adapted",
+            filename="swinir512_adapted.safetensors",
+            license="none published (derived from DT-BFR's SwinIR-GAN, CC BY-NC-SA 4.0; make your own)",
+            made_by="python -m bfr adapt LQ_DIR -o RUN --tier paper --clean-dir FFHQ_DIR --bundle DIR",
+            description="Kuai et al. at 512 px: DT-BFR's SwinIR-GAN (dtbfr_swinir_gan) adapted without ground "
+                        "truth to your degraded faces; no adapted weights are public, and the un-adapted "
+                        "baseline is not the method.",
+        ),
+        WeightSpec(
             name="flipnet64",
             filename="flipnet64.safetensors",
             bundled=True,
