@@ -667,7 +667,11 @@ def flipnet_variants(img, variants, seed, aligned, progress=None, session=None) 
 
     with readable_errors():
         restorer = get_restorer("flipnet", "compact")
-        return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
+        try:
+            return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
+        except NoFaceError as e:  # decided here: ZeroGPU sends errors back pickled, without their cause
+            raise gr.Error(f"No face found by the {restorer.face_pipeline().detector.name} detector in this image. "
+                           "If it is a face crop filling the frame, tick “Input is an aligned face crop”.") from e
 
 
 def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
@@ -703,14 +707,8 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
         raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
     t0 = time.perf_counter()
-    try:
-        with user_errors(image):
-            outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
-    except gr.Error as e:
-        if aligned or not isinstance(e.__cause__, NoFaceError):
-            raise
-        raise gr.Error(f"{e.message.split(';')[0]} in this image. If it is a face crop filling the frame, tick "
-                       "“Input is an aligned face crop”.") from e
+    with user_errors(image):
+        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
     note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {int(seed)}, "
             f"50 DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it "
             "was trained.")

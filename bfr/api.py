@@ -169,7 +169,10 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
                              f"writes), not {Path(file).name}: a published restorer is where the adaptation "
                              "starts, not Kuai et al.'s method")
         meta = read_metadata(file)
-        made_on = json.loads(meta.get("tier", json.dumps(tier)))
+        if meta.get("method") != json.dumps("unsupervised") or "tier" not in meta:
+            raise InputError(f"{Path(file).name} is not a restorer adapted by `python -m bfr adapt` (its metadata "
+                             "does not say so): an un-adapted restorer is where the method starts, not the method")
+        made_on = json.loads(meta["tier"])
         if made_on != tier:
             raise InputError(f"{Path(file).name} was adapted on the {made_on} tier, not the {tier} tier")
         resolution = int(json.loads(meta.get("resolution", "64" if tier == "compact" else "512")))

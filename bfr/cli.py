@@ -133,7 +133,7 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     # options of the other method are refused, not ignored
     given = {"--preset": args.preset, "--resolution": args.resolution} if args.method == "flipnet" else {
         "--tier": args.tier, "--device": args.device, "--weights": args.weights,
-        "--no-color-fix": args.no_color_fix or None}
+        "--no-color-fix": args.no_color_fix or None, "--fp32": args.fp32 or None}
     for flag, value in given.items():
         if value is not None:
             other = "synthetic" if args.method == "flipnet" else "flipnet"
@@ -148,7 +148,7 @@ def cmd_degrade(args: argparse.Namespace) -> None:
 
         args.tier = args.tier or "compact"
         restorer = bfr.load("flipnet", tier=args.tier, device=args.device,
-                            weights=_weights(args.weights, "flipnet", args.tier))
+                            weights=_weights(args.weights, "flipnet", args.tier), half_precision=not args.fp32)
 
         def work(path: Path, stem: str) -> None:
             variants = restorer.degrade(path, variants=args.variants, seed=args.seed, color_fix=not args.no_color_fix)
@@ -460,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic (the --preset pipeline) | flipnet (FLIPNET's degradation mode on aligned faces)")
     p.add_argument("--tier", default=None, choices=["compact", "paper"], help="flipnet: weights tier (default compact)")
     p.add_argument("--device", default=None, help="flipnet: cpu | cuda (default: cuda when present)")
+    p.add_argument("--fp32", action="store_true",
+                   help="flipnet: on CUDA, run in float32 (default there: bf16 autocast; CPU always float32)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="flipnet: local weights for a catalog entry")
     p.add_argument("--no-color-fix", action="store_true",
                    help="flipnet: keep the samples' own colours (default: each takes the clean face's "
@@ -494,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--fp32", action="store_true",
-                   help="on CUDA, run the networks in float32 as the authors sample (default there: bf16 "
-                        "autocast, fp16 where bf16 is missing; CPU always runs float32)")
+                   help="on CUDA, run the networks in float32 (default there: bf16 autocast, fp16 where bf16 is "
+                        "missing; CPU always runs float32)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"],
                    help="auto (default): RetinaFace when its weights are here, else OpenCV's Haar cascade")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",

@@ -179,7 +179,8 @@ def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys):
              "--resolution applies to --method synthetic only"),
             (["degrade", str(img), "-o", str(tmp_path / "o"), "--tier", "paper"], "--tier applies to --method flipnet"),
             (["degrade", str(img), "-o", str(tmp_path / "o"), "--no-color-fix"], "--no-color-fix applies to --method "
-                                                                                 "flipnet")):
+                                                                                 "flipnet"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--fp32"], "--fp32 applies to --method flipnet")):
         assert main(cmd) == 2, cmd
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (cmd, err)
@@ -312,3 +313,32 @@ def test_sampling_flags_reach_the_sampler_and_only_center_face_the_detector(tmp_
     assert "Restored 1 face found" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "c" / "faces").iterdir()) == [
         "00_difface_00_input.png", "00_difface_00_restored.png"]
+
+
+def test_fp32_and_the_adapted_bundle_name_reach_the_library(tmp_path, monkeypatch):
+    import bfr
+    import bfr.training.adapt
+    from bfr.errors import BfrError
+
+    asked = []
+
+    def fake_load(method, **kwargs):
+        asked.append(kwargs["half_precision"])
+        raise BfrError("stop here")
+
+    monkeypatch.setattr(bfr, "load", fake_load)
+    img = _face(tmp_path / "face.png")
+    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--aligned", "--fp32"]) == 2
+    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--aligned"]) == 2
+    assert main(["degrade", str(img), "-o", str(tmp_path / "o"), "--method", "flipnet", "--fp32"]) == 2
+    assert asked == [False, True, False]
+
+    named = []
+    monkeypatch.setattr(bfr.training.adapt, "adapt", lambda cfg: tmp_path)
+    monkeypatch.setattr(bfr.training.adapt, "write_card", lambda run, dest, name: named.append(name) or "card")
+    for tier in ("compact", "paper"):
+        assert main(["adapt", str(tmp_path), "-o", str(tmp_path / "a"), "--tier", tier, "--bundle", str(tmp_path)]) == 0
+    assert named == ["swinir64_adapted", "swinir512_adapted"]  # the names `restore --method unsupervised` loads
+    from bfr.training.adapt import AdaptConfig
+
+    assert AdaptConfig(lq_dir=str(tmp_path)).lpips_weight == 0.4  # the authors' 0.1 on sums over 4 images

@@ -421,6 +421,7 @@ def test_held_out_loss_is_the_eps_mse_without_the_vlb_term():
     assert got == pytest.approx(losses["mse"].mean().item(), rel=1e-5)
     assert abs(got - losses["loss"].mean().item()) > 1e-3  # the hybrid loss would have differed
 
+
 @pytest.mark.slow
 def test_a_refit_starts_from_other_adapters_around_a_new_prior(tmp_path):
     """--init-from: the adapters of one prior re-fitted around another, keeping their face embedding."""
@@ -459,6 +460,14 @@ def test_a_refit_starts_from_other_adapters_around_a_new_prior(tmp_path):
         train_flipnet(FlipNetTrainConfig(out_dir=str(tmp_path / "a"), prior=str(old_prior), init_from=str(refit),
                                          **small))
     text = write_flipnet_card(tmp_path / "b", n_test=4).read_text()
+    assert "Kept from `given.safetensors` (this run had no embedding stage" in text
+    assert f"--init-from given.safetensors --prior {new_prior}`" in text  # the reproduce line re-fits too
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "started_from.json").write_text((tmp_path / "b" / "started_from.json").read_text())
+    fresh = train_flipnet(FlipNetTrainConfig(out_dir=str(tmp_path / "c"), prior=str(old_prior), embed_steps=1,
+                                             degrade_steps=1, restore_steps=1, max_steps=1, **small))
+    assert not (tmp_path / "c" / "started_from.json").exists()  # a stale record of another run is not kept
+    assert "started_from" not in read_metadata(fresh)
     from bfr.weights.hub import sha256_of
 
     assert f"started from the adapters `given.safetensors` (sha256 {sha256_of(first)[:12]}…; 6 steps, trained " \

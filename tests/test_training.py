@@ -110,6 +110,7 @@ def test_ema_warmup_tracks_short_runs():
     assert ema.decay(0) == 0.0
     assert 0.98 < ema.decay(1000) < 0.995
     assert ema.decay(10**9) == 0.9999
+    assert EMA(torch.nn.Linear(1, 1)).decay(10**9) == 0.999  # by default DifFace's EMA rate, reached at ~31k steps
 
 
 def test_ema_averages_trainable_weights_and_leaves_frozen_ones_alone():

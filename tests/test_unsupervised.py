@@ -474,9 +474,14 @@ def test_the_paper_tier_runs_adapted_weights_only(tmp_path, tiny_compact, monkey
     from bfr.training.common import export_weights
 
     compact = export_weights(tiny_restorer(), TINY_SWINIR, tmp_path / "c.safetensors", kind="swinir",
-                             extra={"tier": "compact", "resolution": 16})  # as `adapt` writes on the compact tier
+                             extra={"tier": "compact", "resolution": 16, "method": "unsupervised"})  # as `adapt` writes
     with pytest.raises(InputError, match="adapted on the compact tier"):
         bfr.load("unsupervised", tier="paper", device="cpu", weights={"swinir512_adapted": str(compact)})
+    plain = export_weights(tiny_restorer(), TINY_SWINIR, tmp_path / "p.safetensors", kind="swinir",
+                           extra={"resolution": 16})  # a bfr-trained restorer that was never adapted
+    for tier, name in (("paper", "swinir512_adapted"), ("compact", "swinir64_adapted")):
+        with pytest.raises(InputError, match="not a restorer adapted by `python -m bfr adapt`"):
+            bfr.load("unsupervised", tier=tier, device="cpu", weights={name: str(plain)})
 
 
 # ---------------------------------------------------------------------------- the demonstration set

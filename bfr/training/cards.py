@@ -35,7 +35,8 @@ def write_run_config(out: Path, config: dict, resumed: bool) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-RUN_CONTROLS = ("max_steps", "max_minutes", "eval_every", "sample_every", "save_every", "cache_every")
+RUN_CONTROLS = ("max_steps", "max_minutes", "eval_every", "sample_every", "save_every", "cache_every", "out_dir",
+                "eval_dir")
 
 
 def settings_changes(out: Path, config: dict, step: int) -> list[dict]:

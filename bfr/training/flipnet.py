@@ -214,7 +214,8 @@ def describe_adapters(file: str | Path) -> dict:
     meta = read_metadata(file)
     recorded = adapters_metadata(file)
     return {"file": Path(file).name, "sha256": sha256_of(file), "steps": json.loads(meta.get("steps", "null")),
-            "prior_sha256": recorded["prior_sha256"], "config": recorded["config"]}
+            "prior_sha256": recorded["prior_sha256"], "config": recorded["config"],
+            "tier": json.loads(meta.get("tier", '"compact"'))}
 
 
 def flipnet_method(net: FlipNet, cfg: FlipNetTrainConfig, vae: torch.nn.Module | None,
@@ -374,6 +375,9 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                          "give it a new folder")
     if cfg.init_from:
         refit = json.loads(started_from.read_text()) if started_from.exists() else describe_adapters(cfg.init_from)
+        if refit.get("tier", "compact") != cfg.tier:
+            raise InputError(f"--init-from {refit['file']} holds {refit.get('tier', 'compact')}-tier adapters; this "
+                             f"run trains the {cfg.tier} tier")
         cfg.flip = refit["config"]
     write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=(out / "state.json").exists())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
@@ -393,7 +397,10 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
 
     net, vae = build(cfg)
     if refit is not None and not state_path.exists():
-        net.load_adapters({k: v.float() for k, v in load_state_dict(cfg.init_from).items()})
+        try:
+            net.load_adapters({k: v.float() for k, v in load_state_dict(cfg.init_from).items()})
+        except KeyError as e:
+            raise InputError(f"--init-from {cfg.init_from}: {e.args[0]}") from None
         started_from.write_text(json.dumps(refit))
     net = net.to(device)
     if vae is not None:
@@ -660,11 +667,17 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
     embed_line += (f"After {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
                    f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
                    if embed_rows else "Its retrieval check was not logged.")
+    if meta.get("started_from"):
+        embed_line = (f"Kept from `{meta['started_from']['file']}` (this run had no embedding stage; see Training): "
+                      f"HQ and LQ encoders on faces resized to {embed_cfg['image_size']} px.")
     total = config.total_steps
     rank_note = (" (the paper's 64 is for Stable Diffusion's 320–1280-wide projections; this prior's attention "
                  "layers are 128–256 wide)"
                  if config.tier == "compact" and cfg["flip"]["lora_rank"] < 64 else "")
     reproduce = "" if config.tier == "compact" else f" --tier paper --clean-dir {config.clean_dir}"
+    if meta.get("started_from"):
+        prior = f" --prior {config.prior}" if config.prior else ""
+        reproduce += f" --init-from {meta['started_from']['file']}{prior}"
     if config.tier == "compact":
         title, around = "compact tier", "the project's frozen 64 px face prior (prior64)"
         face_entry = ("through a zero-initialised cross-attention per site (the ADM prior has no text "
