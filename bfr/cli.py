@@ -268,9 +268,6 @@ def _check_train_flags(args: argparse.Namespace) -> None:
                                  "card_faces"),
                    positive=("minutes", "lr"))
     _check_numbers(args, counts=("degrade_steps", "offline_faces"), low=0)  # a FLIPNET stage may be skipped
-    if args.what == "flipnet" and args.init_from is not None and args.embed_steps is not None:
-        raise BfrError("--init-from brings the face embedding from its adapters: the embedding stage is skipped, "
-                       "so --embed-steps does not apply")
 
 
 def _check_numbers(args: argparse.Namespace, counts: tuple[str, ...] = (), positive: tuple[str, ...] = (),

@@ -441,6 +441,8 @@ def test_a_refit_starts_from_other_adapters_around_a_new_prior(tmp_path):
     cfg = FlipNetTrainConfig(out_dir=str(tmp_path / "b"), prior=str(new_prior), init_from=str(given),
                              degrade_steps=2, restore_steps=2, max_steps=2, **small)
     assert cfg.embed_steps == 0
+    with pytest.raises(InputError, match="--embed-steps does not apply"):  # not silently dropped
+        FlipNetTrainConfig(out_dir=str(tmp_path / "x"), init_from=str(given), embed_steps=5)
     train_flipnet(cfg)  # stops after the degradation stage
     given.unlink()  # a resume needs only the run folder
     cfg.max_steps = None

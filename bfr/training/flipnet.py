@@ -90,7 +90,7 @@ class FlipNetTrainConfig:
     flip: dict | None = None  # None: FlipNetConfig() (compact), its "sd" backbone with LoRA rank 64 (paper)
     resolution: int | None = None  # None: 64 (compact), 512 (paper)
     batch_size: int = 16
-    embed_steps: int = 2000
+    embed_steps: int | None = None  # None: 2000, or 0 with init_from
     align_from: float = 0.5  # fraction of the embed stage after which the contrastive loss joins
     embed_lr: float = 2e-4
     degrade_steps: int = 4000
@@ -126,8 +126,11 @@ class FlipNetTrainConfig:
         if self.tier == "paper" and not self.clean_dir:
             raise InputError("FLIPNET's paper tier trains on clean FFHQ-aligned faces at 512 px: pass clean_dir "
                              "(--clean-dir; the paper uses FFHQ)")
-        if self.init_from:
-            self.embed_steps = 0
+        if self.init_from and self.embed_steps:
+            raise InputError("--init-from brings the face embedding from its adapters: the embedding stage is "
+                             f"skipped, so --embed-steps does not apply (got {self.embed_steps})")
+        if self.embed_steps is None:
+            self.embed_steps = 0 if self.init_from else 2000
         if self.out_dir is None:
             self.out_dir = f"runs/{WEIGHTS_NAME[self.tier]}"
         if self.resolution is None:
