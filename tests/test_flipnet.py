@@ -506,6 +506,7 @@ def test_training_runs_every_stage_and_resumes(tmp_path):
     assert "from 4 train faces × 2 offline LQ variants" in text
     assert "in both modes: the degradation mode's variants keep the clean face's global colour" in text
     assert "HQ and LQ autoencoders on faces resized to 16 px" in text and "no adversarial term" in text
+    assert "this prior's attention layers are 64 wide)" in text  # read from the tiny prior, not written in
     log_rows = [line for line in text.splitlines() if line.startswith(("| degrade |", "| restore |"))]
     assert log_rows and len(log_rows) == len(set(log_rows))  # the last logged step shown once
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())

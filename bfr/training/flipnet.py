@@ -674,9 +674,10 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
         embed_line = (f"Kept from `{meta['started_from']['file']}` (this run had no embedding stage; see Training): "
                       f"HQ and LQ encoders on faces resized to {embed_cfg['image_size']} px.")
     total = config.total_steps
-    rank_note = (" (the paper's 64 is for Stable Diffusion's 320–1280-wide projections; this prior's attention "
-                 "layers are 128–256 wide)"
-                 if config.tier == "compact" and cfg["flip"]["lora_rank"] < 64 else "")
+    widths = sorted({hub.to_q.in_features for hub in net.boost})  # of the prior's self-attention layers
+    span = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}–{widths[-1]}"
+    rank_note = (f" (the paper's 64 is for Stable Diffusion's 320–1280-wide projections; this prior's attention "
+                 f"layers are {span} wide)" if config.tier == "compact" and cfg["flip"]["lora_rank"] < 64 else "")
     reproduce = "" if config.tier == "compact" else f" --tier paper --clean-dir {config.clean_dir}"
     if meta.get("started_from"):
         prior = f" --prior {config.prior}" if config.prior else ""
