@@ -282,6 +282,12 @@ def test_settings_changed_on_resume_are_kept_per_resume(tmp_path):
     assert invoke(900, lr=2e-5) == [{"step": 900, "lr": [5e-5, 2e-5]}]
     assert invoke(1200, lr=2e-5, batch_size=32) == [{"step": 900, "lr": [5e-5, 2e-5]},
                                                      {"step": 1200, "batch_size": [16, 32]}]
+    # resumed twice at one step: one entry from the first value, and a change undone leaves none
+    assert invoke(1400, lr=1e-5, batch_size=32) == [{"step": 900, "lr": [5e-5, 2e-5]},
+                                                    {"step": 1200, "batch_size": [16, 32]}, {"step": 1400,
+                                                                                              "lr": [2e-5, 1e-5]}]
+    assert invoke(1400, lr=3e-5, batch_size=32)[-1] == {"step": 1400, "lr": [2e-5, 3e-5]}
+    assert len(invoke(1400, lr=2e-5, batch_size=32)) == 2
     line = changes_line(invoke(1500, lr=2e-5, batch_size=32))
     assert line.endswith("at step 900: lr 5e-05 → 2e-05; at step 1,200: batch_size 16 → 32")
     assert changes_line([]) is None

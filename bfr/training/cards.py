@@ -47,10 +47,13 @@ def settings_changes(out: Path, config: dict, step: int) -> list[dict]:
     if step == 0 or not path.is_file():
         return []
     before = json.loads(path.read_text())
+    changes = before.get("changes", [])
+    if changes and changes[-1]["step"] == step:  # resumed again before any step: compare with the values before
+        before.update({k: v[0] for k, v in changes.pop().items() if k != "step"})
     config = json.loads(json.dumps(config))  # as it will be read back: tuples become lists
     changed = {k: [before[k], v] for k, v in config.items()
                if k not in ("changes", *RUN_CONTROLS) and k in before and before[k] != v}
-    return before.get("changes", []) + ([{"step": step, **changed}] if changed else [])
+    return changes + ([{"step": step, **changed}] if changed else [])
 
 
 def changes_line(changes: list[dict]) -> str | None:
