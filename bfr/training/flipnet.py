@@ -378,9 +378,9 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
                          "give it a new folder")
     if cfg.init_from:
         refit = json.loads(started_from.read_text()) if started_from.exists() else describe_adapters(cfg.init_from)
-        if refit.get("tier", "compact") != cfg.tier:
-            raise InputError(f"--init-from {refit['file']} holds {refit.get('tier', 'compact')}-tier adapters; this "
-                             f"run trains the {cfg.tier} tier")
+        if refit["tier"] != cfg.tier:
+            raise InputError(f"--init-from {refit['file']} holds {refit['tier']}-tier adapters; this run trains "
+                             f"the {cfg.tier} tier")
         cfg.flip = refit["config"]
     write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=(out / "state.json").exists())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
@@ -662,17 +662,18 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
                      f"{r.get('val_psnr', float('nan')):.2f} |")
     embed_cfg = cfg["flip"]["embed"]
     perceptual = meta["losses"] if config.tier == "compact" else "none in this tier"
-    embed_line = (f"HQ and LQ autoencoders on faces resized to {embed_cfg['image_size']} px ({embed_cfg['grid']}×"
-                  f"{embed_cfg['grid']} tokens of width {embed_cfg['dim']}), trained with L1 reconstruction "
-                  f"(perceptual term: {perceptual}) and, from {cfg['align_from']:.0%} of the stage, the two-way "
-                  "contrastive loss; no adversarial term (the paper's Stage I has one; the decoders are only a "
-                  "training device here). ")
-    embed_line += (f"After {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
-                   f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
-                   if embed_rows else "Its retrieval check was not logged.")
     if meta.get("started_from"):
         embed_line = (f"Kept from `{meta['started_from']['file']}` (this run had no embedding stage; see Training): "
                       f"HQ and LQ encoders on faces resized to {embed_cfg['image_size']} px.")
+    else:
+        embed_line = (f"HQ and LQ autoencoders on faces resized to {embed_cfg['image_size']} px ({embed_cfg['grid']}"
+                      f"×{embed_cfg['grid']} tokens of width {embed_cfg['dim']}), trained with L1 reconstruction "
+                      f"(perceptual term: {perceptual}) and, from {cfg['align_from']:.0%} of the stage, the two-way "
+                      "contrastive loss; no adversarial term (the paper's Stage I has one; the decoders are only a "
+                      "training device here). ")
+        embed_line += (f"After {embed_rows[-1]['step']} steps an LQ test face's pooled token is nearest its own HQ "
+                       f"face's for {embed_rows[-1]['val_retrieval_top1']:.0%} of a batch of 16 (chance 6%)."
+                       if embed_rows else "Its retrieval check was not logged.")
     total = config.total_steps
     widths = sorted({hub.to_q.in_features for hub in net.boost})  # of the prior's self-attention layers
     span = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}–{widths[-1]}"
