@@ -20,7 +20,7 @@ import torch
 from bfr.errors import InputError, NoFaceError, WeightsUnavailableError
 from bfr.faces.detect import FaceDetector, get_detector
 from bfr.faces.paste import FaceParser
-from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape
+from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape, keep_gray
 from bfr.faces.templates import template as template_points
 from bfr.imageio import from_tensor, load_image, to_tensor
 from bfr.methods.base import Progress, pick_device
@@ -278,7 +278,7 @@ class Restorer:
                                       "crop")
                 img = max(found, key=lambda f: 0.0 if f.face is None else f.face.eye_distance).crop
             out = self.model.degrade(to_tensor(img), variants=variants, progress=progress, **options)
-        return [from_tensor(v[None]) for v in out[0]]
+        return keep_gray(img, [from_tensor(v[None]) for v in out[0]])  # a gray face gives gray variants, as restore
 
     def restore(self, image, *, aligned: bool = False, framing: str = "ffhq", upscale: float = 1,
                 only_center_face: bool = False, min_face_size: float | None = None, progress: Progress | None = None,

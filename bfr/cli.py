@@ -7,13 +7,14 @@ import glob
 import inspect
 import json
 import math
+import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bfr.errors import BfrError
+from bfr.errors import MAX_SEED, BfrError
 from bfr.paths import IMAGE_SUFFIXES
 
 PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out: importing the presets takes seconds
@@ -62,6 +63,8 @@ def _output_dir(path: str) -> Path:
     except OSError as e:
         raise BfrError(f"cannot make the output folder {out}: {e.strerror or e}") from e
     _MADE.extend(new)
+    if not os.access(out, os.W_OK | os.X_OK):  # found now, not after the models have loaded and run
+        raise BfrError(f"cannot write into the output folder {out}: permission denied")
     return out
 
 
@@ -128,6 +131,8 @@ def cmd_degrade(args: argparse.Namespace) -> None:
         raise BfrError(f"unknown degradation method {args.method!r}; use synthetic or flipnet")
     if args.variants < 1:
         raise BfrError(f"--variants must be at least 1, got {args.variants}")
+    if args.method == "synthetic" and args.seed + args.variants - 1 > MAX_SEED:  # variant k uses seed + k
+        raise BfrError(f"--seed {args.seed} leaves no room for {args.variants} variants (seeds end at {MAX_SEED})")
     if args.resolution is not None and args.resolution < 16:
         raise BfrError(f"--resolution is a face size in pixels, at least 16; got {args.resolution}")
     # options of the other method are refused, not ignored
@@ -234,8 +239,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         _each(paths, work)
     finally:  # said also when another input failed (exit code 2 then)
         if no_face:
+            code = 2 if sys.exc_info()[0] is not None else NO_FACE_EXIT
             print(f"warning: no face found in {len(no_face)} of {len(paths)} inputs ({', '.join(no_face)}): written "
-                  f"as the library returns them, not restored (exit code {NO_FACE_EXIT}); a face crop needs --aligned",
+                  f"as the library returns them, not restored (exit code {code}); a face crop needs --aligned",
                   file=sys.stderr)
     return NO_FACE_EXIT if no_face else 0
 
@@ -268,6 +274,16 @@ def _check_train_flags(args: argparse.Namespace) -> None:
                                  "card_faces"),
                    positive=("minutes", "lr"))
     _check_numbers(args, counts=("degrade_steps", "offline_faces"), low=0)  # a FLIPNET stage may be skipped
+
+
+def _seed_arg(text: str) -> int:
+    """--seed as argparse reads it: anything but a whole number in the library's range is a usage error."""
+    from bfr.errors import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError as e:  # InputError is one
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {MAX_SEED}, got {text!r}") from e
 
 
 def _check_numbers(args: argparse.Namespace, counts: tuple[str, ...] = (), positive: tuple[str, ...] = (),
@@ -400,6 +416,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_demo_set(args: argparse.Namespace) -> None:
     from bfr.training.adapt import make_demo_set
 
+    if args.resolution < 16:
+        raise BfrError(f"--resolution is a face size in pixels, at least 16; got {args.resolution}")
     _output_dir(args.output)
     m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed)
     print(f"{args.output}: {m['counts']['adapt']} degraded faces in adapt/, {m['counts']['holdout']} held out in "
@@ -452,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None,
                    help="face size the preset's ranges are scaled to (default: the image size)")
     p.add_argument("--variants", type=int, default=1, help="degraded variants per image")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first variant (the k-th uses seed+k)")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the first variant (the k-th uses seed+k)")
     p.add_argument("--method", default="synthetic",
                    help="synthetic (the --preset pipeline) | flipnet (FLIPNET's degradation mode on aligned faces)")
     p.add_argument("--tier", default=None, choices=["compact", "paper"], help="flipnet: weights tier (default compact)")
@@ -478,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or lfw (the compact models' own crops: `degrade --method flipnet` and `demo-set` output)")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1,
-                   help="output scale of the whole image: any positive factor, e.g. 2 or 4 (default 1)")
+                   help="output scale of the whole image, e.g. 2 or 4 (default 1); any factor that keeps it within "
+                        "16 px a side and 67 MP")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling chain length (default: the method's own on this tier; `methods` lists them)")
     p.add_argument("--start-step", type=int, default=None,
@@ -490,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-color-fix", action="store_true",
                    help="FLIPNET, IDM: keep the samples' own colours (default: each takes the input's per-channel "
                         "mean, FLIPNET also its spread)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
+    p.add_argument("--seed", type=_seed_arg, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--fp32", action="store_true",
                    help="on CUDA, run the networks in float32 (default there: bf16 autocast, fp16 where bf16 is "
@@ -580,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the exported restorer is an EMA with this decay (0: the fine-tuned weights, as the authors)")
     p.add_argument("--gan-weight", type=float, default=None,
                    help="weight of the adversarial loss (default 0.1, the recipe's; 0 = L1 only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")
     p.add_argument("--bundle-name", default=None,
@@ -594,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="camera-lowres",
                    help="degradation preset (default camera-lowres: a small-sensor photo of a small face, "
                         "unseen in training)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.set_defaults(func=cmd_demo_set)
     p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ LPIPS/ID/LMD/FID where their weights are here) on a "
                                     "fixed synthetic LFW test set")
@@ -604,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiers", nargs="+", default=["compact"], choices=["compact", "paper"])
     p.add_argument("--n-images", type=int, default=64, help="faces from the LFW test split (default 64, at most 756)")
     p.add_argument("--resolution", type=int, default=64, help="face size of the test set")
-    p.add_argument("--seed", type=int, default=0, help="picks the faces and the noise; same seed, same test set")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="picks the faces and the noise; same seed, same test set")
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first faces of the seeded order (e.g. --offset 64: faces kept apart from a "
                         "64-face test set, to choose defaults on)")

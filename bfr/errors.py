@@ -1,5 +1,7 @@
 """The kinds of failure a user can act on, each with a message that says what to do."""
 
+import numbers
+
 
 class BfrError(Exception):
     """Base class of bfr's own errors."""
@@ -15,3 +17,15 @@ class NoFaceError(InputError):
 
 class WeightsUnavailableError(BfrError, FileNotFoundError):
     """Model weights are not here and cannot be fetched; the message says where to get them."""
+
+
+MAX_SEED = 2**63 - 1  # what every generator bfr seeds (torch, numpy) accepts
+
+
+def check_seed(seed) -> int:
+    """A seed as an int in [0, MAX_SEED]: one range for every entry point, so a seed that works in one
+    command works in all (torch takes negatives, numpy does not)."""
+    whole = isinstance(seed, numbers.Integral) or (isinstance(seed, numbers.Real) and float(seed).is_integer())
+    if isinstance(seed, bool) or not whole or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"a seed is a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)

@@ -70,7 +70,10 @@ def load_image(src: Any, *, max_pixels: int | None = None, min_side: int | None 
         raise InputError("got a torch tensor; pass a numpy HWC array, or use bfr.imageio.from_tensor first")
     if isinstance(src, Image.Image):
         _check_size(src.width, src.height, max_pixels, min_side, "image")
-        return _from_pil(src)
+        try:  # an opened file is decoded only now
+            return _from_pil(src)
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise InputError(f"the PIL image is truncated or corrupt and cannot be decoded ({e})") from e
     if isinstance(src, (str, Path)):
         data, name = _read_file(Path(src)), str(src)
     elif isinstance(src, (bytes, bytearray, memoryview)):
@@ -336,11 +339,13 @@ def save_image(img: np.ndarray | torch.Tensor, path: str | Path, *, quality: int
     pil = Image.fromarray(to_uint8(arr))
     if path.suffix.lower() in (".jpg", ".jpeg") and pil.mode == "RGBA":
         pil = Image.fromarray(to_uint8(as_float_image(arr)))  # JPEG has no alpha: composite on white
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         pil.save(path, quality=quality)
     except (KeyError, ValueError) as e:
         raise InputError(f"cannot save {path}: unknown image format '{path.suffix}' (use .png or .jpg)") from e
+    except OSError as e:  # a folder in the way, a file where a folder goes, no permission, a full disk
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from e
     return path
 
 

@@ -163,6 +163,7 @@ def test_a_photo_without_a_face_is_copied_with_a_warning_and_exit_code_3(tmp_pat
               "unsupervised")
     assert out.returncode == 2 and "error: bad.png" in out.stderr.replace(str(tmp_path) + "/", "")
     assert "warning: no face found in 1 of 2 inputs (wall.png)" in out.stderr
+    assert "(exit code 2)" in out.stderr and "exit code 3" not in out.stderr  # the code the run really ends with
     face = LFW / "Aaron_Sorkin_0001.jpg"
     if LFW.is_dir():  # a face alone: exit 0
         assert run("restore", str(face), "-o", str(tmp_path / "o2"), "--method", "unsupervised").returncode == 0
@@ -262,20 +263,85 @@ def test_weights_device_and_option_mistakes_are_one_line_errors(tmp_path, capsys
         cases.append((["--weights", f"swinir64={prior}"], "holds a prior network, but swinir64 must be a swinir"))
     if not __import__("torch").cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))
+    if not __import__("torch").backends.mps.is_available():
+        cases.append((["--device", "mps"], "MPS is not available here"))
     for extra, message in cases:
         assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--aligned", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not (tmp_path / "o").exists(), extra
     assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--framing", "lfw"]) == 2
     assert "add --aligned" in capsys.readouterr().err
 
 
 @needs_adapted
-def test_upscale_beyond_the_output_cap_is_refused(tmp_path, capsys):
+def test_upscale_beyond_the_output_cap_or_under_a_readable_size_is_refused(tmp_path, capsys):
     img = _face(tmp_path / "face.png")
-    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--method", "unsupervised", "--upscale", "200"]) == 2
-    assert "over the 67.1 MP limit" in capsys.readouterr().err
-    assert not list((tmp_path / "o").glob("*.png"))
+    for upscale, message in (("200", "over the 67.1 MP limit"), ("0.01", "would give 1×1, under 16 px a side"),
+                             ("0.2", "would give 13×13")):
+        assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--method", "unsupervised", "--aligned",
+                     "--upscale", upscale]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, (upscale, err)
+    assert not (tmp_path / "o").exists()
+    assert main(["restore", str(img), "-o", str(tmp_path / "o"), "--method", "unsupervised", "--aligned",
+                 "--upscale", "0.25"]) == 0  # 16×16: the smallest image bfr reads
+    assert Image.open(tmp_path / "o" / "face_unsupervised.png").size == (16, 16)
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_the_other_inputs_are_written(tmp_path, capsys,
+                                                                                        monkeypatch):
+    a, b, out = _face(tmp_path / "a.png"), _face(tmp_path / "b.png"), tmp_path / "o"
+    (out / "a_difface.png").mkdir(parents=True)  # a folder where a's result goes
+    assert main(["degrade", str(a), str(b), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {out / 'a_difface.png'}: Is a directory" in err and "Traceback" not in err
+    assert "1 of 2 inputs failed (a.png)" in err and (out / "b_difface.png").is_file()
+    monkeypatch.setattr("bfr.cli.os.access", lambda path, mode: False)  # a folder this user may not write into
+    assert main(["degrade", str(a), "-o", str(tmp_path / "ro")]) == 2
+    assert "cannot write into the output folder" in capsys.readouterr().err and not (tmp_path / "ro").exists()
+
+
+@needs_adapted
+def test_save_faces_into_a_file_is_one_line(tmp_path, capsys):
+    img, out = _face(tmp_path / "face.png"), tmp_path / "o"
+    out.mkdir()
+    (out / "faces").write_text("not a folder")
+    assert main(["restore", str(img), "-o", str(out), "--method", "unsupervised", "--aligned", "--save-faces"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "faces" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_seeds_are_whole_numbers_from_zero_in_every_command(tmp_path, capsys):
+    from bfr.errors import MAX_SEED
+
+    img, o = _face(tmp_path / "face.png"), str(tmp_path / "o")
+    for cmd in (["degrade", str(img), "-o", o], ["restore", str(img), "-o", o, "--aligned"], ["eval", "-o", o],
+                ["demo-set", str(tmp_path / "d")], ["adapt", str(tmp_path), "-o", o]):
+        for seed in ("-1", "1.5", str(2**64)):
+            with pytest.raises(SystemExit) as stop:  # argparse's usage error: exit code 2, before any work
+                main([*cmd, "--seed", seed])
+            err = capsys.readouterr().err
+            assert stop.value.code == 2 and "argument --seed: a seed is a whole number from 0" in err, (cmd, err)
+    assert main(["degrade", str(img), "-o", o, "--seed", str(MAX_SEED), "--variants", "2"]) == 2
+    assert "leaves no room for 2 variants" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
+
+
+def test_bench_and_demo_set_refuse_sizes_no_run_can_use(tmp_path, capsys):
+    assert main(["bench", "-o", str(tmp_path / "b"), "--batch-sizes", "0", "--photo-sizes"]) == 2
+    assert "batch sizes are faces per call, each at least 1; got [0]" in capsys.readouterr().err
+    assert main(["demo-set", str(tmp_path / "d"), "--resolution", "8"]) == 2
+    assert "at least 16; got 8" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_folder_input_takes_every_readable_image_and_nothing_else(tmp_path):
+    from bfr.cli import _inputs
+
+    for name in ("a.png", "b.GIF", "c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in _inputs([str(tmp_path)])] == ["a.png", "b.GIF", "c.webp"]
 
 
 def test_degrade_refuses_no_variants_and_tiny_sizes_and_lists_every_preset(tmp_path, capsys):

@@ -349,3 +349,23 @@ def test_describe_says_what_was_applied():
     assert text == "blur σ 2.0×1.0, ↓4.0, noise 10.0, JPEG 60, gray"
     assert "no JPEG" in describe(DegradationParams())
     assert describe(CameraParams(scale=2.0)).startswith("camera, ↓2.0")
+
+
+def test_every_seeded_entry_point_takes_one_seed_range():
+    """numpy refuses negative seeds and torch takes them: bfr takes 0 … 2**63 − 1 everywhere, so a seed that
+    works in one command works in all, and any other is an InputError (a one-line error), not a ValueError."""
+    from bfr.errors import MAX_SEED
+    from bfr.methods.base import generator
+
+    img = np.full((32, 32, 3), 0.5, np.float32)
+    for seed in (0, MAX_SEED, np.int64(7), 3.0):
+        degrade(img, "mild", seed=seed)
+        degrade_batch(torch.rand(1, 3, 32, 32), "mild", seed=seed)
+        generator(seed)
+    for seed in (-1, MAX_SEED + 1, 1.5, float("nan"), "1"):
+        with pytest.raises(InputError, match="a seed is a whole number from 0"):
+            degrade(img, "mild", seed=seed)
+        with pytest.raises(InputError, match="a seed is a whole number from 0"):
+            degrade_batch(torch.rand(1, 3, 32, 32), "mild", seed=seed)
+        with pytest.raises(InputError, match="a seed is a whole number from 0"):
+            generator(seed)

@@ -511,6 +511,12 @@ def test_aligned_mode_refuses_a_crop_it_would_squash():
     assert calls == []  # refused before any restoration
     nearly = pipe.restore_faces(img[:252], lambda cs: cs, aligned=True)  # a few pixels off square is still a crop
     assert nearly.output.shape == (252, 256, 3) and nearly.n_faces == 1
+    from bfr.faces.pipeline import check_aligned_shape
+
+    check_aligned_shape(18, 16)  # a few pixels off is fine on a small crop too, where 2 % is under one pixel
+    for height, width in ((19, 16), (500, 512)):
+        with pytest.raises(InputError, match="square"):
+            check_aligned_shape(height, width)
 
 
 

@@ -255,6 +255,20 @@ def test_degradation_mode_refuses_an_aligned_crop_it_would_squash():
     assert restorer.degrade(np.full((16, 16, 3), 0.5, np.float32), variants=1, steps=2)[0].shape == (16, 16, 3)
 
 
+def test_a_gray_face_gets_gray_variants_as_restore_keeps_gray_photos_gray():
+    from bfr.api import Restorer
+
+    net = FlipNet(tiny_prior(), TINY_FLIP)
+    randomize(net)
+    restorer = Restorer(method(net))
+    face = np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
+    colour = restorer.degrade(face, variants=2, steps=3, seed=0)  # the random adapters tint a colour face
+    assert max(np.abs(v - v.mean(2, keepdims=True)).max() for v in colour) > 0.01
+    gray = restorer.degrade(np.repeat(face.mean(2, keepdims=True), 3, axis=2), variants=2, steps=3, seed=0)
+    for v in gray:
+        assert v.shape == (16, 16, 3) and np.abs(v - v[..., :1]).max() < 1e-6 and v.std() > 0.01
+
+
 def test_progress_reports_every_step():
     seen = []
     method().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: seen.append((d, t)))

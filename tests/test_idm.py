@@ -337,6 +337,11 @@ def test_round_zero_starts_from_a_prior_file(tmp_path):
     cfg.out_dir, cfg.init_from = str(tmp_path / "from_v"), str(final)  # so does a start from v weights
     with pytest.raises(InputError, match="predicts 'v'; this run predicts 'eps'"):
         train_idm(cfg)
+    cfg.out_dir, cfg.prediction = str(tmp_path / "continued"), "v"  # a continuation's card names what it continues
+    train_idm(cfg)
+    assert (f"started from: the IDM weights `{final.name}` (round 0, 1 steps, " in
+            (tmp_path / "continued" / "idm64.md").read_text()) and "trained on lfw)" in \
+        (tmp_path / "continued" / "idm64.md").read_text()
 
 
 def test_cli_train_idm_passes_its_options(monkeypatch, tmp_path, capsys):

@@ -250,6 +250,18 @@ def test_truncated_jpeg(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     with pytest.raises(InputError, match="truncated or corrupt"):
         load_image(buf.getvalue()[: len(buf.getvalue()) // 2])
+    opened = Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # PIL decodes only when asked
+    with pytest.raises(InputError, match="PIL image is truncated or corrupt"):
+        load_image(opened)
+
+
+def test_a_path_that_cannot_be_written_is_an_input_error(tmp_path):
+    img = np.zeros((16, 16, 3), np.float32)
+    (tmp_path / "taken.png").mkdir()  # a folder where the file goes
+    (tmp_path / "file").write_text("x")  # a file where a folder goes
+    for target, why in ((tmp_path / "taken.png", "Is a directory"), (tmp_path / "file" / "a.png", "")):
+        with pytest.raises(InputError, match=f"cannot write {target}: {why}"):
+            save_image(img, target)
 
 
 # ---------------------------------------------------------------------------- size limits

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from bfr.errors import InputError
+from bfr.errors import InputError, check_seed
 
 BASE_RESOLUTION = 512
 """Face size the published ranges are defined for; see ``scale_to`` for other sizes."""
@@ -366,7 +366,7 @@ def degrade(
     from bfr.degradations.presets import preset
 
     img = _check_image(hq)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(None if seed is None else check_seed(seed))
     if isinstance(config, str):
         config = preset(config, resolution or max(img.shape[:2]))
     elif resolution is not None and isinstance(config, (DegradationConfig, CameraConfig)):
@@ -398,7 +398,7 @@ def degrade_batch(
         from bfr.degradations.presets import preset
 
         config = preset(config, max(hq.shape[-2:]))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(None if seed is None else check_seed(seed))
     outs, used = [], []
     for img in x:
         params = config if isinstance(config, (DegradationParams, CameraParams)) else sample_params(config, rng)

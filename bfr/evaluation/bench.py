@@ -189,13 +189,15 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
     from bfr.api import method_status
     from bfr.paths import data_dir
 
+    if repeats < 1:
+        raise InputError(f"repeats must be ≥ 1, got {repeats}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise InputError(f"batch sizes are faces per call, each at least 1; got {list(batch_sizes)}")
+    if any(s < 64 for s in photo_sizes):
+        raise InputError(f"photo sizes are long sides in pixels, at least 64; got {list(photo_sizes)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     devices = tuple(devices or default_devices())
-    if repeats < 1:
-        raise InputError(f"repeats must be ≥ 1, got {repeats}")
-    if any(s < 64 for s in photo_sizes):
-        raise InputError(f"photo sizes are long sides in pixels, at least 64; got {list(photo_sizes)}")
     photo_img, photo_note = None, "not measured (no photo sizes asked for)"
     if photo_sizes:
         path = Path(photo) if photo else Path(data_root or data_dir()) / PHOTO

@@ -21,7 +21,7 @@ from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, sele
 from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
-from bfr.imageio import MAX_OUTPUT_PIXELS, megapixels
+from bfr.imageio import MAX_OUTPUT_PIXELS, MIN_SIDE, megapixels
 
 FRAMING = (
     "restore_fn receives a list of aligned face crops, each crop_size×crop_size float32 RGB in [0, 1], "
@@ -202,6 +202,9 @@ class FacePipeline:
             size, limit = megapixels(out_w * out_h, MAX_OUTPUT_PIXELS)
             raise InputError(f"upscaling this {w}×{h} image ×{self.upscale:g} would give {out_w}×{out_h} "
                              f"({size} MP), over the {limit} MP limit: use a smaller upscale")
+        if min(out_w, out_h) < MIN_SIDE:  # the smallest image bfr reads: no face survives below it
+            raise InputError(f"upscaling this {w}×{h} image ×{self.upscale:g} would give {out_w}×{out_h}, under "
+                             f"{MIN_SIDE} px a side: use a larger upscale")
         if aligned:
             return self._restore_aligned(img, restore_fn, background, framing)
         faces = self.crops(img)
@@ -215,7 +218,7 @@ class FacePipeline:
                 f", upscaled ×{self.upscale:g}." if self.upscale != 1 else "."
             )
             return FaceRestoreResult(output, [], name, 0, self._with_reason(msg))
-        restored = _keep_gray(img, _run_restore(restore_fn, [f.crop for f in faces], batch_size))
+        restored = keep_gray(img, _run_restore(restore_fn, [f.crop for f in faces], batch_size))
         output = self.paste(img, restored, [f.affine for f in faces], background=background)
         pairs = [RestoredFace(f.crop, r, f.face) for f, r in zip(faces, restored, strict=True)]
         plural = "s" if len(faces) != 1 else ""
@@ -234,7 +237,7 @@ class FacePipeline:
         cs = self.crop_size
         affine = reframe_affine(h, w, framing, self.template_name, cs)
         crop = warp_image(img, affine, (cs, cs), border="replicate")
-        restored = _keep_gray(img, _run_restore(restore_fn, [crop], None))[0]
+        restored = keep_gray(img, _run_restore(restore_fn, [crop], None))[0]
         if frame_inside(self.template_name, framing):
             # The restored crop covers the whole image: map it straight back, no blending.
             to_crop = output_to_crop_affine(affine, self.upscale, cs, restored.shape[0])
@@ -251,14 +254,14 @@ class FacePipeline:
 def check_aligned_shape(height: int, width: int) -> None:
     """An aligned face crop is square (a few pixels off is fine); resizing another shape to the crop would squash
     the face."""
-    if abs(height - width) > 0.02 * max(height, width):
+    if abs(height - width) > max(2, 0.02 * max(height, width)):
         raise InputError(f"an aligned face crop is square (e.g. 512×512), but this image is {width}×{height}: crop "
                          "it square around the face, or restore it as a photo (faces detected and aligned)")
 
 
-def _keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:
-    """Restored faces of a grayscale photo made gray again (as GFPGAN/CodeFormer do): a model may tint
-    them, and colour faces pasted into a black-and-white photo look wrong."""
+def keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:
+    """Restored (or degraded) faces of a grayscale photo made gray again (as GFPGAN/CodeFormer do): a model
+    may tint them, and colour faces pasted into a black-and-white photo look wrong."""
     if np.abs(img - img[..., :1]).max() > 1.5 / 255:
         return restored
     luma = np.array([0.299, 0.587, 0.114], np.float32)

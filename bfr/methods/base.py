@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from bfr.errors import InputError
+from bfr.errors import InputError, check_seed
 
 Progress = Callable[[int, int], None]
 
@@ -63,7 +63,10 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
             raise InputError(f"device {device!r} asked for, but CUDA is not available here: use cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA devices exist")
-    elif dev.type not in ("cpu", "mps"):
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r} asked for, but MPS is not available here: use cpu")
+    elif dev.type != "cpu":
         raise InputError(f"device {device!r} is not supported: use cpu or cuda")
     return dev
 
@@ -82,5 +85,5 @@ def generator(seed: int | None) -> torch.Generator:
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        g.manual_seed(check_seed(seed))
     return g
