@@ -44,7 +44,7 @@ import bfr
 from bfr.api import METHODS, Restorer, RestoreResult, method_status
 from bfr.degradations import PRESETS, DegradationParams, describe
 from bfr.degradations import degrade as degrade_image
-from bfr.errors import BfrError, NoFaceError
+from bfr.errors import MAX_SEED, BfrError, InputError, NoFaceError, check_seed
 from bfr.faces import FacePipeline
 from bfr.faces.pipeline import check_aligned_shape
 from bfr.imageio import MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
@@ -64,7 +64,7 @@ KNOBS = {
                        info="where sampling starts on that chain (N < steps): higher = more realism, less fidelity"),
     "eta": dict(label="η (eta)", minimum=0.0, maximum=1.0, step=0.05,
                 info="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like"),
-    "seed": dict(label="Seed", minimum=0, maximum=2**31 - 1, step=1, info="same seed, same result"),
+    "seed": dict(label="Seed", minimum=0, maximum=MAX_SEED, step=1, info="same seed, same result"),
 }
 KNOB_FALLBACKS = dict(steps=250, start_step=100, eta=0.5, seed=0)  # used when no method declares a knob
 OWN_DEFAULT_KNOBS = ("steps", "start_step", "eta")  # left to each method under "own defaults" (the seed is not)
@@ -240,6 +240,14 @@ def check_methods(methods: list[str] | None, tier: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def app_seed(seed) -> int:
+    """The seed as an int if bfr takes it (a whole number in [0, MAX_SEED]), else a sentence for the user."""
+    try:
+        return check_seed(seed)
+    except InputError:
+        raise gr.Error(f"Seed must be a whole number in [0, {MAX_SEED}], got {seed}.") from None
+
+
 def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) -> dict:
     """Range-check the knobs the chosen methods use, before any model is loaded.
 
@@ -250,6 +258,9 @@ def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) ->
     knobs = {}
     for name, value in values.items():
         if name not in used:
+            continue
+        if name == "seed":
+            knobs[name] = app_seed(value)
             continue
         spec = KNOBS[name]
         if value is None or not spec["minimum"] <= float(value) <= spec["maximum"]:
@@ -704,12 +715,11 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
         raise gr.Error(f"FLIPNET cannot run here: {why}.")
     if variants is None or not 1 <= int(variants) <= 8:
         raise gr.Error(f"Variants must lie in [1, 8], got {variants}.")
-    if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
-        raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
+    seed = app_seed(seed)
     t0 = time.perf_counter()
     with user_errors(image):
-        outs = flipnet_variants(img, int(variants), int(seed), bool(aligned), progress, session)
-    note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {int(seed)}, "
+        outs = flipnet_variants(img, int(variants), seed, bool(aligned), progress, session)
+    note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {seed}, "
             f"50 DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it "
             "was trained.")
     return [(to_uint8(o), f"variant {k + 1}") for k, o in enumerate(outs)], note
@@ -741,15 +751,14 @@ def _clean_face(image: str) -> np.ndarray:
 def _degrade(img, preset, seed, blur, downsample, noise, jpeg_quality):
     if preset not in (*PRESETS, CUSTOM):
         raise gr.Error(f"Unknown preset {preset!r}; choose one of: {', '.join((*PRESETS, CUSTOM))}.")
-    if seed is None or not 0 <= seed <= KNOBS["seed"]["maximum"]:
-        raise gr.Error(f"Seed must be a whole number in [0, {KNOBS['seed']['maximum']}], got {seed}.")
+    seed = app_seed(seed)
     config = preset
     if preset == CUSTOM:  # the sliders have checked the ranges
         kernel = 2 * max(3, int(np.ceil(3 * blur))) + 1  # ±3σ
         config = DegradationParams(sigma_x=float(blur), sigma_y=float(blur), scale=float(downsample),
                                    noise=float(noise), jpeg_quality=int(jpeg_quality) or None, kernel_size=kernel)
     with user_errors():
-        return degrade_image(img, config, seed=int(seed))
+        return degrade_image(img, config, seed=seed)
 
 
 def _params_json(params, preset, seed, img) -> dict:

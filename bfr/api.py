@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bfr.errors import InputError, NoFaceError, WeightsUnavailableError
+from bfr.errors import InputError, NoFaceError, WeightsUnavailableError, check_seed
 from bfr.faces.detect import FaceDetector, get_detector
 from bfr.faces.paste import FaceParser
 from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape, keep_gray
@@ -245,6 +245,7 @@ class Restorer:
         size = max(1, BATCH_PIXELS // self.model.resolution ** 2)
         chunks = [crops[i:i + size] for i in range(0, len(crops), size)]
         seed = options.pop("seed", self.model.defaults.get("seed", 0))
+        seed = None if seed is None else check_seed(seed)  # batch k samples with seed + k
         out = []
         for k, chunk in enumerate(chunks):
             def report(done: int, total: int, k: int = k) -> None:
@@ -267,6 +268,8 @@ class Restorer:
         if not hasattr(self.model, "degrade"):
             raise InputError(f"{self.model.title} has no degradation mode (only FLIPNET does)")
         img = load_image(image)
+        if options.get("seed") is not None:
+            options["seed"] = check_seed(options["seed"])
         if aligned:
             check_aligned_shape(*img.shape[:2])
         with self._lock:

@@ -239,10 +239,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         _each(paths, work)
     finally:  # said also when another input failed (exit code 2 then)
         if no_face:
-            code = 2 if sys.exc_info()[0] is not None else NO_FACE_EXIT
+            failure = sys.exc_info()[1]
+            code = (NO_FACE_EXIT if failure is None else 2 if isinstance(failure, (BfrError, FileNotFoundError))
+                    else None)  # interrupted (130) or a bug: not this message's to say
+            said = "" if code is None else f" (exit code {code})"
             print(f"warning: no face found in {len(no_face)} of {len(paths)} inputs ({', '.join(no_face)}): written "
-                  f"as the library returns them, not restored (exit code {code}); a face crop needs --aligned",
-                  file=sys.stderr)
+                  f"as the library returns them, not restored{said}; a face crop needs --aligned", file=sys.stderr)
     return NO_FACE_EXIT if no_face else 0
 
 
@@ -416,8 +418,6 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_demo_set(args: argparse.Namespace) -> None:
     from bfr.training.adapt import make_demo_set
 
-    if args.resolution < 16:
-        raise BfrError(f"--resolution is a face size in pixels, at least 16; got {args.resolution}")
     _output_dir(args.output)
     m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed)
     print(f"{args.output}: {m['counts']['adapt']} degraded faces in adapt/, {m['counts']['holdout']} held out in "
@@ -496,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or lfw (the compact models' own crops: `degrade --method flipnet` and `demo-set` output)")
     p.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     p.add_argument("--upscale", type=float, default=1,
-                   help="output scale of the whole image, e.g. 2 or 4 (default 1); any factor that keeps it within "
-                        "16 px a side and 67 MP")
+                   help="output scale of the whole image, e.g. 2 or 4 (default 1); any factor that keeps the output "
+                        "at least 16 px a side and at most 67 MP")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling chain length (default: the method's own on this tier; `methods` lists them)")
     p.add_argument("--start-step", type=int, default=None,

@@ -72,6 +72,8 @@ def load_image(src: Any, *, max_pixels: int | None = None, min_side: int | None 
         _check_size(src.width, src.height, max_pixels, min_side, "image")
         try:  # an opened file is decoded only now
             return _from_pil(src)
+        except InputError:  # bfr's own refusal (a ValueError too) says what is wrong
+            raise
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise InputError(f"the PIL image is truncated or corrupt and cannot be decoded ({e})") from e
     if isinstance(src, (str, Path)):

@@ -697,9 +697,16 @@ def test_zero_gpu_refuses_a_request_longer_than_one_call(monkeypatch, clean_face
         _run(clean_face, ["difface"], steps=1000, start_step=999)
 
 
-def test_seed_range_and_method_list_are_checked(clean_face):
-    with pytest.raises(gr.Error, match="Seed must be a whole number in"):
-        app.degrade(str(clean_face), "difface", 2**40, 0, 1, 0, 0)
+def test_seed_range_and_method_list_are_checked(clean_face, monkeypatch):
+    from bfr.errors import MAX_SEED
+
+    for seed in (2**40, MAX_SEED + 1, -1, 1.5):  # bfr's one range, fractions refused rather than rounded
+        with pytest.raises(gr.Error, match=rf"Seed must be a whole number in \[0, {MAX_SEED}\], got {seed}"):
+            app.degrade(str(clean_face), "difface", seed, 0, 1, 0, 0)
+        with pytest.raises(gr.Error, match="Seed must be a whole number in"):
+            app.check_knobs(["difface"], {"seed": seed})
+    assert app.check_knobs(["difface"], {"seed": float(MAX_SEED)}) == {"seed": MAX_SEED}
+    assert app.KNOBS["seed"]["maximum"] == MAX_SEED
     with pytest.raises(gr.Error, match="list of names"):
         app.check_methods("difface", "compact")
 

@@ -318,7 +318,7 @@ def test_seeds_are_whole_numbers_from_zero_in_every_command(tmp_path, capsys):
     img, o = _face(tmp_path / "face.png"), str(tmp_path / "o")
     for cmd in (["degrade", str(img), "-o", o], ["restore", str(img), "-o", o, "--aligned"], ["eval", "-o", o],
                 ["demo-set", str(tmp_path / "d")], ["adapt", str(tmp_path), "-o", o]):
-        for seed in ("-1", "1.5", str(2**64)):
+        for seed in ("-1", "1.5", str(MAX_SEED + 1)):
             with pytest.raises(SystemExit) as stop:  # argparse's usage error: exit code 2, before any work
                 main([*cmd, "--seed", seed])
             err = capsys.readouterr().err
@@ -331,7 +331,7 @@ def test_seeds_are_whole_numbers_from_zero_in_every_command(tmp_path, capsys):
 def test_bench_and_demo_set_refuse_sizes_no_run_can_use(tmp_path, capsys):
     assert main(["bench", "-o", str(tmp_path / "b"), "--batch-sizes", "0", "--photo-sizes"]) == 2
     assert "batch sizes are faces per call, each at least 1; got [0]" in capsys.readouterr().err
-    assert main(["demo-set", str(tmp_path / "d"), "--resolution", "8"]) == 2
+    assert main(["demo-set", str(tmp_path / "d"), "--resolution", "8"]) == 2  # refused by make_demo_set itself
     assert "at least 16; got 8" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
 

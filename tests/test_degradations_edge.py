@@ -354,18 +354,30 @@ def test_describe_says_what_was_applied():
 def test_every_seeded_entry_point_takes_one_seed_range():
     """numpy refuses negative seeds and torch takes them: bfr takes 0 … 2**63 − 1 everywhere, so a seed that
     works in one command works in all, and any other is an InputError (a one-line error), not a ValueError."""
-    from bfr.errors import MAX_SEED
+    from bfr.api import Restorer
+    from bfr.errors import MAX_DERIVED_SEED, MAX_SEED
     from bfr.methods.base import generator
+    from bfr.methods.unsupervised import Unsupervised
 
     img = np.full((32, 32, 3), 0.5, np.float32)
-    for seed in (0, MAX_SEED, np.int64(7), 3.0):
+    restorer = Restorer(Unsupervised(torch.nn.Identity(), resolution=16, framing="lfw", tier="compact",
+                                     device=torch.device("cpu")))
+    for seed in (0, MAX_SEED, np.int64(7), 3.0):  # what a user may give
         degrade(img, "mild", seed=seed)
+        restorer.restore(img, aligned=True, framing="lfw", seed=seed)
+    for seed in (-1, MAX_SEED + 1, 1.5, float("nan"), "1"):
+        with pytest.raises(InputError, match=f"a seed is a whole number from 0 to {MAX_SEED}, got"):
+            degrade(img, "mild", seed=seed)
+        with pytest.raises(InputError, match=f"a seed is a whole number from 0 to {MAX_SEED}, got"):
+            restorer.restore(img, aligned=True, framing="lfw", seed=seed)
+    for seed in (MAX_SEED + 1000, MAX_DERIVED_SEED):  # what bfr derives from one (seed + batch index)
         degrade_batch(torch.rand(1, 3, 32, 32), "mild", seed=seed)
         generator(seed)
-    for seed in (-1, MAX_SEED + 1, 1.5, float("nan"), "1"):
-        with pytest.raises(InputError, match="a seed is a whole number from 0"):
-            degrade(img, "mild", seed=seed)
+        restorer.model.restore(torch.rand(1, 3, 32, 32), seed=seed)
+    for seed in (-1, MAX_DERIVED_SEED + 1):
         with pytest.raises(InputError, match="a seed is a whole number from 0"):
             degrade_batch(torch.rand(1, 3, 32, 32), "mild", seed=seed)
         with pytest.raises(InputError, match="a seed is a whole number from 0"):
             generator(seed)
+        with pytest.raises(InputError, match="a seed is a whole number from 0"):
+            restorer.model.restore(torch.rand(1, 3, 32, 32), seed=seed)

@@ -338,10 +338,13 @@ def test_round_zero_starts_from_a_prior_file(tmp_path):
     with pytest.raises(InputError, match="predicts 'v'; this run predicts 'eps'"):
         train_idm(cfg)
     cfg.out_dir, cfg.prediction = str(tmp_path / "continued"), "v"  # a continuation's card names what it continues
+    continued = train_idm(cfg)
+    card = (tmp_path / "continued" / "idm64.md").read_text()
+    assert f"started from: the IDM weights `{final.name}` (round 0, 1 steps, " in card and "trained on lfw)" in card
+    assert json.loads(read_metadata(continued)["steps"]) == 2  # its file counts the steps behind it, in all runs
+    cfg.out_dir, cfg.init_from = str(tmp_path / "again"), str(continued)
     train_idm(cfg)
-    assert (f"started from: the IDM weights `{final.name}` (round 0, 1 steps, " in
-            (tmp_path / "continued" / "idm64.md").read_text()) and "trained on lfw)" in \
-        (tmp_path / "continued" / "idm64.md").read_text()
+    assert f"IDM weights `{continued.name}` (round 0, 2 steps, " in (tmp_path / "again" / "idm64.md").read_text()
 
 
 def test_cli_train_idm_passes_its_options(monkeypatch, tmp_path, capsys):

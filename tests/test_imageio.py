@@ -253,6 +253,9 @@ def test_truncated_jpeg(tmp_path):
     opened = Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # PIL decodes only when asked
     with pytest.raises(InputError, match="PIL image is truncated or corrupt"):
         load_image(opened)
+    with pytest.raises(InputError) as refused:  # bfr's own refusal of a PIL image keeps its own message
+        load_image(Image.fromarray(np.full((16, 16), 300.0, np.float32), mode="F"))
+    assert "truncated" not in str(refused.value)
 
 
 def test_a_path_that_cannot_be_written_is_an_input_error(tmp_path):

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from bfr.errors import InputError, check_seed
+from bfr.errors import MAX_DERIVED_SEED, InputError, check_seed
 
 BASE_RESOLUTION = 512
 """Face size the published ranges are defined for; see ``scale_to`` for other sizes."""
@@ -398,7 +398,7 @@ def degrade_batch(
         from bfr.degradations.presets import preset
 
         config = preset(config, max(hq.shape[-2:]))
-    rng = np.random.default_rng(None if seed is None else check_seed(seed))
+    rng = np.random.default_rng(None if seed is None else check_seed(seed, MAX_DERIVED_SEED))
     outs, used = [], []
     for img in x:
         params = config if isinstance(config, (DegradationParams, CameraParams)) else sample_params(config, rng)

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from bfr.errors import InputError, check_seed
+from bfr.errors import MAX_DERIVED_SEED, InputError, check_seed
 
 Progress = Callable[[int, int], None]
 
@@ -85,5 +85,5 @@ def generator(seed: int | None) -> torch.Generator:
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(check_seed(seed))
+        g.manual_seed(check_seed(seed, MAX_DERIVED_SEED))  # the user's was checked where it came in
     return g

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bfr.diffusion import GaussianDiffusion, sample
 from bfr.diffusion.samplers import StepHook
-from bfr.errors import InputError, check_seed
+from bfr.errors import MAX_DERIVED_SEED, InputError, check_seed
 from bfr.methods.base import Progress, autocast, check_batch, generator, resize
 
 PAPER_RESOLUTION = 512
@@ -222,7 +222,7 @@ class Unsupervised:
                              "forward pass of the adapted restorer")
         check_batch(lq)
         if seed is not None:
-            check_seed(seed)  # unused, but a seed no other method takes is refused here too
+            check_seed(seed, MAX_DERIVED_SEED)  # unused, but a seed no other method takes is refused here too
         size = lq.shape[-2:]
         y = resize(lq.to(self.device), self.resolution)
         with autocast(self.device, self.half_precision):

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
-from bfr.errors import InputError
+from bfr.errors import InputError, check_seed
 from bfr.imageio import load_image, save_image
 from bfr.methods.unsupervised import fill_indices, lowpass_factor, pseudo_targets
 from bfr.metrics import load_niqe_model, niqe, niqe_model_path, psnr, ssim
@@ -527,6 +527,9 @@ def make_demo_set(out_dir: str | Path, resolution: int = 64, preset: str = "came
     from bfr.degradations import degrade_batch
     from bfr.degradations import preset as get_preset
 
+    if int(resolution) < 16:
+        raise InputError(f"resolution is a face size in pixels, at least 16; got {resolution}")
+    seed = check_seed(seed)
     out = Path(out_dir)
     files = split_files("test")[:limit]
     hq = load_faces(files, resolution).float() / 255

@@ -137,9 +137,11 @@ def train_idm(cfg: IDMConfig) -> Path | None:
         n = min(8, len(val_hq))
         save_grid(torch.cat([val_lq[:n], restored[:n], val_hq[:n]]) * 2 - 1, rdir / "samples.png", nrow=n)
         trained_on = "lfw" if k == 0 else f"cleaned by round {k - 1}"
-        weights_path = export_weights(
+        before_steps, before_seconds = _continued(cfg.init_from) if k == 0 else (0, 0.0)
+        weights_path = export_weights(  # steps and time: the round's in all, a continued round's earlier runs too
             ema_model, cfg.net, rdir / WEIGHTS_NAME, kind="idm",
-            extra={"round": k, "steps": steps, "train_seconds": round(seconds), "hardware": hardware(),
+            extra={"round": k, "steps": before_steps + steps, "train_seconds": round(before_seconds + seconds),
+                   "hardware": hardware(),
                    "targets": trained_on, "test": metrics, "prediction": cfg.prediction})
         record = {"round": k, "steps": steps, "targets": trained_on,
                   "train_seconds": round(seconds), "weights": str(weights_path.relative_to(out)),
@@ -395,6 +397,14 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
 
 
 _PREDICTION = {"eps": "ε-prediction", "v": "v-prediction (ours, for colour fidelity; SR3 predicts ε)"}
+
+
+def _continued(init_from: str | None) -> tuple[int, float]:
+    """Steps and seconds behind the IDM weights a round 0 continues (0 for a prior or no start)."""
+    meta = read_metadata(init_from) if init_from and Path(init_from).is_file() else {}
+    if meta.get("kind") != "idm":
+        return 0, 0.0
+    return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
 
 
 def _start_note(init_from: str | None) -> str:
