@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bfr.errors import MAX_SEED, BfrError
+from bfr.errors import MAX_SEED, BfrError, check_seed
 from bfr.paths import IMAGE_SUFFIXES
 
 PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out: importing the presets takes seconds
@@ -280,8 +280,6 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 
 def _seed_arg(text: str) -> int:
     """--seed as argparse reads it: anything but a whole number in the library's range is a usage error."""
-    from bfr.errors import check_seed
-
     try:
         return check_seed(int(text))
     except ValueError as e:  # InputError is one
