@@ -413,12 +413,12 @@ def _start_note(init_from: str | None) -> str:
     if Path(init_from).is_file() and read_metadata(init_from).get("kind") == "prior":
         return (f"the face prior `{Path(init_from).name}` (its weights and ε head; the LQ input channels at zero), "
                 "so training starts from a network that already knows faces")
-    meta = read_metadata(init_from) if Path(init_from).is_file() else {}
-    if meta.get("kind") == "idm":  # a continuation: its round counts only its own steps, so say what came before
-        info = {k: json.loads(meta[k]) for k in ("round", "steps", "train_seconds", "targets") if k in meta}
-        return (f"the IDM weights `{Path(init_from).name}` (round {info.get('round', '?')}, {info.get('steps', 0):,} "
-                f"steps, {format_duration(info.get('train_seconds', 0))}, trained on {info.get('targets', '?')}); the "
-                "steps and times above come on top of these")
+    steps, seconds = _continued(init_from)
+    if steps:  # a continuation: the rounds table counts only this run's steps, so say what came before
+        meta = read_metadata(init_from)
+        round_, targets = json.loads(meta.get("round", "0")), json.loads(meta.get("targets", '"?"'))
+        return (f"the IDM weights `{Path(init_from).name}` (round {round_}, {steps:,} steps, "
+                f"{format_duration(seconds)}, trained on {targets}); the steps and times above come on top of these")
     return f"`{Path(init_from).name}`"
 
 
