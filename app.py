@@ -66,7 +66,8 @@ KNOBS = {
                 info="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like"),
     "seed": dict(label="Seed", minimum=0, maximum=MAX_SEED, step=1, info="same seed, same result"),
 }
-KNOB_FALLBACKS = dict(steps=250, start_step=100, eta=0.5, seed=0)  # used when no method declares a knob
+FLIPNET_STEPS = METHODS["flipnet"].defaults("compact")["steps"]  # the degradation mode's chain
+MAX_VARIANTS = 8  # FLIPNET degradation variants per request (one batch, one GPU call)
 OWN_DEFAULT_KNOBS = ("steps", "start_step", "eta")  # left to each method under "own defaults" (the seed is not)
 
 # GPU seconds per (face × sampling step), for @spaces.GPU's duration; generous on purpose.
@@ -244,8 +245,8 @@ def app_seed(seed) -> int:
     """The seed as an int if bfr takes it (a whole number in [0, MAX_SEED]), else a sentence for the user."""
     try:
         return check_seed(seed)
-    except InputError:
-        raise gr.Error(f"Seed must be a whole number in [0, {MAX_SEED}], got {seed}.") from None
+    except InputError as e:
+        raise gr.Error(sentence(str(e))) from None
 
 
 def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) -> dict:
@@ -665,8 +666,8 @@ def degrade(image: str, preset: str, seed: int, blur: float, downsample: float, 
 
 
 def flipnet_seconds(img, variants, seed, aligned, progress=None, session=None) -> int:
-    """ZeroGPU duration of a FLIPNET degradation request: one 50-step chain for all variants at once."""
-    return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP["compact"] * 50 * variants))
+    """ZeroGPU duration of a FLIPNET degradation request: one chain for all variants at once."""
+    return int(min(GPU_MAX_SECONDS, GPU_BASE_SECONDS + SECONDS_PER_FACE_STEP["compact"] * FLIPNET_STEPS * variants))
 
 
 @spaces.GPU(duration=flipnet_seconds)
@@ -713,15 +714,15 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     ok, why = method_status("flipnet", "compact")
     if not ok:
         raise gr.Error(f"FLIPNET cannot run here: {why}.")
-    if variants is None or not 1 <= int(variants) <= 8:
-        raise gr.Error(f"Variants must lie in [1, 8], got {variants}.")
+    if variants is None or not 1 <= int(variants) <= MAX_VARIANTS:
+        raise gr.Error(f"Variants must lie in [1, {MAX_VARIANTS}], got {variants}.")
     seed = app_seed(seed)
     t0 = time.perf_counter()
     with user_errors(image):
         outs = flipnet_variants(img, int(variants), seed, bool(aligned), progress, session)
     note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {seed}, "
-            f"50 DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how little it "
-            "was trained.")
+            f"{FLIPNET_STEPS} DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how "
+            "little it was trained.")
     return [(to_uint8(o), f"variant {k + 1}") for k, o in enumerate(outs)], note
 
 
@@ -834,11 +835,8 @@ def status_list() -> str:
 
 
 def _knob_default(name: str):
-    for info in METHODS.values():
-        defaults = info.defaults("compact")  # the demo opens on the compact tier
-        if name in defaults:
-            return defaults[name]
-    return KNOB_FALLBACKS[name]
+    """The knob's value on the compact tier (the demo opens on it) of the first method that has it."""
+    return next(info.defaults("compact")[name] for info in METHODS.values() if name in info.defaults("compact"))
 
 
 def _knob_widget(name: str, own_defaults: bool) -> gr.components.Component:
@@ -856,7 +854,7 @@ def defaults_note() -> str:
     """Each method's own sampling defaults, per tier where they differ, for the checkbox's help text."""
     parts = []
     for info in METHODS.values():
-        if not info.implemented or not set(OWN_DEFAULT_KNOBS) & set(info.knobs):
+        if not set(OWN_DEFAULT_KNOBS) & set(info.knobs):
             continue
         first, *others = [info.defaults(tier) | {"tier": tier} for tier in TIERS]  # the demo opens on the first
         texts = []
@@ -983,7 +981,7 @@ def build_demo() -> gr.Blocks:
                                         + ("" if ON_GPU else "On a CPU it takes about a minute. ")
                                         + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
                             with gr.Row():
-                                flip_variants = gr.Slider(1, 8, value=4, step=1, label="Variants",
+                                flip_variants = gr.Slider(1, MAX_VARIANTS, value=4, step=1, label="Variants",
                                                           elem_classes=[CHECKED])
                                 flip_aligned = gr.Checkbox(True, label="Input is an aligned face crop",
                                                            info="otherwise the largest face is aligned first")

@@ -41,7 +41,6 @@ class MethodInfo:
     title: str
     paper: str
     tiers: dict[str, tuple[str, ...]]
-    implemented: bool = True
     knobs: dict = field(default_factory=dict)
     tier_knobs: dict[str, dict] = field(default_factory=dict)  # a tier's own defaults, over ``knobs``
 
@@ -78,15 +77,17 @@ METHODS: dict[str, MethodInfo] = {
 def method_status(name: str, tier: str) -> tuple[bool, str]:
     """Whether ``name`` can run on ``tier`` here, and why not (without downloading)."""
     info = _info(name)
-    if not info.implemented:
-        return False, f"{info.title} is not implemented in this version of bfr yet"
     if tier not in info.tiers:
-        return False, f"{info.title} has no {tier!r} tier (tiers: {', '.join(info.tiers)})"
+        return False, _no_tier(info, tier)
     for weights in info.tiers[tier]:
         ok, why = available(weights)
         if not ok:
             return False, why
     return True, "weights " + ", ".join(info.tiers[tier]) + " available"
+
+
+def _no_tier(info: MethodInfo, tier: str) -> str:
+    return f"{info.title} has no {tier!r} tier; choose one of: {', '.join(info.tiers)}"
 
 
 def _info(name: str) -> MethodInfo:
@@ -101,12 +102,13 @@ NET_KINDS = {"prior64": "prior", "swinir64": "swinir", "swinir64_adapted": "swin
 
 def load_net(weights: str, path: str | Path | None = None) -> torch.nn.Module:
     """A bfr-written network from its safetensors (config in the metadata), in float32."""
+    if weights not in NET_KINDS:
+        raise InputError(f"load_net loads the networks bfr writes ({', '.join(NET_KINDS)}), not {weights!r}")
     file = resolve(weights, path)
     meta = read_metadata(file)
     if "kind" not in meta or "config" not in meta:
         raise WeightsUnavailableError(f"{file} has no bfr metadata (kind/config); was it written by bfr?")
-    expected = NET_KINDS.get(weights)
-    if expected is not None and meta["kind"] != expected:
+    if meta["kind"] != (expected := NET_KINDS[weights]):
         raise InputError(f"{Path(file).name} holds a {meta['kind']} network, but {weights} must be a {expected} "
                          "network")
     net = build_net(meta["kind"], json.loads(meta["config"]))
@@ -121,10 +123,8 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
     ``half_precision``: on CUDA the networks run under bf16 autocast (fp16 where bf16 is missing); False runs
     them in float32, as the authors sample. CPU is always float32."""
     info = _info(method)
-    if not info.implemented:
-        raise InputError(f"{info.title} is not implemented in this version of bfr yet")
     if tier not in info.tiers:
-        raise InputError(f"{info.title} has no {tier!r} tier; choose one of: {', '.join(info.tiers)}")
+        raise InputError(_no_tier(info, tier))
     dev = pick_device(device)
     weights = weights or {}
     # Every missing file named at once, before any network is built (a 512-px one takes seconds). FLIPNET's and

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bfr.errors import MAX_SEED, BfrError, check_seed
+from bfr.errors import MAX_SEED, BfrError, InputError, check_seed
 from bfr.paths import IMAGE_SUFFIXES
 
 PRESET_HELP = "difface | gfpgan | mild | camera | camera-lowres"  # written out: importing the presets takes seconds
@@ -113,6 +113,7 @@ def _each(paths: list[Path], work: Callable[[Path, str], None]) -> None:
 
 def cmd_methods(args: argparse.Namespace) -> None:
     from bfr.api import METHODS, method_status
+    from bfr.weights import CATALOG
 
     for info in METHODS.values():
         print(f"{info.name:13s} {info.title} — {info.paper}")
@@ -121,6 +122,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
             defaults = ", ".join(f"{k}={v}" for k, v in info.defaults(tier).items())
             extra = f" [defaults: {defaults}]" if defaults else ""
             print(f"    {tier:8s} {'ready' if ok else 'unavailable'}: {why}{extra}")
+            for name in info.tiers[tier]:  # what each file is and the terms it comes under
+                spec = CATALOG[name]
+                print(f"             {name}: {spec.description} License: {spec.license}.")
 
 
 def cmd_degrade(args: argparse.Namespace) -> None:
@@ -281,9 +285,13 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 def _seed_arg(text: str) -> int:
     """--seed as argparse reads it: anything but a whole number in the library's range is a usage error."""
     try:
-        return check_seed(int(text))
-    except ValueError as e:  # InputError is one
-        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {MAX_SEED}, got {text!r}") from e
+        value = int(text)
+    except ValueError:
+        value = text  # check_seed refuses it, saying why
+    try:
+        return check_seed(value)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _check_numbers(args: argparse.Namespace, counts: tuple[str, ...] = (), positive: tuple[str, ...] = (),

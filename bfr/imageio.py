@@ -374,6 +374,16 @@ def from_tensor(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+LUMA = (0.299, 0.587, 0.114)  # BT.601 weights of R, G, B
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an HWC RGB float image, copied to three channels (the degradations' gray flag, a gray
+    photo's restored faces)."""
+    y = img[..., 0] * LUMA[0] + img[..., 1] * LUMA[1] + img[..., 2] * LUMA[2]
+    return np.repeat(y[..., None], 3, axis=-1).astype(np.float32)
+
+
 def resize(img: np.ndarray, size: int | tuple[int, int], interpolation: str = "auto") -> np.ndarray:
     """Resize an HWC float image to ``size`` = (height, width), or a square side.
 

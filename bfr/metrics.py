@@ -238,12 +238,11 @@ def niqe_model_path(resolution: int) -> Path:
     return cache_dir() / "metrics" / f"niqe_lfw{resolution}.npz"
 
 
-def fit_lfw_niqe_model(resolution: int = 64, n_images: int | None = None, seed: int = 0,
-                       data_root: str | Path | None = None) -> NiqeModel:
+def fit_lfw_niqe_model(resolution: int = 64, n_images: int | None = None, seed: int = 0) -> NiqeModel:
     """Fit the pristine model on LFW *train* faces (a seeded sample of ``n_images``; None = all)."""
     from bfr.training.data import load_faces, split_files
 
-    files = split_files("train", Path(data_root) if data_root else None)
+    files = split_files("train")
     if n_images is not None and n_images < len(files):
         pick = np.random.default_rng(seed).choice(len(files), size=n_images, replace=False)
         files = [files[i] for i in sorted(pick)]

@@ -37,6 +37,10 @@ def test_methods_reports_each_method_and_tier(capsys):
 
     difface = text.split("unsupervised ")[0]  # each tier's own defaults, as restore uses them
     assert f"start_step={COMPACT_START_STEP}," in difface and f"start_step={PAPER_START_STEP}," in difface
+    # each weights file under its tier, with the terms it comes under (DifFace's checkpoints: non-commercial)
+    assert "difface_unet_512: DifFace's unconditional FFHQ-512" in difface
+    assert difface.count("License: NTU S-Lab License 1.0 (non-commercial).") == 2
+    assert "sd21_vae: Stable Diffusion 2.1-base VAE" in text and "License: CreativeML Open RAIL++-M." in text
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data (LFW) is not here")

@@ -544,8 +544,8 @@ class _Started:
 
 
 def test_rows_and_step_knobs_follow_each_method_signature():
-    from bfr.evaluation.bench import _time_one, step_knob
-    from bfr.evaluation.eval import _model_rows
+    from bfr.evaluation.bench import _time_one
+    from bfr.evaluation.eval import _model_rows, step_knob
 
     assert [step_knob(m()) for m in (_OnePass, _FromNoise, _Started)] == [None, "steps", "start_step"]
     rows = _model_rows(_Started(), 20, 0.5, (4, 8), 0)

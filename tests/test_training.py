@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bfr.api import load_net
+from bfr.errors import InputError
 from bfr.paths import data_dir
 from bfr.training.checkpoint import load_state, save_state
 from bfr.training.ema import EMA
@@ -123,6 +124,21 @@ def test_ema_averages_trainable_weights_and_leaves_frozen_ones_alone():
     ema.update(net, step=10**6)  # decay 0.5: halfway to the trained weights
     torch.testing.assert_close(ema.model[1].weight, net[1].weight - 0.5)
     torch.testing.assert_close(ema.model[0].weight, net[0].weight - 1.0)  # frozen: untouched (not copied)
+
+
+@pytest.mark.parametrize("config", ["bfr.training.prior:PriorConfig", "bfr.training.backbone:BackboneConfig",
+                                    "bfr.training.idm:IDMConfig", "bfr.training.flipnet:FlipNetTrainConfig",
+                                    "bfr.training.adapt:AdaptConfig"])
+def test_training_configs_take_the_seeds_every_command_takes(config):
+    """API users build these configs directly: a seed numpy or torch would refuse mid-run is refused at once."""
+    import importlib
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert cls(seed=2**31 - 1).seed == 2**31 - 1
+    for bad in (-1, 2**31, 0.5):
+        with pytest.raises(InputError, match="a seed is a whole number from 0 to 2147483647"):
+            cls(seed=bad)
 
 
 @pytest.mark.parametrize("what,module,fn", [("prior", "bfr.training.prior", "train_prior"),

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bfr.errors import MAX_DERIVED_SEED, InputError, check_seed
+from bfr.imageio import resize, to_gray, to_uint8
 
 BASE_RESOLUTION = 512
 """Face size the published ranges are defined for; see ``scale_to`` for other sizes."""
@@ -230,31 +231,15 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     """Round-trip through OpenCV's JPEG encoder at ``quality`` (1–100)."""
     if not 1 <= quality <= 100:
         raise InputError(f"JPEG quality must be within 1…100, got {quality}")
-    bgr = cv2.cvtColor(_to_u8(img), cv2.COLOR_RGB2BGR)
+    bgr = cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("OpenCV failed to encode a JPEG")
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def to_gray(img: np.ndarray) -> np.ndarray:
-    """BT.601 luma copied to three channels (what the gray flag does to the LQ, and the target)."""
-    y = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
-    return np.repeat(y[..., None], 3, axis=-1).astype(np.float32)
-
-
-def _to_u8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def _keep_channels(out: np.ndarray, like: np.ndarray) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 and like.ndim == 3 else out
-
-
-def _resize_linear(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    if (h, w) == img.shape[:2]:
-        return img
-    return _keep_channels(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), img)
 
 
 def _check_image(hq: np.ndarray) -> np.ndarray:
@@ -286,13 +271,13 @@ def apply(hq: np.ndarray, params: Params, rng: np.random.Generator) -> np.ndarra
     if params.scale <= 0:
         raise InputError(f"the downsampling factor must be positive, got {params.scale}")
     img = blur(img, params.sigma_x, params.sigma_y, params.angle, params.kernel_size)
-    img = _resize_linear(img, max(1, int(h / params.scale)), max(1, int(w / params.scale)))
+    img = resize(img, (max(1, int(h / params.scale)), max(1, int(w / params.scale))), "bilinear")
     if params.noise > 0:
         img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(params.noise / 255.0)
     img = np.clip(img, 0.0, 1.0)
     if params.jpeg_quality is not None:
         img = jpeg(img, params.jpeg_quality)
-    img = _resize_linear(img, h, w)
+    img = resize(img, (h, w), "bilinear")
     if params.gray:
         img = to_gray(img)
     return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
@@ -351,7 +336,7 @@ def camera_pipeline(hq: np.ndarray, params: CameraParams, rng: np.random.Generat
     out = _linear_to_srgb(demosaic_rggb(raw, params.demosaic))
     if params.jpeg_quality is not None:
         out = jpeg(out, params.jpeg_quality)
-    return np.clip(_resize_linear(out, h, w), 0.0, 1.0).astype(np.float32, copy=False)
+    return np.clip(resize(out, (h, w), "bilinear"), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def degrade(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime
-import inspect
 import json
 import statistics
 import time
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from bfr.errors import InputError
-from bfr.evaluation.eval import build_test_set, counted, git_revision, hardware
+from bfr.evaluation.eval import build_test_set, counted, git_revision, hardware, step_knob
 from bfr.evaluation.plots import Panel, Series, line_charts
 from bfr.imageio import load_image, resize
 
@@ -154,10 +153,10 @@ class PeakMemory:
 # ------------------------------------------------------------------------------- runs
 
 
-def _inputs(n: int, resolution: int, seed: int, data_root) -> tuple[torch.Tensor, str]:
+def _inputs(n: int, resolution: int, seed: int) -> tuple[torch.Tensor, str]:
     """LQ faces from the evaluation's test set, or seeded smooth noise where the LFW data is absent."""
     try:
-        ts = build_test_set(n, resolution, seed, data_root)
+        ts = build_test_set(n, resolution, seed)
         return ts.lq.float() / 255.0, f"{counted(n, 'LQ face')} of the evaluation test set (seed {seed})"
     except InputError:
         g = torch.Generator().manual_seed(seed)
@@ -175,7 +174,7 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
               devices: tuple[str, ...] | None = None, precisions: tuple[str, ...] = ("fp32", "bf16"),
               batch_sizes: tuple[int, ...] = (1, 4, 16), start_steps: tuple[int, ...] = (25, 100),
               steps: int = 250, repeats: int = 3, warmup: int = 1, seed: int = 0, progress: bool = True,
-              data_root: str | Path | None = None, photo: str | Path | None = None,
+              photo: str | Path | None = None,
               photo_sizes: tuple[int, ...] = (960, 1920, 3840)) -> dict:
     """Time every method × tier × device × precision × batch size × started step N; write bench.md/.json/.png.
 
@@ -200,7 +199,7 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
     devices = tuple(devices or default_devices())
     photo_img, photo_note = None, "not measured (no photo sizes asked for)"
     if photo_sizes:
-        path = Path(photo) if photo else Path(data_root or data_dir()) / PHOTO
+        path = Path(photo) if photo else data_dir() / PHOTO
         if path.is_file():
             photo_img = load_image(path)
             photo_note = f"{path.name} ({photo_img.shape[1]}×{photo_img.shape[0]})"
@@ -223,7 +222,7 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
                 dev = torch.device(dev_name)
                 restorer = bfr.load(method, tier, device=dev_name)
                 model = restorer.model
-                lq, inputs_note = _inputs(max(batch_sizes), model.resolution, seed, data_root)
+                lq, inputs_note = _inputs(max(batch_sizes), model.resolution, seed)
                 fp32_out = {}
                 ns = start_steps if step_knob(model) else (None,)
                 for prec in precisions:
@@ -267,13 +266,6 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
     (out_dir / "bench.md").write_text(bench_markdown(report))
     return report
-
-
-def step_knob(model) -> str | None:
-    """How a method's network calls per face are set: "start_step" (DifFace's N on a fixed chain),
-    "steps" (a sampler from noise, e.g. IDM: the chain length), or None (one forward pass)."""
-    params = inspect.signature(model.restore).parameters
-    return "start_step" if "start_step" in params else "steps" if "steps" in params else None
 
 
 def _time_one(model, lq: torch.Tensor, n: int | None, steps: int, prec: str, dev: torch.device,

@@ -78,12 +78,11 @@ class TestSet:
                        json.loads(str(z["params"])), int(z["resolution"]), int(z["seed"]))
 
 
-def build_test_set(n_images: int, resolution: int = 64, seed: int = 0, data_root: str | Path | None = None,
-                   offset: int = 0) -> TestSet:
+def build_test_set(n_images: int, resolution: int = 64, seed: int = 0, offset: int = 0) -> TestSet:
     """Degrade a seeded choice of LFW test faces with the test grid, cycled (see the module docstring)."""
     from bfr.training.data import load_faces, split_files
 
-    files = split_files("test", Path(data_root) if data_root else None)
+    files = split_files("test")
     if offset < 0 or not 1 <= n_images <= len(files) - offset:
         raise InputError(f"offset + n_images must lie in [1, {len(files)}] (the LFW test split) with offset ≥ 0, "
                          f"got offset {offset}, n_images {n_images}")
@@ -111,12 +110,12 @@ test_set_path.__test__ = False
 
 
 def load_or_build_test_set(out_dir: str | Path, n_images: int, resolution: int = 64, seed: int = 0,
-                           data_root: str | Path | None = None, offset: int = 0) -> TestSet:
+                           offset: int = 0) -> TestSet:
     """The cached test set in ``out_dir``, built (and cached) on first use."""
     path = test_set_path(out_dir, n_images, resolution, seed, offset)
     if path.is_file():
         return TestSet.load(path)
-    ts = build_test_set(n_images, resolution, seed, data_root, offset)
+    ts = build_test_set(n_images, resolution, seed, offset)
     ts.save(path)
     return ts
 
@@ -180,8 +179,6 @@ class Scorer:
         return {"fid": M.fid(self.inception(out), self._gt_feats)}
 
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "niqe": False, "lpips": False, "identity": True,
-                    "landmarks": False, "fid": False}
 COLUMN = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "niqe": "NIQE ↓", "lpips": "LPIPS ↓", "identity": "IDS ↑",
           "landmarks": "LMD ↓", "fid": "FID ↓"}
 
@@ -208,6 +205,13 @@ def _batched(fn, lq: torch.Tensor, batch_size: int, desc: str, progress: bool) -
     return torch.cat(outs), time.perf_counter() - t0
 
 
+def step_knob(model) -> str | None:
+    """How a method's network calls per face are set: "start_step" (DifFace's N on a fixed chain),
+    "steps" (a sampler from noise, e.g. IDM: the chain length), or None (one forward pass)."""
+    params = inspect.signature(model.restore).parameters
+    return "start_step" if "start_step" in params else "steps" if "steps" in params else None
+
+
 def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], seed: int):
     """(label, knobs, fn(batch, k)) for every row a method contributes.
 
@@ -218,7 +222,7 @@ def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], see
     if hasattr(model, "estimate"):
         rows.append(("backbone alone", {"part": "backbone"}, lambda b, k: model.estimate(b)))
     defaults = dict(getattr(model, "defaults", {}))
-    if "start_step" in inspect.signature(model.restore).parameters:
+    if step_knob(model) == "start_step":
         for n in start_steps:
             knobs = dict(steps=steps, start_step=n, eta=eta)
             mark = " (default)" if knobs == {k: defaults.get(k) for k in knobs} else ""
@@ -294,7 +298,7 @@ def run_eval(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tiers
              n_images: int = 64, resolution: int = 64, seed: int = 0,
              start_steps: tuple[int, ...] = DEFAULT_START_STEPS, steps: int = 250, eta: float = 0.5,
              batch_size: int = 16, device: str | None = None, n_samples: int = 6, progress: bool = True,
-             data_root: str | Path | None = None, offset: int = 0) -> dict:
+             offset: int = 0) -> dict:
     """Evaluate methods × tiers and the baselines; write results.md, results.json and figures to ``out_dir``.
 
     start_steps: DifFace's started steps N on the ``ddim{steps}`` chain (one row each; the
@@ -312,7 +316,7 @@ def run_eval(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tiers
         raise InputError(f"start steps {bad} are outside [1, steps={steps}]")
     dev = pick_device(device)
     t_start = time.perf_counter()
-    ts = load_or_build_test_set(out_dir, n_images, resolution, seed, data_root, offset)
+    ts = load_or_build_test_set(out_dir, n_images, resolution, seed, offset)
     gt, lq = ts.as_float(ts.gt), ts.as_float(ts.lq)
     scorer = Scorer(resolution, dev)
 

@@ -21,7 +21,7 @@ from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, sele
 from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
-from bfr.imageio import MAX_OUTPUT_PIXELS, MIN_SIDE, megapixels
+from bfr.imageio import MAX_OUTPUT_PIXELS, MIN_SIDE, megapixels, to_gray
 
 FRAMING = (
     "restore_fn receives a list of aligned face crops, each crop_size×crop_size float32 RGB in [0, 1], "
@@ -264,8 +264,7 @@ def keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:
     may tint them, and colour faces pasted into a black-and-white photo look wrong."""
     if np.abs(img - img[..., :1]).max() > 1.5 / 255:
         return restored
-    luma = np.array([0.299, 0.587, 0.114], np.float32)
-    return [np.repeat((r @ luma)[..., None], 3, axis=2).astype(np.float32) for r in restored]
+    return [to_gray(r) for r in restored]
 
 
 def _run_restore(restore_fn: RestoreFn, crops: list[np.ndarray], batch_size: int | None) -> list[np.ndarray]:

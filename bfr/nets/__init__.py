@@ -12,8 +12,8 @@ __all__ = ["SwinIR", "UNetModel", "build_net"]
 
 def build_net(kind: str, config: dict) -> nn.Module:
     """The network a weights file describes in its metadata ("kind" and "config")."""
-    if kind in ("prior", "unet", "idm"):
+    if kind in ("prior", "idm"):
         return UNetModel(**config)
-    if kind in ("swinir", "backbone"):
+    if kind == "swinir":
         return SwinIR(**config)
     raise ValueError(f"unknown network kind {kind!r}")

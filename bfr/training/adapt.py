@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
@@ -56,7 +56,8 @@ from bfr.training.common import (
     warmup_cosine,
 )
 from bfr.training.data import FaceBatches, FolderBatches, UnitBatches, list_images, load_faces, read_images, split_files
-from bfr.training.ema import EMA
+from bfr.training.ema import EMA, MAX_DECAY
+from bfr.weights import save_safetensors
 
 TARGETS_FILE = "pseudo_targets.safetensors"
 WEIGHTS_FILE = "adapted.safetensors"
@@ -96,12 +97,15 @@ class AdaptConfig:
     gan_weight: float = 0.1
     disc_feat: int | None = None  # None: 64 (paper, as the authors) or 32 (compact)
     flip: bool = True  # [choice] horizontal flips of (LQ, pseudo-target) pairs
-    ema_decay: float = 0.999
+    ema_decay: float = MAX_DECAY
     eval_every: int = 250
     sample_every: int = 1000
     save_every: int = 250
     mixed_precision: str = "bf16"
     seed: int = 0
+
+    def __post_init__(self):
+        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
 
 # ---------------------------------------------------------------------------- discriminator
@@ -253,10 +257,7 @@ class TargetCache:
         return load_file(str(self.path))
 
     def save(self, targets: dict[str, torch.Tensor], round_step: int) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in targets.items()}, str(tmp),
-                  metadata={"settings": self.settings, "round": str(round_step)})
-        tmp.replace(self.path)
+        save_safetensors(targets, self.path, {"settings": self.settings, "round": str(round_step)})
 
 
 def ensure_targets(cfg: AdaptConfig, cache: TargetCache, names: list[str],

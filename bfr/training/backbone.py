@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bfr.degradations import degrade_batch, preset
+from bfr.errors import MAX_SEED, check_seed
+from bfr.imageio import LUMA
 from bfr.metrics import psnr
 from bfr.nets.configs import COMPACT_SWINIR_64
 from bfr.nets.swinir import SwinIR
@@ -55,6 +57,9 @@ class BackboneConfig:
     seed: int = 0
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
 
+    def __post_init__(self):
+        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
+
 
 def validation_set(resolution: int, degradation: str, n: int = 64,
                    seed: int = 2024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +74,7 @@ def gray_where(hq: torch.Tensor, params: list) -> torch.Tensor:
     gray = torch.tensor([bool(getattr(p, "gray", False)) for p in params])
     if not gray.any():
         return hq
-    luma = (hq * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(hq)
+    luma = (hq * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(hq)
     return torch.where(gray.view(-1, 1, 1, 1), luma, hq)
 
 
@@ -96,7 +101,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
     degradation = preset(cfg.degradation, cfg.resolution)
 
     model = SwinIR(**cfg.net)
-    ema = EMA(model, max_decay=0.999)
+    ema = EMA(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = out / "state.safetensors"
     log = JsonlLog(out / "log.jsonl")
@@ -119,7 +124,7 @@ def train_backbone(cfg: BackboneConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.total_steps) * rewarm(step, first_step)
         hq = batches.next() * 0.5 + 0.5
-        lq, params = degrade_batch(hq, degradation, seed=int(torch.randint(2**31, (1,), generator=data_gen)),
+        lq, params = degrade_batch(hq, degradation, seed=int(torch.randint(MAX_SEED + 1, (1,), generator=data_gen)),
                                    return_params=True)
         hq = gray_where(hq, params)
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)

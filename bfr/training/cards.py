@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bfr.paths import COMPACT_WEIGHTS_DIR
 from bfr.training.common import JsonlLog
+from bfr.training.ema import MAX_DECAY
 
 DATA_NOTE = (
     "Trained on the LFW train split (`lfw150-splits/train.txt`, 6,945 deep-funneled 150×150 crops of "
@@ -100,7 +101,7 @@ def write_card(run_dir: Path, weights: Path, dest: Path, title: str, summary: st
     lines = [f"# {title}", "", summary, "", "## Training", "",
              f"- steps: {json.loads(meta['steps'])}, batch {config['batch_size']}, AdamW lr {config['lr']} "
              f"(warm-up {config['warmup_steps']}, cosine over {config['total_steps']}), EMA with warm-up (decay "
-             "1 − (1 + step)^−⅔, capped at 0.999)",
+             f"1 − (1 + step)^−⅔, capped at {MAX_DECAY})",
              f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; "
              f"training time: {format_duration(json.loads(meta['train_seconds']))}",
              f"- network config: `{meta['config']}`",

@@ -6,34 +6,27 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from bfr.weights.load import load_into, read_metadata
+from bfr.weights.load import load_into, read_metadata, save_safetensors
 
 
 def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
                meta: dict) -> None:
-    """Write everything a resumed run needs to one .safetensors file (atomic rename)."""
+    """Write everything a resumed run needs to one .safetensors file (atomically: see save_safetensors)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for name, value in state.items():
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    metadata = {"meta": json.dumps(meta), "param_groups": json.dumps(opt["param_groups"])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_safetensors(tensors, path, {"meta": json.dumps(meta), "param_groups": json.dumps(opt["param_groups"])})
 
 
 def load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
                optimizer: torch.optim.Optimizer | None) -> dict:
     """Restore a state written by :func:`save_state`; returns its metadata dict."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
+    metadata = read_metadata(path)
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -45,6 +38,11 @@ def load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
                 state.setdefault(int(idx), {})[name] = v
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     return json.loads(metadata["meta"])
+
+
+def recorded_progress(meta: dict[str, str]) -> tuple[int, float]:
+    """The steps and training seconds an exported weights file records (0 when it records none)."""
+    return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
 
 
 def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -63,6 +61,5 @@ def resume_or_init(state_path: Path, model: torch.nn.Module, ema: torch.nn.Modul
         load_into(ema, weights)
         print(f"initialised from {init_from}")
         if continue_count:
-            meta = read_metadata(init_from)
-            return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
+            return recorded_progress(read_metadata(init_from))
     return 0, 0.0

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+
+from bfr.weights.load import save_safetensors
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
@@ -60,13 +61,14 @@ def rewarm(step: int, first_step: int | None, steps: int = 100) -> float:
     return min(1.0, (step - first_step + 1) / steps)
 
 
-def export_weights(model: torch.nn.Module, config: dict, path: Path, kind: str, extra: dict | None = None) -> Path:
-    """Write inference weights in fp16 safetensors with the network config in the metadata."""
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+def export_weights(model: torch.nn.Module | Mapping[str, torch.Tensor], config: dict, path: Path, kind: str,
+                   extra: dict | None = None) -> Path:
+    """Write inference weights (a network's, or a state dict such as FLIPNET's adapters) in fp16 safetensors,
+    with the network config and every ``extra`` value JSON-encoded in the metadata."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     metadata = {"kind": kind, "config": json.dumps(config), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return save_safetensors(tensors, path, metadata)
 
 
 def hardware() -> str:

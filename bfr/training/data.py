@@ -19,9 +19,9 @@ from bfr.methods.base import resize
 from bfr.paths import IMAGE_SUFFIXES, data_dir
 
 
-def split_files(split: str, root: Path | None = None) -> list[Path]:
-    """Image paths of the LFW ``train`` or ``test`` split (train only for training)."""
-    root = Path(root) if root is not None else data_dir()
+def split_files(split: str) -> list[Path]:
+    """Image paths of the LFW ``train`` or ``test`` split (train only for training) in data_dir()."""
+    root = data_dir()
     listing = root / "lfw150-splits" / f"{split}.txt"
     if not listing.is_file():
         raise InputError(

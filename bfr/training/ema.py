@@ -6,6 +6,8 @@ import copy
 
 import torch
 
+MAX_DECAY = 0.999  # DifFace's EMA rate; the cap of every bfr training run but the adapter's own knob
+
 
 class EMA:
     """Keeps ``self.model``, an averaged copy of a network.
@@ -15,7 +17,7 @@ class EMA:
     short run by more than a few hundred steps (the warm-up used by diffusers' EMAModel).
     """
 
-    def __init__(self, model: torch.nn.Module, max_decay: float = 0.999, power: float = 2 / 3):
+    def __init__(self, model: torch.nn.Module, max_decay: float = MAX_DECAY, power: float = 2 / 3):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.max_decay = max_decay
         self.power = power

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from bfr.degradations import degrade_batch, preset
 from bfr.diffusion import GaussianDiffusion
-from bfr.errors import InputError
+from bfr.errors import MAX_SEED, InputError, check_seed
 from bfr.methods.flipnet import FLIPNET, adapters_metadata
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import SD21_BASE_UNET, SD_VAE, SD_VAE_SCALING
@@ -62,6 +62,7 @@ from bfr.training.checkpoint import load_state, save_state
 from bfr.training.common import (
     JsonlLog,
     StopSignal,
+    export_weights,
     hardware,
     perceptual_loss,
     reseed,
@@ -121,6 +122,7 @@ class FlipNetTrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
+        check_seed(self.seed)
         if self.tier not in TIERS:
             raise InputError(f"unknown tier {self.tier!r}; use 'compact' or 'paper'")
         if self.tier == "paper" and not self.clean_dir:
@@ -185,9 +187,15 @@ def config_of_run(run: Path) -> FlipNetTrainConfig:
     return FlipNetTrainConfig(**{k: v for k, v in raw.items() if k in names})
 
 
+def has_state(out: Path) -> bool:
+    """A run folder to resume: its weights and moments, and the stage and step they were saved at (written
+    second, so a save cut between the two is not taken for a resumable run)."""
+    return (out / "state.safetensors").exists() and (out / "state.json").exists()
+
+
 def check_tier(out: Path, tier: str) -> None:
     """A run folder keeps the tier it started with."""
-    if (out / "state.json").exists() and (out / "config.json").exists():
+    if has_state(out) and (out / "config.json").exists():
         recorded = json.loads((out / "config.json").read_text()).get("tier", "compact")
         if recorded != tier:
             raise InputError(f"{out} holds a {recorded}-tier FLIPNET run; resume it with --tier {recorded} or "
@@ -201,7 +209,7 @@ def run_config(out_dir: str | None, given: dict, **limits) -> tuple[FlipNetTrain
     faces, batch, …); only the values in ``given`` change them. ``limits``: this call's max_steps / max_minutes.
     """
     out = Path(out_dir or f"runs/{WEIGHTS_NAME[given.get('tier', 'compact')]}")
-    if not ((out / "state.json").exists() and (out / "config.json").exists()):
+    if not (has_state(out) and (out / "config.json").exists()):
         return FlipNetTrainConfig(**given, out_dir=str(out), **limits), None
     recorded = asdict(config_of_run(out))
     check_tier(out, given.get("tier", recorded["tier"]))
@@ -288,7 +296,7 @@ class Pairs:
     def next(self, preset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         hq = self.source.next()
         lq, params = degrade_batch(hq, preset(preset_name, self.resolution),
-                                   seed=int(torch.randint(2**31, (1,), generator=self.rng)), return_params=True)
+                                   seed=int(torch.randint(MAX_SEED + 1, (1,), generator=self.rng)), return_params=True)
         return gray_where(hq, params), lq
 
 
@@ -371,7 +379,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     check_tier(out, cfg.tier)
     state_path, started_from = out / "state.safetensors", out / "started_from.json"
     refit = None  # the adapters a re-fit started from; their FLIPNET config is the run's, so that they fit
-    if not state_path.exists():
+    if not has_state(out):
         started_from.unlink(missing_ok=True)  # from an earlier run in this folder
     elif cfg.init_from and not started_from.exists():
         raise InputError(f"{out} holds a run that did not start from other adapters: --init-from starts a new run, "
@@ -382,7 +390,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
             raise InputError(f"--init-from {refit['file']} holds {refit['tier']}-tier adapters; this run trains "
                              f"the {cfg.tier} tier")
         cfg.flip = refit["config"]
-    write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=(out / "state.json").exists())
+    write_run_config(out, {**asdict(cfg), "total_steps": cfg.total_steps}, resumed=has_state(out))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     tune_for_cuda()
     device = accelerator.device
@@ -399,7 +407,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         perceptual_note = "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
 
     net, vae = build(cfg)
-    if refit is not None and not state_path.exists():
+    if refit is not None and not has_state(out):
         try:
             net.load_adapters({k: v.float() for k, v in load_state_dict(cfg.init_from).items()})
         except KeyError as e:
@@ -409,7 +417,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     if vae is not None:
         vae = vae.to(device)
     encode = None if vae is None else make_encoder(vae)
-    ema = EMA(net, max_decay=0.999)
+    ema = EMA(net)
     log = JsonlLog(out / "log.jsonl")
     stage, step, seconds = "embed", 0, 0.0
     prior_sha = sha256_of(prior_file(cfg))
@@ -418,7 +426,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     for name, p in net.named_parameters():
         p.requires_grad_(_trainable(name))
     flip_opt = torch.optim.AdamW(net.trainable_parameters(), lr=cfg.lr)
-    if state_path.exists():
+    if has_state(out):
         meta = json.loads((out / "state.json").read_text())
         stage, step, seconds = meta["stage"], meta["step"], meta["seconds"]
         if step > cfg.embed_steps and meta.get("prior_sha256") not in (None, prior_sha):
@@ -591,19 +599,12 @@ def make_offline(method: FLIPNET, pool: Callable[[], torch.Tensor], cfg: FlipNet
 def export(net: FlipNet, cfg: FlipNetTrainConfig, out: Path, step: int, seconds: float, prior_sha: str,
            perceptual_note: str, finished: bool) -> Path:
     """Adapters in fp16 safetensors with the config and the prior's sha256 in the metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
-               for k, v in net.adapter_state_dict().items()}
-    meta = {"kind": "flipnet", "config": json.dumps(net.config.to_dict()), "prior_sha256": json.dumps(prior_sha),
-            "resolution": json.dumps(cfg.resolution), "steps": json.dumps(step),
-            "train_seconds": json.dumps(round(seconds)),
-            "hardware": json.dumps(hardware()), "finished": json.dumps(finished), "losses": json.dumps(perceptual_note),
-            "tier": json.dumps(cfg.tier)}
+    extra = {"prior_sha256": prior_sha, "resolution": cfg.resolution, "steps": step, "train_seconds": round(seconds),
+             "hardware": hardware(), "finished": finished, "losses": perceptual_note, "tier": cfg.tier}
     if (out / "started_from.json").exists():
-        meta["started_from"] = (out / "started_from.json").read_text()
-    path = out / f"{WEIGHTS_NAME[cfg.tier]}.safetensors"
-    save_file(tensors, str(path), metadata=meta)
+        extra["started_from"] = json.loads((out / "started_from.json").read_text())
+    path = export_weights(net.adapter_state_dict(), net.config.to_dict(), out / f"{WEIGHTS_NAME[cfg.tier]}.safetensors",
+                          kind="flipnet", extra=extra)
     print(f"step {step}: exported {path}")
     return path
 

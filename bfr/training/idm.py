@@ -34,23 +34,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from bfr.degradations import degrade_batch, preset
 from bfr.diffusion import GaussianDiffusion
-from bfr.errors import InputError
+from bfr.errors import MAX_SEED, InputError, check_seed
 from bfr.methods.idm import COMPACT_STEPS, IDM, prediction_of
 from bfr.metrics import psnr, ssim
 from bfr.nets.configs import COMPACT_IDM_64
 from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import data_note, format_duration, write_run_config
-from bfr.training.checkpoint import resume_or_init, save_state
+from bfr.training.checkpoint import recorded_progress, resume_or_init, save_state
 from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, held_out_loss, save_grid, warmup_cosine
 from bfr.training.data import FaceBatches, load_faces, split_files
-from bfr.training.ema import EMA
-from bfr.weights import read_metadata
+from bfr.training.ema import EMA, MAX_DECAY
+from bfr.weights import read_metadata, save_safetensors
 
 WEIGHTS_NAME = "idm64.safetensors"
 
@@ -87,6 +87,9 @@ class IDMConfig:
     seed: int = 0
     max_minutes: float | None = None  # stop (and save) after this long; a rerun resumes
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
+
+    def __post_init__(self):
+        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
     def round_steps(self, k: int) -> int:
         return self.steps_per_round if k == 0 else (self.refine_steps or max(1, self.steps_per_round // 4))
@@ -137,7 +140,7 @@ def train_idm(cfg: IDMConfig) -> Path | None:
         n = min(8, len(val_hq))
         save_grid(torch.cat([val_lq[:n], restored[:n], val_hq[:n]]) * 2 - 1, rdir / "samples.png", nrow=n)
         trained_on = "lfw" if k == 0 else f"cleaned by round {k - 1}"
-        before_steps, before_seconds = _continued(cfg.init_from) if k == 0 else (0, 0.0)
+        before_steps, before_seconds = _continued(_start_meta(cfg.init_from)) if k == 0 else (0, 0.0)
         weights_path = export_weights(  # steps and time: the round's in all, a continued round's earlier runs too
             ema_model, cfg.net, rdir / WEIGHTS_NAME, kind="idm",
             extra={"round": k, "steps": before_steps + steps, "train_seconds": round(before_seconds + seconds),
@@ -167,14 +170,14 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
 
     torch.manual_seed(cfg.seed + k)
     model = UNetModel(**cfg.net)
-    ema = EMA(model, max_decay=0.999)
+    ema = EMA(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     state_path = rdir / "state.safetensors"
     log = JsonlLog(rdir / "log.jsonl")
-    if not state_path.exists() and init_from and read_metadata(init_from).get("kind") == "idm" \
-            and prediction_of(init_from) != cfg.prediction:
+    start_kind = read_metadata(init_from).get("kind") if init_from and not state_path.exists() else None
+    if start_kind == "idm" and prediction_of(init_from) != cfg.prediction:
         raise InputError(f"{init_from} predicts {prediction_of(init_from)!r}; this run predicts {cfg.prediction!r}")
-    if not state_path.exists() and init_from and read_metadata(init_from).get("kind") == "prior":
+    if start_kind == "prior":
         weights = prior_to_idm(load_file(init_from), cfg.net)
         model.load_state_dict(weights)
         ema.model.load_state_dict(weights)
@@ -193,7 +196,7 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, lr, warmup, total)
         hq = batches.next() * 0.5 + 0.5
-        lq, params = degrade_batch(hq, degradation, seed=int(torch.randint(2**31, (1,), generator=data_gen)),
+        lq, params = degrade_batch(hq, degradation, seed=int(torch.randint(MAX_SEED + 1, (1,), generator=data_gen)),
                                    return_params=True)
         x0 = (gray_where(hq, params) * 2 - 1).to(accelerator.device)
         cond = (lq * 2 - 1).to(accelerator.device)
@@ -377,8 +380,8 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
         f"weights at {config['refine_lr_scale']}× the rate, on the faces the previous round cleaned "
         f"(`{config['clean_degradation']}` degradation, {config['clean_steps']} DDIM steps, η = 0).",
         f"- batch {config['batch_size']}, AdamW lr {config['lr']} (warm-up, cosine per round), EMA with warm-up "
-        f"(max 0.999), LQ from the `{config['degradation']}` preset (GFPGAN/CodeFormer ranges scaled to the face), "
-        f"min-SNR γ {config['min_snr_gamma']}.",
+        f"(max {MAX_DECAY}), LQ from the `{config['degradation']}` preset (GFPGAN/CodeFormer ranges scaled to the "
+        f"face), min-SNR γ {config['min_snr_gamma']}.",
         f"- precision: {config['mixed_precision']}; hardware: {json.loads(meta['hardware'])}; total training "
         f"time: {format_duration(sum(r['train_seconds'] for r in records))}",
         f"- network config: `{meta['config']}`",
@@ -399,23 +402,25 @@ def write_idm_card(run_dir: Path, dest: Path) -> tuple[Path, Path]:
 _PREDICTION = {"eps": "ε-prediction", "v": "v-prediction (ours, for colour fidelity; SR3 predicts ε)"}
 
 
-def _continued(init_from: str | None) -> tuple[int, float]:
+def _start_meta(init_from: str | None) -> dict[str, str]:
+    """The metadata of the weights a round 0 starts from ({} for none, or a file no longer there)."""
+    return read_metadata(init_from) if init_from and Path(init_from).is_file() else {}
+
+
+def _continued(start_meta: dict[str, str]) -> tuple[int, float]:
     """Steps and seconds behind the IDM weights a round 0 continues (0 for a prior or no start)."""
-    meta = read_metadata(init_from) if init_from and Path(init_from).is_file() else {}
-    if meta.get("kind") != "idm":
-        return 0, 0.0
-    return int(json.loads(meta.get("steps", "0"))), float(json.loads(meta.get("train_seconds", "0")))
+    return recorded_progress(start_meta) if start_meta.get("kind") == "idm" else (0, 0.0)
 
 
 def _start_note(init_from: str | None) -> str:
     if not init_from:
         return "random weights (as the paper)"
-    if Path(init_from).is_file() and read_metadata(init_from).get("kind") == "prior":
+    meta = _start_meta(init_from)
+    if meta.get("kind") == "prior":
         return (f"the face prior `{Path(init_from).name}` (its weights and ε head; the LQ input channels at zero), "
                 "so training starts from a network that already knows faces")
-    steps, seconds = _continued(init_from)
+    steps, seconds = _continued(meta)
     if steps:  # a continuation: the rounds table counts only this run's steps, so say what came before
-        meta = read_metadata(init_from)
         round_, targets = json.loads(meta.get("round", "0")), json.loads(meta.get("targets", '"?"'))
         return (f"the IDM weights `{Path(init_from).name}` (round {round_}, {steps:,} steps, "
                 f"{format_duration(seconds)}, trained on {targets}); the steps and times above come on top of these")
@@ -423,10 +428,7 @@ def _start_note(init_from: str | None) -> str:
 
 
 def _save_faces(faces: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"faces": faces.contiguous()}, str(tmp), metadata={"count": str(len(faces)), **metadata})
-    tmp.replace(path)
+    save_safetensors({"faces": faces}, path, {"count": str(len(faces)), **metadata})
 
 
 def _same_settings(path: Path, settings: dict[str, str]) -> bool:

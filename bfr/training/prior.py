@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bfr.diffusion import GaussianDiffusion, noise_like, sample
+from bfr.errors import check_seed
 from bfr.nets.configs import COMPACT_PRIOR_64
 from bfr.nets.unet import UNetModel
 from bfr.training.cards import write_card, write_run_config
@@ -59,6 +60,9 @@ class PriorConfig:
     mixed_precision: str = "bf16"
     seed: int = 0
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
+
+    def __post_init__(self):
+        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
 
 def train_prior(cfg: PriorConfig) -> Path:

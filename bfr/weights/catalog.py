@@ -92,7 +92,7 @@ CATALOG: dict[str, WeightSpec] = {
             bundled=True,
             license="see bfr/weights/compact/swinir64_adapted.md",
             made_by="python -m bfr adapt LQ_DIR -o RUN --bundle DIR",
-            description="Compact tier: swinir64 adapted without ground truth to the 'camera' degradation "
+            description="Compact tier: swinir64 adapted without ground truth to the 'camera-lowres' degradation "
             "(Kuai et al.'s unsupervised fine-tuning on prior64 pseudo-targets).",
         ),
         WeightSpec(

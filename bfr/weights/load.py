@@ -32,7 +32,8 @@ class StateDictMismatchError(BfrError, RuntimeError):
 def save_safetensors(
     state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, object] | None = None
 ) -> Path:
-    """Write tensors (moved to CPU, contiguous) and string metadata to a .safetensors file.
+    """Write tensors (moved to CPU, contiguous) and string metadata to a .safetensors file, through a
+    temporary file renamed into place, so a run stopped mid-write never leaves a half file.
 
     Non-string metadata values are stored as JSON. Tensors sharing storage are copied, since
     the format forbids aliasing.
@@ -53,7 +54,9 @@ def save_safetensors(
         seen.add(t.untyped_storage().data_ptr())
         tensors[k] = t
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file(tensors, str(path), metadata=meta)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
     return path
 
 
