@@ -66,8 +66,8 @@ KNOBS = {
                 info="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like"),
     "seed": dict(label="Seed", minimum=0, maximum=MAX_SEED, step=1, info="same seed, same result"),
 }
-FLIPNET_STEPS = METHODS["flipnet"].defaults("compact")["steps"]  # the degradation mode's chain
-MAX_VARIANTS = 8  # FLIPNET degradation variants per request (one batch, one GPU call)
+FLIPNET_STEPS = METHODS["flipnet"].defaults("compact")["steps"]  # the degradation mode's chain, as restore's
+VARIANTS_PER_REQUEST = 8  # the demo's cap on FLIPNET degradation variants (one batch, one GPU call)
 OWN_DEFAULT_KNOBS = ("steps", "start_step", "eta")  # left to each method under "own defaults" (the seed is not)
 
 # GPU seconds per (face × sampling step), for @spaces.GPU's duration; generous on purpose.
@@ -680,7 +680,8 @@ def flipnet_variants(img, variants, seed, aligned, progress=None, session=None) 
     with readable_errors():
         restorer = get_restorer("flipnet", "compact")
         try:
-            return restorer.degrade(img, variants=variants, seed=seed, aligned=aligned, progress=report)
+            return restorer.degrade(img, variants=variants, steps=FLIPNET_STEPS, seed=seed, aligned=aligned,
+                                    progress=report)
         except NoFaceError as e:  # decided here: ZeroGPU sends errors back pickled, without their cause
             raise gr.Error(f"No face found by the {restorer.face_pipeline().detector.name} detector in this image. "
                            "If it is a face crop filling the frame, tick “Input is an aligned face crop”.") from e
@@ -714,8 +715,8 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     ok, why = method_status("flipnet", "compact")
     if not ok:
         raise gr.Error(f"FLIPNET cannot run here: {why}.")
-    if variants is None or not 1 <= int(variants) <= MAX_VARIANTS:
-        raise gr.Error(f"Variants must lie in [1, {MAX_VARIANTS}], got {variants}.")
+    if variants is None or not 1 <= int(variants) <= VARIANTS_PER_REQUEST:
+        raise gr.Error(f"Variants must lie in [1, {VARIANTS_PER_REQUEST}], got {variants}.")
     seed = app_seed(seed)
     t0 = time.perf_counter()
     with user_errors(image):
@@ -981,7 +982,7 @@ def build_demo() -> gr.Blocks:
                                         + ("" if ON_GPU else "On a CPU it takes about a minute. ")
                                         + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
                             with gr.Row():
-                                flip_variants = gr.Slider(1, MAX_VARIANTS, value=4, step=1, label="Variants",
+                                flip_variants = gr.Slider(1, VARIANTS_PER_REQUEST, value=4, step=1, label="Variants",
                                                           elem_classes=[CHECKED])
                                 flip_aligned = gr.Checkbox(True, label="Input is an aligned face crop",
                                                            info="otherwise the largest face is aligned first")

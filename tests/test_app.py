@@ -188,7 +188,7 @@ def test_flipnet_degradation_mode_endpoint(client, clean_face):
                                    api_name="/degrade_flipnet")
     images = [load_image(item["image"]) for item in gallery]
     assert len(images) == 3 and "3 variants" in note and f"{app.FLIPNET_STEPS} DDIM steps" in note
-    assert f"(1–{app.MAX_VARIANTS})" in app.degrade_flipnet.__doc__  # the API page says the limit the demo checks
+    assert f"(1–{app.VARIANTS_PER_REQUEST})" in app.degrade_flipnet.__doc__  # the API page states the demo's limit
     hq = load_image(clean_face)
     assert all(im.shape == hq.shape for im in images)
     assert min(np.abs(a - b).mean() for a, b in itertools.combinations(images, 2)) > 0.005

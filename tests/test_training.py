@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,6 +137,8 @@ def test_training_configs_take_the_seeds_every_command_takes(config):
     module, name = config.split(":")
     cls = getattr(importlib.import_module(module), name)
     assert cls(seed=2**31 - 1).seed == 2**31 - 1
+    for whole in (5.0, np.int64(5)):  # taken, and stored as the int torch's generators and JSON want
+        assert type(cls(seed=whole).seed) is int and cls(seed=whole).seed == 5
     for bad in (-1, 2**31, 0.5):
         with pytest.raises(InputError, match="a seed is a whole number from 0 to 2147483647"):
             cls(seed=bad)

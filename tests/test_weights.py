@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,24 @@ def test_safetensors_round_trip_with_metadata_and_shared_tensors(tmp_path):
     back = load_state_dict(path)
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
     assert read_metadata(path) == {"config": '{"dim": 4}', "note": "hi"}
+
+
+def test_a_failed_safetensors_write_keeps_the_earlier_file_whole(tmp_path, monkeypatch):
+    """Training states and exports are rewritten in place: a write that fails part-way (disk full, a kill)
+    must leave the last good file, not half a file, and no temporary file behind."""
+    import safetensors.torch
+
+    path = save_safetensors({"w": torch.ones(4)}, tmp_path / "state.safetensors", {"step": 1})
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 7)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        save_safetensors({"w": torch.zeros(4)}, path, {"step": 2})
+    assert torch.equal(load_state_dict(path)["w"], torch.ones(4)) and read_metadata(path) == {"step": "1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.safetensors"]
 
 
 def test_pth_with_wrapper_and_module_prefix_loads_strictly(tmp_path):

@@ -105,7 +105,7 @@ class AdaptConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
+        self.seed = check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
 
 # ---------------------------------------------------------------------------- discriminator

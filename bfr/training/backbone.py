@@ -58,7 +58,7 @@ class BackboneConfig:
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
 
     def __post_init__(self):
-        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
+        self.seed = check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
 
 def validation_set(resolution: int, degradation: str, n: int = 64,

@@ -72,6 +72,7 @@ from bfr.training.common import (
 )
 from bfr.training.data import FaceBatches, FolderBatches, UnitBatches, list_images, load_faces, read_images, split_files
 from bfr.training.ema import EMA
+from bfr.weights import read_metadata
 
 TIERS = ("compact", "paper")
 WEIGHTS_NAME = {"compact": "flipnet64", "paper": "flipnet_sd21"}
@@ -122,7 +123,7 @@ class FlipNetTrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        check_seed(self.seed)
+        self.seed = check_seed(self.seed)
         if self.tier not in TIERS:
             raise InputError(f"unknown tier {self.tier!r}; use 'compact' or 'paper'")
         if self.tier == "paper" and not self.clean_dir:
@@ -188,9 +189,14 @@ def config_of_run(run: Path) -> FlipNetTrainConfig:
 
 
 def has_state(out: Path) -> bool:
-    """A run folder to resume: its weights and moments, and the stage and step they were saved at (written
-    second, so a save cut between the two is not taken for a resumable run)."""
-    return (out / "state.safetensors").exists() and (out / "state.json").exists()
+    """Whether a run folder holds a state to resume."""
+    return (out / "state.safetensors").exists()
+
+
+def saved_progress(out: Path) -> dict:
+    """The stage, step, seconds and prior sha256 a run's state was saved at: in the state file's own metadata,
+    written with the weights and moments in one atomic save, so the two always agree."""
+    return json.loads(read_metadata(out / "state.safetensors")["meta"])
 
 
 def check_tier(out: Path, tier: str) -> None:
@@ -219,7 +225,6 @@ def run_config(out_dir: str | None, given: dict, **limits) -> tuple[FlipNetTrain
 
 def describe_adapters(file: str | Path) -> dict:
     """What a re-fit starts from, recorded once: the adapters file, its steps and the prior it was trained on."""
-    from bfr.weights import read_metadata
     from bfr.weights.hub import sha256_of
 
     meta = read_metadata(file)
@@ -427,7 +432,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
         p.requires_grad_(_trainable(name))
     flip_opt = torch.optim.AdamW(net.trainable_parameters(), lr=cfg.lr)
     if has_state(out):
-        meta = json.loads((out / "state.json").read_text())
+        meta = saved_progress(out)
         stage, step, seconds = meta["stage"], meta["step"], meta["seconds"]
         if step > cfg.embed_steps and meta.get("prior_sha256") not in (None, prior_sha):
             raise InputError(f"{out} was trained on another prior (sha256 {meta['prior_sha256'][:12]}…) than "
@@ -439,9 +444,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     reseed(cfg.seed, step, source.generator, pairs.rng)
 
     def save() -> None:
-        save_state(state_path, net, ema.model, embed_opt if stage == "embed" else flip_opt, {})
-        (out / "state.json").write_text(json.dumps({"stage": stage, "step": step, "seconds": seconds,
-                                                    "prior_sha256": prior_sha}))
+        save_state(state_path, net, ema.model, embed_opt if stage == "embed" else flip_opt,
+                   {"stage": stage, "step": step, "seconds": seconds, "prior_sha256": prior_sha})
 
     stop = StopSignal(cfg.max_minutes)
     last_step = cfg.total_steps if cfg.max_steps is None else min(cfg.max_steps, cfg.total_steps)
@@ -628,7 +632,6 @@ def write_flipnet_card(run_dir: str | Path, dest: str | Path | None = None, n_te
 
     from bfr.methods.base import pick_device
     from bfr.methods.flipnet import attach_adapters
-    from bfr.weights import read_metadata
 
     run = Path(run_dir)
     config = config_of_run(run)

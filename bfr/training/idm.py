@@ -89,7 +89,7 @@ class IDMConfig:
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
 
     def __post_init__(self):
-        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
+        self.seed = check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
     def round_steps(self, k: int) -> int:
         return self.steps_per_round if k == 0 else (self.refine_steps or max(1, self.steps_per_round // 4))

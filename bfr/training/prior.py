@@ -62,7 +62,7 @@ class PriorConfig:
     train_images: int | None = None  # use only the first N train faces (quick experiments, tests)
 
     def __post_init__(self):
-        check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
+        self.seed = check_seed(self.seed)  # the user range, as every command's --seed: fail before loading data
 
 
 def train_prior(cfg: PriorConfig) -> Path:
