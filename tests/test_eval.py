@@ -423,6 +423,19 @@ def test_eval_writes_reports_and_figures(eval_run):
     assert json.loads((out / "results.json").read_text())["settings"]["n_images"] == 3
 
 
+def test_paired_gains_are_per_face_differences_with_their_standard_error(eval_run):
+    out, report = eval_run
+    rows = {r["label"]: r for r in report["rows"]}
+    d = np.subtract(rows["DifFace N=8"]["per_image"]["psnr"], rows["input (LQ)"]["per_image"]["psnr"])
+    se = d.std(ddof=1) / np.sqrt(3)
+    md = (out / "results.md").read_text()
+    section = md.split("## Gains over the input, paired per face")[1].split("## Metrics")[0]
+    line = next(x for x in section.splitlines() if x.startswith("| difface | compact | DifFace N=8 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:5] == [f"{d.mean():+.2f} ± {se:.2f}", f"{d.mean() / se:.1f}"]
+    assert "input (LQ)" not in section and "ground truth" not in section  # the baselines are not settings
+
+
 def test_eval_numbers_are_sane(eval_run):
     out, report = eval_run
     rows = {r["label"]: r for r in report["rows"]}
