@@ -464,7 +464,8 @@ def test_eval_rewrites_only_the_readme_results_block(eval_run, tmp_path):
     update_readme(readme, report, "runs/eval")
     text = readme.read_text()
     assert text.startswith(before + BEGIN + "\n") and text.endswith(END + after) and "| old |" not in text
-    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    main_table = (out / "results.md").read_text().split("## Gains over the input")[0]  # not the paired gains
+    table = [line for line in main_table.splitlines() if line.startswith("|")]
     assert [line for line in text.splitlines() if line.startswith("|")] == table
     assert (f"`python -m bfr eval -o runs/eval --n-images 3 --methods difface --start-steps 4 8 --steps 20 "
             f"--batch-size 2 --readme {readme}` on {report['date'][:10]}") in text
