@@ -14,12 +14,12 @@ from bfr.weights.load import load_into, read_metadata, save_safetensors
 def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
                meta: dict) -> None:
     """Write everything a resumed run needs to one .safetensors file (atomically: see save_safetensors)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}  # save_safetensors moves them to the CPU
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for name, value in state.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
     save_safetensors(tensors, path, {"meta": json.dumps(meta), "param_groups": json.dumps(opt["param_groups"])})
 
 
