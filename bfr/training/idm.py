@@ -175,8 +175,8 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
     state_path = rdir / "state.safetensors"
     log = JsonlLog(rdir / "log.jsonl")
     start_kind = read_metadata(init_from).get("kind") if init_from and not state_path.exists() else None
-    if start_kind == "idm" and prediction_of(init_from) != cfg.prediction:
-        raise InputError(f"{init_from} predicts {prediction_of(init_from)!r}; this run predicts {cfg.prediction!r}")
+    if start_kind == "idm" and (predicts := prediction_of(init_from)) != cfg.prediction:
+        raise InputError(f"{init_from} predicts {predicts!r}; this run predicts {cfg.prediction!r}")
     if start_kind == "prior":
         weights = prior_to_idm(load_file(init_from), cfg.net)
         model.load_state_dict(weights)
