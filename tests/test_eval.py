@@ -516,6 +516,14 @@ def test_eval_reports_dlib_identity_and_landmarks_and_plots_identity(eval_run):
     np.testing.assert_allclose(lq["per_image"]["landmarks_dlib"], M.DlibLandmarkDistance()(inp, gt).numpy())
     for r in report["rows"][1:]:
         assert r["metrics"]["identity_dlib"]["n"] == 3 and r["metrics"]["landmarks_dlib"]["missing"] == 0
+    # the paired gains table has the identity change too, per face against the input
+    d = np.subtract(rows["DifFace N=8"]["per_image"]["identity_dlib"], lq["per_image"]["identity_dlib"])
+    section = md.split("## Gains over the input, paired per face")[1].split("## Metrics")[0]
+    assert "ΔID dist (dlib) | t |" in section
+    line = next(x for x in section.splitlines() if x.startswith("| difface | compact | DifFace N=8 |"))
+    se = d.std(ddof=1) / np.sqrt(3)
+    assert [c.strip() for c in line.strip("|").split("|")][7:9] == [f"{d.mean():+.3f} ± {se:.3f}",
+                                                                   f"{d.mean() / se:.1f}"]
     # the trade-off figure gains an identity panel beside the PSNR one
     w, h = Image.open(out / "tradeoff.png").size
     assert w > 1.6 * h

@@ -430,18 +430,23 @@ def results_table(report: dict) -> list[str]:
 
 
 def paired_gains(report: dict) -> list[str]:
-    """Each setting's gain over the degraded input, paired per face: mean ± standard error and t = mean / SE.
+    """Each setting's gain over the degraded input, paired per face: mean ± standard error and t = mean / SE,
+    for PSNR, SSIM and each identity metric measured (negative identity distance changes are gains).
 
     The defaults (DifFace's N, IDM's chain length) are the longest setting whose PSNR and SSIM gains both
     have t ≥ 2 on faces kept apart from the test set: a row's own spread (± std in the table) is mostly
     the faces', which pairing removes."""
     lq = next(r for r in report["rows"] if r["label"] == "input (LQ)")["per_image"]
-    lines = ["| Method | Tier | Setting | ΔPSNR (dB) | t | ΔSSIM | t |", "|---|---|---|---|---|---|---|"]
+    keys = [("psnr", 2, "ΔPSNR (dB)"), ("ssim", 3, "ΔSSIM")] + [
+        (k, 3, f"Δ{COLUMN[k][:-2]}") for k in ("identity", "identity_dlib")
+        if not report["metrics"].get(k, "unavailable").startswith("unavailable")]
+    head = ["Method", "Tier", "Setting"] + [c for _, _, title in keys for c in (title, "t")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         if r["method"] == "-":
             continue
         cells = [r["method"], r["tier"], r["label"]]
-        for key, digits in (("psnr", 2), ("ssim", 3)):
+        for key, digits, _ in keys:
             d = np.asarray(r["per_image"][key], dtype=np.float64) - np.asarray(lq[key], dtype=np.float64)
             se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
             t = d.mean() / se if se > 0 else float("nan")
