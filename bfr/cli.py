@@ -113,6 +113,7 @@ def _each(paths: list[Path], work: Callable[[Path, str], None]) -> None:
 
 def cmd_methods(args: argparse.Namespace) -> None:
     from bfr.api import METHODS, method_status
+    from bfr.faces.detect import FACEXLIB_NETWORKS, facexlib_status
     from bfr.weights import CATALOG
 
     for info in METHODS.values():
@@ -125,6 +126,12 @@ def cmd_methods(args: argparse.Namespace) -> None:
             for name in info.tiers[tier]:  # what each file is and the terms it comes under
                 spec = CATALOG[name]
                 print(f"             {name}: {spec.description} License: {spec.license}.")
+    print("face pipeline and metrics (facexlib's networks, optional: bfr falls back without them)")
+    for name in FACEXLIB_NETWORKS:
+        spec = CATALOG[name]
+        ok, how = facexlib_status(spec.filename)
+        print(f"    {name}: {'ready' if ok else 'unavailable'}: {how}")
+        print(f"             {spec.description} License: {spec.license}.")
 
 
 def cmd_degrade(args: argparse.Namespace) -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy import special
 
 from bfr.errors import InputError, WeightsUnavailableError
+from bfr.faces.detect import RETINAFACE_FILE
 
 # ------------------------------------------------------------------------ PSNR and SSIM
 
@@ -313,13 +314,28 @@ def _torch_hub_file(filename: str) -> Path | None:
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
 ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
-RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 
 
-def _facexlib_file(filename: str) -> Path | None:
-    from bfr.faces.detect import find_facexlib_weights
+def _facexlib_status(filename: str, what: str) -> tuple[bool, str]:
+    """Whether facexlib's file is here or can be fetched now (without fetching it), and why not."""
+    if importlib.util.find_spec("facexlib") is None:
+        return False, "facexlib is not installed"
+    from bfr.faces.detect import facexlib_status
 
-    return find_facexlib_weights(filename)
+    ok, how = facexlib_status(filename)
+    if not ok:
+        return False, how
+    return True, what if how.startswith("found") else f"{what} ({how})"
+
+
+def _facexlib_file(filename: str, metric: str) -> Path:
+    """facexlib's file, fetched if need be (see ``bfr.faces.detect.facexlib_weights``)."""
+    from bfr.faces.detect import facexlib_weights
+
+    path, why = facexlib_weights(filename)
+    if path is None:
+        raise WeightsUnavailableError(f"{metric} is unavailable: {why}")
+    return path
 
 
 def metric_status(name: str) -> tuple[bool, str]:
@@ -332,19 +348,9 @@ def metric_status(name: str) -> tuple[bool, str]:
             return False, f"torchvision AlexNet weights ({ALEXNET_FILE}) are not in {hub}"
         return True, "lpips (AlexNet, v0.1)"
     if name == "identity":
-        if importlib.util.find_spec("facexlib") is None:
-            return False, "facexlib is not installed"
-        if _facexlib_file(ARCFACE_FILE) is None:
-            return False, f"facexlib's ArcFace weights ({ARCFACE_FILE}) are not in facexlib's weights folder " \
-                          "or $BFR_FACEXLIB_WEIGHTS"
-        return True, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings"
+        return _facexlib_status(ARCFACE_FILE, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings")
     if name == "landmarks":
-        if importlib.util.find_spec("facexlib") is None:
-            return False, "facexlib is not installed"
-        if _facexlib_file(RETINAFACE_FILE) is None:
-            return False, f"RetinaFace weights ({RETINAFACE_FILE}) are not in facexlib's weights folder " \
-                          "or $BFR_FACEXLIB_WEIGHTS"
-        return True, "RetinaFace 5-point landmarks"
+        return _facexlib_status(RETINAFACE_FILE, "RetinaFace 5-point landmarks")
     if name in ("identity_dlib", "landmarks_dlib"):
         missing = [m for m in ("dlib", "face_recognition_models") if importlib.util.find_spec(m) is None]
         if missing:
@@ -424,7 +430,8 @@ class IdentitySimilarity:
             from facexlib.recognition.arcface_arch import Backbone
 
             net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
-            state = torch.load(str(_facexlib_file(ARCFACE_FILE)), map_location="cpu", weights_only=True)
+            state = torch.load(str(_facexlib_file(ARCFACE_FILE, "identity similarity")), map_location="cpu",
+                               weights_only=True)
             net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
         self.net = net.eval().to(device)
         self.device = device

@@ -454,6 +454,30 @@ def facexlib_weights(stand_in_facexlib, monkeypatch):
     return stand_in_facexlib
 
 
+def test_facexlib_metric_weights_are_fetched_where_downloads_are_on(stand_in_facexlib, monkeypatch, tmp_path):
+    """ArcFace comes from facexlib's release on a machine with downloads on (here: a file: URL to the stand-in)."""
+    import dataclasses
+
+    from bfr.faces.detect import find_facexlib_weights
+    from bfr.weights import CATALOG
+
+    if find_facexlib_weights(M.ARCFACE_FILE) is not None:
+        pytest.skip("ArcFace weights are already on this machine")
+    ok, why = M.metric_status("identity")
+    assert not ok and "downloads are off (HF_HUB_OFFLINE=1)" in why
+    for var in ("HF_HUB_OFFLINE", "BFR_OFFLINE", "BFR_FACEXLIB_WEIGHTS", "BFR_WEIGHTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path))
+    src = (stand_in_facexlib / M.ARCFACE_FILE).as_uri()
+    monkeypatch.setitem(CATALOG, "arcface_ir_se50", dataclasses.replace(CATALOG["arcface_ir_se50"], url=src))
+    ok, why = M.metric_status("identity")
+    assert ok and f"downloads from {src} on first use" in why
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert M.IdentitySimilarity()(x, x).tolist() == pytest.approx([1.0], abs=1e-5)
+    assert (tmp_path / "weights" / M.ARCFACE_FILE).is_file()
+    assert M.metric_status("identity") == (True, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings")
+
+
 def test_identity_and_landmark_metrics_load_facexlib_files(facexlib_weights):
     for name in ("identity", "landmarks"):
         ok, why = M.metric_status(name)

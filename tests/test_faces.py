@@ -7,8 +7,11 @@ Images are kept small so the detector tests stay well under a second each.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 cv2 = pytest.importorskip("cv2")
 
@@ -29,7 +32,13 @@ from bfr.faces import (  # noqa: E402
 )
 from bfr.faces import detect as detect_mod  # noqa: E402
 from bfr.faces.align import compose, warp_image  # noqa: E402
-from bfr.faces.detect import EYE_CASCADE, FACE_CASCADE, HOW_TO_GET_CASCADES, find_cascade  # noqa: E402
+from bfr.faces.detect import (  # noqa: E402
+    EYE_CASCADE,
+    FACE_CASCADE,
+    HOW_TO_GET_CASCADES,
+    RETINAFACE_FILE,
+    find_cascade,
+)
 from bfr.faces.paste import FaceParser, face_ellipse_mask, output_to_crop_affine, square_soft_mask  # noqa: E402
 from bfr.faces.templates import FFHQ_512, LFW_150, frame_inside, reframe_affine  # noqa: E402
 from bfr.paths import data_dir  # noqa: E402
@@ -238,8 +247,12 @@ def test_missing_cascade_says_to_install_opencv_4(monkeypatch, tmp_path):
 
 def test_get_detector_says_why_retinaface_was_not_used(monkeypatch):
     monkeypatch.setattr(detect_mod, "find_facexlib_weights", lambda *a, **k: None)
-    with pytest.raises(WeightsUnavailableError, match="RetinaFace"):
+    with pytest.raises(WeightsUnavailableError, match="RetinaFace") as e:
         get_detector("retinaface")
+    # offline: says so, where to put facexlib's file by hand, and where it comes from
+    msg = str(e.value)
+    assert "downloads are off (HF_HUB_OFFLINE=1)" in msg and "$BFR_FACEXLIB_WEIGHTS" in msg
+    assert "github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth" in msg
     with pytest.raises(InputError):
         get_detector("mtcnn")
     if not HAVE_CASCADES:
@@ -248,8 +261,90 @@ def test_get_detector_says_why_retinaface_was_not_used(monkeypatch):
         return
     det = get_detector("auto")
     assert det.name == "haar"
-    assert "RetinaFace" in det.reason and "download" in det.reason
+    assert "RetinaFace" in det.reason and "downloads are off" in det.reason
     assert get_detector("haar").reason == ""
+
+
+def test_facexlib_networks_are_catalogued_with_the_files_facexlib_itself_fetches():
+    import importlib.util
+
+    from bfr.faces.paste import PARSENET_FILE
+    from bfr.metrics import ARCFACE_FILE
+    from bfr.weights import CATALOG
+
+    files = {CATALOG[n].filename for n in detect_mod.FACEXLIB_NETWORKS}
+    assert files == {RETINAFACE_FILE, PARSENET_FILE, ARCFACE_FILE}
+    facexlib = Path(importlib.util.find_spec("facexlib").submodule_search_locations[0])
+    sources = "".join((facexlib / d / "__init__.py").read_text() for d in ("detection", "parsing", "recognition"))
+    for name in detect_mod.FACEXLIB_NETWORKS:
+        assert f"'{CATALOG[name].url}'" in sources, name  # the URL facexlib 0.3.0's own loaders use
+
+
+@pytest.fixture
+def downloads_from(monkeypatch, tmp_path):
+    """Downloads on, bfr's cache in tmp_path, and a catalog entry's source replaced by a local file: URL."""
+    import dataclasses
+
+    from bfr.weights import CATALOG
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BFR_OFFLINE", raising=False)
+    monkeypatch.delenv("BFR_FACEXLIB_WEIGHTS", raising=False)
+    monkeypatch.delenv("BFR_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))
+
+    def serve(name: str, state: dict) -> Path:
+        src = tmp_path / "release" / CATALOG[name].filename
+        src.parent.mkdir(exist_ok=True)
+        torch.save(state, src)
+        monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], url=src.as_uri()))
+        return tmp_path / "cache" / "weights" / src.name
+
+    return serve
+
+
+def test_retinaface_is_fetched_where_downloads_are_on_and_then_found(downloads_from):
+    from facexlib.detection.retinaface import RetinaFace
+
+    if detect_mod.find_facexlib_weights(RETINAFACE_FILE) is not None:
+        pytest.skip("RetinaFace weights are already on this machine")
+    torch.manual_seed(0)
+    net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
+    cached = downloads_from("retinaface_resnet50", {f"module.{k}": v.half() if v.is_floating_point() else v
+                                                    for k, v in net.state_dict().items()})
+    assert detect_mod.facexlib_status(RETINAFACE_FILE)[1].startswith("downloads from file:")
+    det = get_detector("auto")
+    assert det.name == "retinaface" and det.path == cached and cached.is_file()
+    # the fetched file is the one served, and it is found locally from now on (no second fetch)
+    assert detect_mod.find_facexlib_weights(RETINAFACE_FILE) == cached
+    assert detect_mod.facexlib_status(RETINAFACE_FILE) == (True, f"found at {cached}")
+    assert torch.equal(det.net.state_dict()["body.conv1.weight"], net.state_dict()["body.conv1.weight"].half().float())
+
+
+def test_parsenet_is_fetched_for_the_ffhq_pipeline_where_downloads_are_on(downloads_from):
+    from facexlib.parsing.parsenet import ParseNet
+
+    from bfr.faces.pipeline import FacePipeline
+
+    if detect_mod.find_facexlib_weights("parsing_parsenet.pth") is not None:
+        pytest.skip("ParseNet weights are already on this machine")
+    torch.manual_seed(0)
+    cached = downloads_from("parsenet", ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict())
+    off = FacePipeline(detector="haar", template="lfw", crop_size=64)  # parsing is for the 512-px FFHQ framing
+    assert off.parser is None
+    on = FacePipeline(detector="haar", template="ffhq", crop_size=512)
+    assert on.parser is not None and on.parser.path == cached and on.parse_note == "face parsing on (ParseNet)"
+
+
+def test_without_parsenet_the_pipeline_says_why_and_pastes_an_ellipse(monkeypatch):
+    from bfr.faces.pipeline import FacePipeline
+
+    monkeypatch.setattr(detect_mod, "find_facexlib_weights", lambda *a, **k: None)
+    pipe = FacePipeline(detector="haar", template="ffhq", crop_size=512)
+    assert pipe.parser is None
+    assert "downloads are off (HF_HUB_OFFLINE=1)" in pipe.parse_note and "ellipse" in pipe.parse_note
+    with pytest.raises(WeightsUnavailableError, match="ParseNet is unavailable: .*downloads are off"):
+        FacePipeline(detector="haar", template="ffhq", crop_size=512, use_parse=True)
 
 
 def test_retinaface_output_is_parsed_into_faces():

@@ -3,14 +3,15 @@
 Two detectors, one interface (`detect(img) -> list[Face]`):
 
 - `RetinaFaceDetector`: facexlib's RetinaFace-ResNet50, what DifFace, GFPGAN and CodeFormer
-  use. Accurate landmarks. Used only when its weights file is already on this machine:
-  bfr never downloads it.
+  use. Accurate landmarks. Its weights come from facexlib's release: found on this machine,
+  or fetched into bfr's cache where downloads are on and the release answers (never offline).
 - `HaarDetector`: OpenCV's Viola–Jones frontal-face and eye cascades (no neural weights;
   the XML files ship with opencv-python 4 in cv2.data.haarcascades). The eye centres give
   the in-plane roll and scale; nose and mouth are placed from the mean face shape.
   Coarser (see `HaarDetector` for measured errors), but always there.
 
 `get_detector("auto")` picks RetinaFace when it can and says why not otherwise.
+`facexlib_weights` is how every facexlib network (RetinaFace, ParseNet, ArcFace) is found.
 
 Faces come back sorted largest first (by eye distance); pass order="left_to_right" to sort
 by the x of the box centre instead.
@@ -31,6 +32,7 @@ from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
+FACEXLIB_NETWORKS = ("retinaface_resnet50", "parsenet", "arcface_ir_se50")  # their catalog entries
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
 EYE_CASCADE = "haarcascade_eye.xml"
 HOW_TO_GET_CASCADES = (
@@ -120,8 +122,8 @@ def select_faces(
 def find_facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> Path | None:
     """Where a facexlib weights file already is on this machine, or None. Never downloads.
 
-    Looks in `weights_dir`, in $BFR_FACEXLIB_WEIGHTS, then in facexlib's own weights folder
-    (where facexlib saves its downloads).
+    Looks in `weights_dir`, in $BFR_FACEXLIB_WEIGHTS, in facexlib's own weights folder (where
+    facexlib saves its downloads), then where bfr keeps weights ($BFR_WEIGHTS_DIR, its cache).
     """
     dirs: list[Path] = []
     if weights_dir:
@@ -134,7 +136,61 @@ def find_facexlib_weights(filename: str, weights_dir: str | Path | None = None) 
     for folder in dirs:
         if (folder / filename).is_file():
             return folder / filename
-    return None
+    from bfr.weights.hub import find_local
+
+    entry = facexlib_entry(filename)
+    return find_local(entry) if entry is not None else None
+
+
+def facexlib_entry(filename: str):
+    from bfr.weights import CATALOG
+
+    return next((spec for spec in CATALOG.values() if spec.filename == filename), None)
+
+
+def facexlib_status(filename: str, weights_dir: str | Path | None = None) -> tuple[bool, str]:
+    """Whether facexlib's file can be used now, and how: (True, "found at …" or "downloads from … on first use")
+    or (False, why not). Never downloads."""
+    found = find_facexlib_weights(filename, weights_dir)
+    if found is not None:
+        return True, f"found at {found}"
+    entry = facexlib_entry(filename)
+    if entry is None:
+        return False, f"{filename} is not on this machine"
+    from bfr.weights import available
+
+    return available(entry)
+
+
+def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tuple[Path | None, str]:
+    """facexlib's weights file: (path, "") when it is on this machine or was just fetched from facexlib's
+    release into bfr's cache (downloads on and the release reachable), else (None, why not).
+
+    Never raises for a missing file: callers fall back (Haar cascades, an ellipse paste, no metric) or
+    turn ``why`` into their own error.
+    """
+    found = find_facexlib_weights(filename, weights_dir)
+    if found is not None:
+        return found, ""
+    ok, why = facexlib_status(filename, weights_dir)
+    if not ok:
+        return None, why
+    from bfr.weights import resolve
+
+    try:
+        return resolve(facexlib_entry(filename), option=""), ""
+    except WeightsUnavailableError as e:
+        return None, str(e)
+
+
+def how_to_get_facexlib(filename: str) -> str:
+    """One sentence: where to put facexlib's file by hand (for machines without downloads)."""
+    from bfr.weights import cache_dir
+
+    entry = facexlib_entry(filename)
+    source = f" ({entry.url})" if entry is not None and entry.url else ""
+    return (f"Put facexlib's {filename}{source} in $BFR_FACEXLIB_WEIGHTS, facexlib's weights folder or "
+            f"{cache_dir() / 'weights'}, or run where downloads are on.")
 
 
 class RetinaFaceDetector:
@@ -150,12 +206,11 @@ class RetinaFaceDetector:
         score_threshold: float = 0.8,
         min_eye_distance: float = 5.0,
     ):
-        path = Path(weights) if weights else find_facexlib_weights(RETINAFACE_FILE)
+        path, why = (Path(weights), "") if weights else facexlib_weights(RETINAFACE_FILE)
         if path is None or not path.is_file():
             raise WeightsUnavailableError(
-                f"RetinaFace weights ({RETINAFACE_FILE}) are not on this machine. Put the file from "
-                "facexlib's v0.1.0 release into facexlib's weights folder or $BFR_FACEXLIB_WEIGHTS, "
-                "or use the Haar detector (`--detector haar`; detector='haar' in Python)."
+                f"RetinaFace is unavailable: {why or f'{path} does not exist'}. {how_to_get_facexlib(RETINAFACE_FILE)} "
+                "Or use the Haar detector (`--detector haar`; detector='haar' in Python)."
             )
         import torch
         from facexlib.detection.retinaface import RetinaFace
@@ -417,21 +472,18 @@ def get_detector(
 ) -> FaceDetector:
     """A face detector; `.name` says which, `.reason` why RetinaFace was not used.
 
-    prefer="auto": RetinaFace if its weights file is already here, else Haar.
-    "retinaface" or "haar": that one, or WeightsUnavailableError saying what is missing.
+    prefer="auto": RetinaFace if its weights file is here or can be fetched now (see `facexlib_weights`),
+    else Haar. "retinaface" or "haar": that one, or WeightsUnavailableError saying what is missing.
     `min_eye_distance` defaults to 5 px for RetinaFace (as DifFace) and 10 px for Haar.
     """
     if prefer not in ("auto", "retinaface", "haar"):
         raise InputError(f"detector must be 'auto', 'retinaface' or 'haar', got {prefer!r}")
     reason = ""
     if prefer in ("auto", "retinaface"):
-        weights = find_facexlib_weights(RETINAFACE_FILE, weights_dir)
+        weights, why = facexlib_weights(RETINAFACE_FILE, weights_dir)
         if weights is not None or prefer == "retinaface":
             kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
             return RetinaFaceDetector(weights, device=device, **kwargs)
-        reason = (
-            f"RetinaFace weights ({RETINAFACE_FILE}) are not on this machine and bfr does not "
-            "download them; using OpenCV's Haar cascades (coarser landmarks)."
-        )
+        reason = f"RetinaFace is unavailable ({why}); using OpenCV's Haar cascades (coarser landmarks)."
     kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
     return HaarDetector(reason=reason, **kwargs)

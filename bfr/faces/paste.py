@@ -4,7 +4,7 @@ Each crop goes back through the inverse of its alignment affine, weighted by a s
 a square the size of the crop, pulled in from its edges and feathered with a Gaussian blur
 whose width is a fixed fraction of the crop (so, in the output, proportional to the face
 size, as in facexlib's helper), intersected with a blurred face-parsing mask (ParseNet
-through facexlib, only when its weights file is already on this machine) or, without one,
+through facexlib, where its weights are on this machine or can be fetched) or, without one,
 with a soft ellipse over the face.
 Pixels that no mask reaches are left exactly as they were.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import affine_scale, compose, inverse_affine, transform_points
-from bfr.faces.detect import find_facexlib_weights
+from bfr.faces.detect import facexlib_weights, how_to_get_facexlib
 
 PARSENET_FILE = "parsing_parsenet.pth"
 # ParseNet's 19 classes; the ones kept as "face" for the mask. Background (0), neck (14),
@@ -190,20 +190,15 @@ def paste_faces(
     return np.clip(out, 0.0, 1.0)
 
 
-def find_parsenet_weights(weights_dir: str | Path | None = None) -> Path | None:
-    """Where facexlib's ParseNet weights already are on this machine, or None (never downloads)."""
-    return find_facexlib_weights(PARSENET_FILE, weights_dir)
-
-
 class FaceParser:
     """ParseNet face parsing (facexlib), turned into a soft "face, not hair/neck/background" mask."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
-        path = Path(weights) if weights else find_parsenet_weights()
+        path, why = (Path(weights), "") if weights else facexlib_weights(PARSENET_FILE)
         if path is None or not path.is_file():
             raise WeightsUnavailableError(
-                f"ParseNet weights ({PARSENET_FILE}) are not on this machine. Put the file from facexlib's "
-                "v0.2.2 release in facexlib's weights folder, or pass weights=..., or paste without parsing."
+                f"ParseNet is unavailable: {why or f'{path} does not exist'}. {how_to_get_facexlib(PARSENET_FILE)} "
+                "Or paste without parsing (use_parse=False)."
             )
         import torch
         from facexlib.parsing.parsenet import ParseNet

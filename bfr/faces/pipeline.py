@@ -17,8 +17,8 @@ import numpy as np
 
 from bfr.errors import InputError
 from bfr.faces.align import inverse_affine, warp_face, warp_image
-from bfr.faces.detect import Face, FaceDetector, check_image, get_detector, select_faces
-from bfr.faces.paste import FaceParser, find_parsenet_weights, output_to_crop_affine, paste_faces, upscale_image
+from bfr.faces.detect import Face, FaceDetector, check_image, facexlib_weights, get_detector, select_faces
+from bfr.faces.paste import PARSENET_FILE, FaceParser, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
 from bfr.imageio import MAX_OUTPUT_PIXELS, MIN_SIDE, megapixels, to_gray
@@ -64,12 +64,12 @@ class FaceRestoreResult:
 class FacePipeline:
     """Detect → align → restore → paste, configured once and reused across images.
 
-    detector: "auto" (RetinaFace when its weights are here, else Haar), "retinaface",
+    detector: "auto" (RetinaFace when its weights are here or can be fetched, else Haar), "retinaface",
     "haar", or a detector object. template: "ffhq" or "lfw" framing of the crops (see
     FRAMING). upscale: output size relative to the input. min_face_size: smallest eye
     distance in input pixels (default: the detector's own, 5 px RetinaFace / 10 px Haar).
     use_parse: intersect the paste mask with ParseNet's face mask — "auto" does so when
-    its weights are here and the template is "ffhq" (ParseNet expects that framing); a
+    its weights are here (or can be fetched) and the template is "ffhq" (ParseNet expects that framing); a
     loaded FaceParser is used as it is (pipelines can share one).
     """
 
@@ -115,12 +115,12 @@ class FacePipeline:
         elif use_parse not in (True, False, "auto"):
             raise InputError(f"use_parse must be True, False, 'auto' or a FaceParser, got {use_parse!r}")
         elif use_parse is True or (use_parse == "auto" and template == "ffhq"):
-            if use_parse is True or find_parsenet_weights(weights_dir) is not None:
-                self.parser = FaceParser(find_parsenet_weights(weights_dir), device=device)
+            path, why = facexlib_weights(PARSENET_FILE, weights_dir)
+            if use_parse is True or path is not None:
+                self.parser = FaceParser(path, device=device)
                 self.parse_note = "face parsing on (ParseNet)"
             else:
-                self.parse_note = ("no face parsing (ParseNet weights not on this machine): faces pasted through a "
-                                   "soft ellipse")
+                self.parse_note = f"no face parsing ({why}): faces pasted through a soft ellipse"
 
     @property
     def detector(self) -> FaceDetector:

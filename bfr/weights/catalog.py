@@ -37,6 +37,7 @@ class WeightSpec:
 
 
 _DIFFACE_RELEASE = "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/"
+_FACEXLIB_RELEASE = "https://github.com/xinntao/facexlib/releases/download/"
 _DIFFACE_LICENSE = "NTU S-Lab License 1.0 (non-commercial)"
 
 CATALOG: dict[str, WeightSpec] = {
@@ -63,6 +64,30 @@ CATALOG: dict[str, WeightSpec] = {
             url="https://github.com/SamsungLabs/DT-BFR/releases/download/v1.0.0/swinir_gan_v1.pth",
             license="CC BY-NC-SA 4.0",
             description="Kuai et al.'s baseline restorer: SwinIR-GAN in DifFace's SwinIR layout, 512 px.",
+        ),
+        # facexlib's networks for the face pipeline and the metrics: the files its own code downloads.
+        WeightSpec(
+            name="retinaface_resnet50",
+            filename="detection_Resnet50_Final.pth",
+            url=_FACEXLIB_RELEASE + "v0.1.0/detection_Resnet50_Final.pth",
+            license="MIT (facexlib; RetinaFace weights of biubug6/Pytorch_Retinaface, trained on WIDER FACE)",
+            description="Face detector with 5 landmarks (RetinaFace-ResNet50), as DifFace, GFPGAN and CodeFormer "
+                        "use; without it bfr detects with OpenCV's Haar cascades.",
+        ),
+        WeightSpec(
+            name="parsenet",
+            filename="parsing_parsenet.pth",
+            url=_FACEXLIB_RELEASE + "v0.2.2/parsing_parsenet.pth",
+            license="MIT (facexlib; trained on CelebAMask-HQ, non-commercial research data)",
+            description="Face parsing (ParseNet, 512 px) for the paste-back mask of 512-px faces; without it faces "
+                        "are pasted through a soft ellipse.",
+        ),
+        WeightSpec(
+            name="arcface_ir_se50",
+            filename="recognition_arcface_ir_se50.pth",
+            url=_FACEXLIB_RELEASE + "v0.1.0/recognition_arcface_ir_se50.pth",
+            license="MIT (facexlib; trained on MS-Celeb-1M, research data)",
+            description="ArcFace IR-SE50 face embedding: `bfr eval`'s identity similarity (IDS).",
         ),
         WeightSpec(
             name="prior64",

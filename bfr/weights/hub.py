@@ -147,6 +147,8 @@ def _how_to_place(spec: WeightSpec, option: str | None = None) -> str:
     env_dir = os.environ.get("BFR_WEIGHTS_DIR")
     target = f"{env_dir}/{spec.filename}" if env_dir else f"$BFR_WEIGHTS_DIR/{spec.filename}"
     cached = cache_dir() / "weights" / spec.filename
+    if option == "":  # no command-line option gives this file
+        return f"put it at {target} or {cached}"
     return f"put it at {target} or {cached}, or pass " + (f"{option} PATH" if option else f"--weights {spec.name}=PATH")
 
 
@@ -163,7 +165,7 @@ def _unavailable(spec: WeightSpec, why: str, option: str | None = None) -> Weigh
 def download_url(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
     """Stream `url` to `dest` (atomically, via a .part file), checking sha256 when known."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")  # threads may race to it
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(part, "wb") as f:
@@ -210,7 +212,7 @@ def resolve(
     `path` (a file, or a folder holding the file) wins over everything and must exist.
     `verify` re-checks the sha256 of a file found locally (downloads are always checked).
     Raises WeightsUnavailableError, naming the file and how to get it, when nothing works;
-    `option`: the command-line option that gives this file (default `--weights NAME=PATH`).
+    `option`: the command-line option that gives this file (default `--weights NAME=PATH`; "" for none).
     """
     spec = get_spec(weights) if isinstance(weights, str) else weights
     if path is not None:
