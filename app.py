@@ -46,6 +46,8 @@ from bfr.degradations import PRESETS, DegradationParams, describe
 from bfr.degradations import degrade as degrade_image
 from bfr.errors import MAX_SEED, BfrError, InputError, NoFaceError, check_seed
 from bfr.faces import FacePipeline
+from bfr.faces.detect import facexlib_weights
+from bfr.faces.paste import PARSENET_FILE
 from bfr.faces.pipeline import check_aligned_shape
 from bfr.imageio import MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
 
@@ -305,6 +307,8 @@ def load_restorers(methods: list[str], tier: str, progress=None) -> tuple[list[s
             ready.append(name)
         except gr.Error as e:
             failures.append(f"{METHODS[name].title}: {e.message}")
+    if tier == "paper" and ready:  # 512-px faces are pasted through ParseNet's mask: fetch it here, not in GPU time
+        facexlib_weights(PARSENET_FILE)
     return ready, failures
 
 

@@ -201,8 +201,8 @@ BATCH_PIXELS = 4 * 512 * 512  # faces restored at once: 4 at 512 px (the paper t
 class Restorer:
     """A method plus the face pipeline around it: whole photos in, restored photos out.
 
-    The face detector and parser (RetinaFace and ParseNet are ~100 MB networks, where their
-    weights are here) load on the first photo that needs them and serve every later one.
+    The face detector and parser (RetinaFace and ParseNet, ~100 MB networks, where their weights
+    are here or can be fetched) load on the first photo that needs them and serve every later one.
     Calls on one Restorer from several threads run one at a time (OpenCV's cascades are not
     thread-safe); load one Restorer per thread to run them side by side.
     """
@@ -212,12 +212,15 @@ class Restorer:
         self.detector = detector
         self._detectors: dict[float | None, FaceDetector] = {}  # per min_face_size (the detector filters by it)
         self._parser: FaceParser | None = None
+        self._last_pipeline: FacePipeline | None = None
         self._lock = threading.RLock()
 
     def face_pipeline(self, *, aligned: bool = False, upscale: float = 1, only_center_face: bool = False,
                       min_face_size: float | None = None) -> FacePipeline:
         """The face pipeline for these options, with this restorer's detector and face parser."""
         with self._lock:
+            if self._parser is None and self._last_pipeline is not None:
+                self._parser = self._last_pipeline.loaded_parser
             detector: str | FaceDetector = self.detector
             if not aligned:  # aligned crops never need a detector: do not load one for them
                 if min_face_size not in self._detectors:
@@ -226,7 +229,7 @@ class Restorer:
             pipeline = FacePipeline(detector=detector, template=self.model.framing, crop_size=self.model.resolution,
                                     upscale=upscale, only_center_face=only_center_face, min_face_size=min_face_size,
                                     use_parse=self._parser or "auto")
-            self._parser = pipeline.parser
+            self._last_pipeline = pipeline  # its parser, once a photo has loaded one, serves the next pipelines
             return pipeline
 
     @property

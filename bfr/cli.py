@@ -528,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on CUDA, run the networks in float32 (default there: bf16 autocast, fp16 where bf16 is "
                         "missing; CPU always runs float32)")
     p.add_argument("--detector", default="auto", choices=["auto", "retinaface", "haar"],
-                   help="auto (default): RetinaFace when its weights are here, else OpenCV's Haar cascade")
+                   help="auto (default): RetinaFace when its weights are here or can be fetched, else OpenCV's "
+                        "Haar cascade")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
                    help="use a local weights file for a catalog entry, e.g. difface_unet_512=/data/x.pth")
     p.add_argument("--save-faces", action="store_true",
@@ -628,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "unseen in training)")
     p.add_argument("--seed", type=_seed_arg, default=0)
     p.set_defaults(func=cmd_demo_set)
-    p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ LPIPS/ID/LMD/FID where their weights are here) on a "
+    p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ identity, landmarks, LPIPS, FID where they can run) on a "
                                     "fixed synthetic LFW test set")
     p.add_argument("-o", "--output", required=True, help="output folder: results.md/.json, figures, cached test set")
     p.add_argument("--methods", nargs="+", default=None,

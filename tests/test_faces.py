@@ -245,8 +245,7 @@ def test_missing_cascade_says_to_install_opencv_4(monkeypatch, tmp_path):
         detect_mod.HaarDetector()
 
 
-def test_get_detector_says_why_retinaface_was_not_used(monkeypatch):
-    monkeypatch.setattr(detect_mod, "find_facexlib_weights", lambda *a, **k: None)
+def test_get_detector_says_why_retinaface_was_not_used(no_facexlib_here):
     with pytest.raises(WeightsUnavailableError, match="RetinaFace") as e:
         get_detector("retinaface")
     # offline: says so, where to put facexlib's file by hand, and where it comes from
@@ -281,24 +280,21 @@ def test_facexlib_networks_are_catalogued_with_the_files_facexlib_itself_fetches
 
 
 @pytest.fixture
-def downloads_from(monkeypatch, tmp_path):
-    """Downloads on, bfr's cache in tmp_path, and a catalog entry's source replaced by a local file: URL."""
+def downloads_from(no_facexlib_here, monkeypatch, tmp_path):
+    """Downloads on, and a catalog entry's source (and its sha256) replaced by a local file: URL."""
     import dataclasses
 
-    from bfr.weights import CATALOG
+    from bfr.weights import CATALOG, sha256_of
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("BFR_OFFLINE", raising=False)
-    monkeypatch.delenv("BFR_FACEXLIB_WEIGHTS", raising=False)
-    monkeypatch.delenv("BFR_WEIGHTS_DIR", raising=False)
-    monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))
 
-    def serve(name: str, state: dict) -> Path:
+    def serve(name: str, state: dict, sha256: str | None = "served") -> Path:
         src = tmp_path / "release" / CATALOG[name].filename
         src.parent.mkdir(exist_ok=True)
         torch.save(state, src)
-        monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], url=src.as_uri()))
-        return tmp_path / "cache" / "weights" / src.name
+        sha = sha256_of(src) if sha256 == "served" else sha256
+        monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], url=src.as_uri(), sha256=sha))
+        return no_facexlib_here / src.name
 
     return serve
 
@@ -306,8 +302,6 @@ def downloads_from(monkeypatch, tmp_path):
 def test_retinaface_is_fetched_where_downloads_are_on_and_then_found(downloads_from):
     from facexlib.detection.retinaface import RetinaFace
 
-    if detect_mod.find_facexlib_weights(RETINAFACE_FILE) is not None:
-        pytest.skip("RetinaFace weights are already on this machine")
     torch.manual_seed(0)
     net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
     cached = downloads_from("retinaface_resnet50", {f"module.{k}": v.half() if v.is_floating_point() else v
@@ -326,20 +320,102 @@ def test_parsenet_is_fetched_for_the_ffhq_pipeline_where_downloads_are_on(downlo
 
     from bfr.faces.pipeline import FacePipeline
 
-    if detect_mod.find_facexlib_weights("parsing_parsenet.pth") is not None:
-        pytest.skip("ParseNet weights are already on this machine")
     torch.manual_seed(0)
     cached = downloads_from("parsenet", ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict())
     off = FacePipeline(detector="haar", template="lfw", crop_size=64)  # parsing is for the 512-px FFHQ framing
-    assert off.parser is None
+    assert off.parser is None and not cached.exists()
     on = FacePipeline(detector="haar", template="ffhq", crop_size=512)
+    assert not cached.exists()  # looked for on the first photo pasted back, not when the pipeline is built
     assert on.parser is not None and on.parser.path == cached and on.parse_note == "face parsing on (ParseNet)"
+    assert FaceParser().path == cached  # and found by the parser on its own from now on
 
 
-def test_without_parsenet_the_pipeline_says_why_and_pastes_an_ellipse(monkeypatch):
+def test_a_fetched_file_that_is_not_the_published_one_is_not_kept(downloads_from):
+    """A download whose sha256 is not the catalog's (a changed upstream file, a proxy's error page) is refused;
+    "auto" falls back to Haar saying why, and the failure is not retried on every photo."""
+    cached = downloads_from("retinaface_resnet50", {"not": torch.zeros(1)}, sha256="0" * 64)
+    if not HAVE_CASCADES:
+        pytest.skip(f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+    det = get_detector("auto")
+    assert det.name == "haar" and "sha256" in det.reason and not cached.exists()
+    assert not list(cached.parent.glob("*.part"))
+    assert detect_mod.facexlib_status(RETINAFACE_FILE) == (False, detect_mod._failed[RETINAFACE_FILE][1])
+
+
+def test_a_broken_facexlib_file_falls_back_naming_the_file(no_facexlib_here):
+    broken = no_facexlib_here / RETINAFACE_FILE
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"<html>not a checkpoint</html>")
+    with pytest.raises(WeightsUnavailableError, match="could not be read .*delete it to fetch it again"):
+        get_detector("retinaface")
+    if HAVE_CASCADES:
+        det = get_detector("auto")
+        assert det.name == "haar" and str(broken) in det.reason
+
+
+def test_one_download_when_threads_ask_for_the_same_file(monkeypatch, tmp_path):
+    import threading
+    import urllib.request
+
+    from bfr.weights import hub
+
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"x" * 5000)
+    opened = []
+    real = urllib.request.urlopen
+
+    def slow_open(url, timeout=None):
+        opened.append(url)
+        threading.Event().wait(0.2)  # both threads arrive while the first download runs
+        return real(url, timeout=timeout)
+
+    monkeypatch.setattr(hub.urllib.request, "urlopen", slow_open)
+    stale = tmp_path / "out" / "w.bin.1.2.part"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left by a killed download")
+    import os
+
+    os.utime(stale, (0, 0))
+    dest = tmp_path / "out" / "w.bin"
+    threads = [threading.Thread(target=hub.download_url, args=(src.as_uri(), dest), kwargs={"progress": False})
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 1 and dest.read_bytes() == b"x" * 5000
+    assert not stale.exists()  # a .part file older than an hour is swept before downloading
+
+
+def test_a_download_cut_short_is_not_kept(monkeypatch, tmp_path):
+    """http.client returns b"" when the server closes early: the length it announced is checked."""
+    from bfr.weights import hub
+
+    class CutShort:
+        headers = {"Content-Length": "1000000"}
+
+        def __init__(self):
+            self.blocks = [b"x" * 1000]
+
+        def read(self, n):
+            return self.blocks.pop() if self.blocks else b""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda url, timeout=None: CutShort())
+    dest = tmp_path / "w.bin"
+    with pytest.raises(OSError, match="incomplete download: 1000 of 1000000 bytes"):
+        hub.download_url("https://example.invalid/w.bin", dest, progress=False)
+    assert not dest.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_without_parsenet_the_pipeline_says_why_and_pastes_an_ellipse(no_facexlib_here):
     from bfr.faces.pipeline import FacePipeline
 
-    monkeypatch.setattr(detect_mod, "find_facexlib_weights", lambda *a, **k: None)
     pipe = FacePipeline(detector="haar", template="ffhq", crop_size=512)
     assert pipe.parser is None
     assert "downloads are off (HF_HUB_OFFLINE=1)" in pipe.parse_note and "ellipse" in pipe.parse_note

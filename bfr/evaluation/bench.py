@@ -320,7 +320,7 @@ def _time_photo(restorer, img: np.ndarray, long_side: int, dev: torch.device, re
                 stages[name].append(dt)
     medians = {f"seconds_{k}": statistics.median(v) for k, v in stages.items()}
     return dict(width=size[0], height=size[1], megapixels=size[0] * size[1] / 1e6, faces=faces, **medians,
-                seconds_total=sum(medians.values()))
+                seconds_total=sum(medians.values()), detector=pipeline.detector.name, paste=pipeline.parse_note)
 
 
 def _ratios(records: list[dict]) -> None:
@@ -370,6 +370,9 @@ def bench_markdown(report: dict) -> str:
             lines.append(f"| {r['method']} | {r['tier']} | {r['device']} | {r['width']}×{r['height']} | "
                          f"{r['megapixels']:.2f} | {r['faces']} | {r['seconds_detect']:.3f} | "
                          f"{r['seconds_restore']:.3f} | {r['seconds_paste']:.3f} | {r['seconds_total']:.3f} |")
+        timed = sorted({f"{r['method']}/{r['tier']}: {r['detector']} detector, {r['paste']}"
+                        for r in report["photo_records"]})
+        lines += ["", "Timed with: " + "; ".join(timed) + "."]
         lines.append("")
     elif s.get("photo"):
         lines += [f"Whole photo: {s['photo']}.", ""]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,9 +31,10 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
+from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, available, cache_dir, offline, resolve
+from bfr.weights.hub import find_local
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
-FACEXLIB_NETWORKS = ("retinaface_resnet50", "parsenet", "arcface_ir_se50")  # their catalog entries
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
 EYE_CASCADE = "haarcascade_eye.xml"
 HOW_TO_GET_CASCADES = (
@@ -136,16 +138,15 @@ def find_facexlib_weights(filename: str, weights_dir: str | Path | None = None) 
     for folder in dirs:
         if (folder / filename).is_file():
             return folder / filename
-    from bfr.weights.hub import find_local
-
-    entry = facexlib_entry(filename)
-    return find_local(entry) if entry is not None else None
+    return find_local(facexlib_entry(filename))
 
 
-def facexlib_entry(filename: str):
-    from bfr.weights import CATALOG
-
-    return next((spec for spec in CATALOG.values() if spec.filename == filename), None)
+def facexlib_entry(filename: str) -> WeightSpec:
+    """The catalog entry (source, license) of one of facexlib's networks, by its file name."""
+    for name in FACEXLIB_NETWORKS:
+        if CATALOG[name].filename == filename:
+            return CATALOG[name]
+    raise InputError(f"{filename} is not one of facexlib's networks bfr uses ({', '.join(FACEXLIB_NETWORKS)})")
 
 
 def facexlib_status(filename: str, weights_dir: str | Path | None = None) -> tuple[bool, str]:
@@ -154,43 +155,52 @@ def facexlib_status(filename: str, weights_dir: str | Path | None = None) -> tup
     found = find_facexlib_weights(filename, weights_dir)
     if found is not None:
         return True, f"found at {found}"
-    entry = facexlib_entry(filename)
-    if entry is None:
-        return False, f"{filename} is not on this machine"
-    from bfr.weights import available
+    if filename in _failed and time.monotonic() - _failed[filename][0] < RETRY_AFTER_S:
+        return False, _failed[filename][1]
+    return available(facexlib_entry(filename))
 
-    return available(entry)
+
+_failed: dict[str, tuple[float, str]] = {}  # file → (when, why) of its last failed fetch
+RETRY_AFTER_S = 300  # a failed fetch is not retried for this long (not on every photo)
 
 
 def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tuple[Path | None, str]:
     """facexlib's weights file: (path, "") when it is on this machine or was just fetched from facexlib's
-    release into bfr's cache (downloads on and the release reachable), else (None, why not).
+    release into bfr's cache (downloads on and the release reachable), else (None, a short why not).
 
     Never raises for a missing file: callers fall back (Haar cascades, an ellipse paste, no metric) or
     turn ``why`` into their own error.
     """
-    found = find_facexlib_weights(filename, weights_dir)
-    if found is not None:
-        return found, ""
-    ok, why = facexlib_status(filename, weights_dir)
+    ok, how = facexlib_status(filename, weights_dir)
+    if ok and how.startswith("found at "):
+        return Path(how.removeprefix("found at ")), ""
     if not ok:
-        return None, why
-    from bfr.weights import resolve
-
+        return None, how
     try:
         return resolve(facexlib_entry(filename), option=""), ""
     except WeightsUnavailableError as e:
-        return None, str(e)
+        why = getattr(e, "why", str(e))
+        _failed[filename] = (time.monotonic(), why)
+        return None, why
 
 
 def how_to_get_facexlib(filename: str) -> str:
-    """One sentence: where to put facexlib's file by hand (for machines without downloads)."""
-    from bfr.weights import cache_dir
+    """One sentence: where to put facexlib's file by hand."""
+    where = f"Put facexlib's {filename} ({facexlib_entry(filename).url}) in $BFR_FACEXLIB_WEIGHTS, facexlib's " \
+            f"weights folder or {cache_dir() / 'weights'}"
+    return where + (", or run where downloads are on." if offline()[0] else ".")
 
-    entry = facexlib_entry(filename)
-    source = f" ({entry.url})" if entry is not None and entry.url else ""
-    return (f"Put facexlib's {filename}{source} in $BFR_FACEXLIB_WEIGHTS, facexlib's weights folder or "
-            f"{cache_dir() / 'weights'}, or run where downloads are on.")
+
+def load_facexlib_state(path: Path, what: str) -> dict:
+    """torch.load of a facexlib file, a file that cannot be read (a broken download) named in a
+    WeightsUnavailableError, so that callers fall back as for a missing one."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and EOF errors of a truncated or foreign file
+        raise WeightsUnavailableError(f"{what} is unavailable: {path} could not be read ({type(e).__name__}); "
+                                      "delete it to fetch it again") from e
 
 
 class RetinaFaceDetector:
@@ -215,8 +225,8 @@ class RetinaFaceDetector:
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
+        state = load_facexlib_state(path, "RetinaFace")
         net = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         net.load_state_dict(state, strict=True)
         self.net = net.eval().to(device)
@@ -481,9 +491,17 @@ def get_detector(
     reason = ""
     if prefer in ("auto", "retinaface"):
         weights, why = facexlib_weights(RETINAFACE_FILE, weights_dir)
-        if weights is not None or prefer == "retinaface":
+        if weights is None and prefer == "retinaface":
+            raise WeightsUnavailableError(f"RetinaFace is unavailable: {why}. {how_to_get_facexlib(RETINAFACE_FILE)} "
+                                          "Or use the Haar detector (`--detector haar`; detector='haar' in Python).")
+        if weights is not None:
             kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
-            return RetinaFaceDetector(weights, device=device, **kwargs)
-        reason = f"RetinaFace is unavailable ({why}); using OpenCV's Haar cascades (coarser landmarks)."
+            try:
+                return RetinaFaceDetector(weights, device=device, **kwargs)
+            except WeightsUnavailableError as e:
+                if prefer == "retinaface":
+                    raise
+                why = str(e).removeprefix("RetinaFace is unavailable: ")
+        reason = f"RetinaFace is unavailable: {why}; using OpenCV's Haar cascades (coarser landmarks)."
     kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
     return HaarDetector(reason=reason, **kwargs)

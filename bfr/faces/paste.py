@@ -18,7 +18,7 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import affine_scale, compose, inverse_affine, transform_points
-from bfr.faces.detect import facexlib_weights, how_to_get_facexlib
+from bfr.faces.detect import facexlib_weights, how_to_get_facexlib, load_facexlib_state
 
 PARSENET_FILE = "parsing_parsenet.pth"
 # ParseNet's 19 classes; the ones kept as "face" for the mask. Background (0), neck (14),
@@ -200,11 +200,10 @@ class FaceParser:
                 f"ParseNet is unavailable: {why or f'{path} does not exist'}. {how_to_get_facexlib(PARSENET_FILE)} "
                 "Or paste without parsing (use_parse=False)."
             )
-        import torch
         from facexlib.parsing.parsenet import ParseNet
 
+        state = load_facexlib_state(path, "ParseNet")
         net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("params", state) if isinstance(state, dict) else state, strict=True)
         self.net = net.eval().to(device)
         self.device = device

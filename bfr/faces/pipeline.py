@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bfr.errors import InputError
+from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, warp_face, warp_image
 from bfr.faces.detect import Face, FaceDetector, check_image, facexlib_weights, get_detector, select_faces
 from bfr.faces.paste import PARSENET_FILE, FaceParser, output_to_crop_affine, paste_faces, upscale_image
@@ -108,19 +108,45 @@ class FacePipeline:
         if isinstance(detector, str) and detector not in ("auto", "retinaface", "haar"):
             raise InputError(f"detector must be 'auto', 'retinaface', 'haar' or a detector, got {detector!r}")
 
-        self.parser: FaceParser | None = None
-        self.parse_note = "no face parsing: faces pasted through a soft ellipse"
+        self._parser: FaceParser | None = None
+        self._parse_note = "no face parsing: faces pasted through a soft ellipse"
+        # "auto" looks for ParseNet (and may fetch it) on the first photo pasted back, not here: aligned crops and
+        # the compact tier's framing never use it
+        self._parse_pending = use_parse == "auto" and template == "ffhq"
         if isinstance(use_parse, FaceParser):
-            self.parser, self.parse_note = use_parse, "face parsing on (ParseNet)"
+            self._parser, self._parse_note = use_parse, "face parsing on (ParseNet)"
         elif use_parse not in (True, False, "auto"):
             raise InputError(f"use_parse must be True, False, 'auto' or a FaceParser, got {use_parse!r}")
-        elif use_parse is True or (use_parse == "auto" and template == "ffhq"):
-            path, why = facexlib_weights(PARSENET_FILE, weights_dir)
-            if use_parse is True or path is not None:
-                self.parser = FaceParser(path, device=device)
-                self.parse_note = "face parsing on (ParseNet)"
-            else:
-                self.parse_note = f"no face parsing ({why}): faces pasted through a soft ellipse"
+        elif use_parse is True:  # asked for: fail now, saying why
+            self._parser = FaceParser(facexlib_weights(PARSENET_FILE, weights_dir)[0], device=device)
+            self._parse_note = "face parsing on (ParseNet)"
+
+    @property
+    def parser(self) -> FaceParser | None:
+        """ParseNet, looked for on first use (found, fetched where downloads are on, or None with a note why)."""
+        if self._parse_pending:
+            self._parse_pending = False
+            path, why = facexlib_weights(PARSENET_FILE, self._weights_dir)
+            if path is not None:
+                try:
+                    self._parser = FaceParser(path, device=self._device)
+                    self._parse_note = "face parsing on (ParseNet)"
+                except WeightsUnavailableError as e:
+                    why = str(e).removeprefix("ParseNet is unavailable: ")
+            if self._parser is None:
+                self._parse_note = f"no face parsing ({why}): faces pasted through a soft ellipse"
+        return self._parser
+
+    @property
+    def loaded_parser(self) -> FaceParser | None:
+        """The parser if one is loaded, without looking for one (for sharing between pipelines)."""
+        return self._parser
+
+    @property
+    def parse_note(self) -> str:
+        """Whether faces are pasted through ParseNet's mask or an ellipse, and why."""
+        _ = self.parser
+        return self._parse_note
 
     @property
     def detector(self) -> FaceDetector:

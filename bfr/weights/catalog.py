@@ -65,28 +65,33 @@ CATALOG: dict[str, WeightSpec] = {
             license="CC BY-NC-SA 4.0",
             description="Kuai et al.'s baseline restorer: SwinIR-GAN in DifFace's SwinIR layout, 512 px.",
         ),
-        # facexlib's networks for the face pipeline and the metrics: the files its own code downloads.
+        # facexlib's networks for the face pipeline and the metrics: the files its own code downloads. facexlib's
+        # MIT covers its code; each network keeps its origin's terms.
         WeightSpec(
             name="retinaface_resnet50",
             filename="detection_Resnet50_Final.pth",
             url=_FACEXLIB_RELEASE + "v0.1.0/detection_Resnet50_Final.pth",
-            license="MIT (facexlib; RetinaFace weights of biubug6/Pytorch_Retinaface, trained on WIDER FACE)",
-            description="Face detector with 5 landmarks (RetinaFace-ResNet50), as DifFace, GFPGAN and CodeFormer "
-                        "use; without it bfr detects with OpenCV's Haar cascades.",
+            sha256="6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
+            license="MIT (biubug6/Pytorch_Retinaface, distributed by facexlib; trained on WIDER FACE, research data)",
+            description="Face detector with 5 landmarks (RetinaFace-ResNet50, 110 MB), as DifFace, GFPGAN and "
+                        "CodeFormer use; without it bfr detects with OpenCV's Haar cascades.",
         ),
         WeightSpec(
             name="parsenet",
             filename="parsing_parsenet.pth",
             url=_FACEXLIB_RELEASE + "v0.2.2/parsing_parsenet.pth",
-            license="MIT (facexlib; trained on CelebAMask-HQ, non-commercial research data)",
-            description="Face parsing (ParseNet, 512 px) for the paste-back mask of 512-px faces; without it faces "
+            sha256="3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2",
+            license="CC BY-NC-SA 4.0 (PSFR-GAN's ParseNet, distributed by facexlib; trained on CelebAMask-HQ, "
+                    "non-commercial)",
+            description="Face parsing (ParseNet, 85 MB) for the paste-back mask of 512-px faces; without it faces "
                         "are pasted through a soft ellipse.",
         ),
         WeightSpec(
             name="arcface_ir_se50",
             filename="recognition_arcface_ir_se50.pth",
             url=_FACEXLIB_RELEASE + "v0.1.0/recognition_arcface_ir_se50.pth",
-            license="MIT (facexlib; trained on MS-Celeb-1M, research data)",
+            license="code MIT (TreB1eN/InsightFace_Pytorch, distributed by facexlib); weights trained on "
+                    "InsightFace's MS1M, licensed for non-commercial research only: an evaluation tool",
             description="ArcFace IR-SE50 face embedding: `bfr eval`'s identity similarity (IDS).",
         ),
         WeightSpec(
@@ -172,6 +177,10 @@ CATALOG: dict[str, WeightSpec] = {
         ),
     )
 }
+
+
+# facexlib's networks (above), which bfr fetches where downloads are on and falls back without.
+FACEXLIB_NETWORKS = ("retinaface_resnet50", "parsenet", "arcface_ir_se50")
 
 
 def get_spec(name: str) -> WeightSpec:

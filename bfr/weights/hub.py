@@ -153,31 +153,56 @@ def _how_to_place(spec: WeightSpec, option: str | None = None) -> str:
 
 
 def _unavailable(spec: WeightSpec, why: str, option: str | None = None) -> WeightsUnavailableError:
+    """The error naming the file, why it could not be had (also kept as ``.why``) and how to get it."""
     src = spec.remote
     if src:
         where = f"Download it from {src} and {_how_to_place(spec, option)}."
     else:
         make = f"make it with `{spec.made_by}`, then " if spec.made_by else ""
         where = f"It has no public download; {make}{_how_to_place(spec, option)}."
-    return WeightsUnavailableError(f"Weights {spec.name!r} ({spec.filename}) are not on this machine: {why}. {where}")
+    err = WeightsUnavailableError(f"Weights {spec.name!r} ({spec.filename}) are not on this machine: {why}. {where}")
+    err.why = why
+    return err
+
+
+_dest_locks: dict[Path, threading.Lock] = {}
+_dest_locks_guard = threading.Lock()
+STALE_PART_S = 3600  # a .part file this old was left by a killed download
 
 
 def download_url(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
-    """Stream `url` to `dest` (atomically, via a .part file), checking sha256 when known."""
+    """Stream `url` to `dest` (atomically, via a .part file), checking the length the server announced and
+    sha256 when known. Threads asking for one file wait for the first download instead of repeating it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")  # threads may race to it
+    with _dest_locks_guard:
+        lock = _dest_locks.setdefault(dest.resolve(), threading.Lock())
+    with lock:
+        if dest.is_file():  # another thread fetched it while this one waited
+            return dest
+        for old in dest.parent.glob(f"{dest.name}.*.part"):
+            if time.time() - old.stat().st_mtime > STALE_PART_S:
+                old.unlink(missing_ok=True)
+        return _download(url, dest, sha256, progress)
+
+
+def _download(url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(part, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = _progress_bar(total, dest.name) if progress else None
+            got = 0
             while block := resp.read(1 << 20):
                 f.write(block)
                 h.update(block)
+                got += len(block)
                 if bar is not None:
                     bar.update(len(block))
             if bar is not None:
                 bar.close()
+        if total is not None and got != total:  # http.client does not raise when the peer closes early
+            raise OSError(f"incomplete download: {got} of {total} bytes")
         if sha256 is not None and h.hexdigest().lower() != sha256.lower():
             raise ChecksumError(
                 f"{url}: downloaded file has sha256 {h.hexdigest()}, expected {sha256}; it was not kept."
