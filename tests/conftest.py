@@ -16,11 +16,12 @@ def no_facexlib_here(monkeypatch, tmp_path):
     """A machine without facexlib's files: bfr's cache in tmp_path, no weights folders set, no memory of
     failed fetches. Skips where facexlib's own folder (inside the installed package) holds them."""
     from bfr.faces import detect
+    from bfr.weights import hub
 
     monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))
     for var in ("BFR_WEIGHTS_DIR", "BFR_FACEXLIB_WEIGHTS"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(detect, "_failed", {})
+    monkeypatch.setattr(hub, "_failed", {})
     from bfr.weights import CATALOG, FACEXLIB_NETWORKS
 
     for name in FACEXLIB_NETWORKS:

@@ -173,7 +173,7 @@ def test_optional_metrics_say_why_not_and_never_pretend():
     assert set(status) == set(M.OPTIONAL_METRICS)
     assert all(why for _, why in status.values())
     if not status["lpips"][0]:
-        with pytest.raises(WeightsUnavailableError, match="LPIPS is unavailable"):
+        with pytest.raises(WeightsUnavailableError, match="LPIPS-alex is unavailable: .*downloads are off"):
             M.LPIPS()
 
 
@@ -263,6 +263,29 @@ def test_lpips_matches_the_formula_by_hand(hub_weights):
     assert metric(x, x).abs().max() == 0
     np.testing.assert_allclose(metric(y, x).numpy(), got.numpy(), rtol=1e-5)  # symmetric
     assert (metric(x, (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)) > got).all()  # more noise, further
+
+
+def test_lpips_trunk_is_fetched_where_downloads_are_on(stand_in_hub, no_facexlib_here, monkeypatch, tmp_path):
+    """With torch's cache empty, LPIPS's AlexNet trunk comes from its catalog source (here a file: URL to the
+    stand-in) into bfr's cache, and scores exactly as when torchvision's cache holds it."""
+    import dataclasses
+
+    from bfr.weights import CATALOG
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    ok, why = M.metric_status("lpips")
+    assert not ok and "downloads are off (HF_HUB_OFFLINE=1)" in why
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    src = (stand_in_hub / M.ALEXNET_FILE).as_uri()
+    monkeypatch.setitem(CATALOG, "alexnet_imagenet", dataclasses.replace(CATALOG["alexnet_imagenet"], url=src))
+    ok, why = M.metric_status("lpips")
+    assert ok and f"downloads from {src} on first use" in why
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    fetched = M.LPIPS()(x, y)
+    assert (no_facexlib_here / M.ALEXNET_FILE).is_file()
+    monkeypatch.setenv("TORCH_HOME", str(stand_in_hub.parents[1]))
+    np.testing.assert_allclose(fetched.numpy(), M.LPIPS()(x, y).numpy(), rtol=1e-6)
 
 
 def test_inception_features_and_fid_from_the_hub_cache(hub_weights):

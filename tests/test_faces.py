@@ -339,7 +339,9 @@ def test_a_fetched_file_that_is_not_the_published_one_is_not_kept(downloads_from
     det = get_detector("auto")
     assert det.name == "haar" and "sha256" in det.reason and not cached.exists()
     assert not list(cached.parent.glob("*.part"))
-    assert detect_mod.facexlib_status(RETINAFACE_FILE) == (False, detect_mod._failed[RETINAFACE_FILE][1])
+    from bfr.weights import hub
+
+    assert detect_mod.facexlib_status(RETINAFACE_FILE) == (False, hub._failed["retinaface_resnet50"][1])
 
 
 def test_a_broken_facexlib_file_falls_back_naming_the_file(no_facexlib_here):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,8 +30,8 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
-from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, available, cache_dir, offline, resolve
-from bfr.weights.hub import find_local
+from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, cache_dir, offline
+from bfr.weights.hub import fetch_optional, find_in, optional_status
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -121,24 +120,15 @@ def select_faces(
     return kept
 
 
-def find_facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> Path | None:
-    """Where a facexlib weights file already is on this machine, or None. Never downloads.
-
-    Looks in `weights_dir`, in $BFR_FACEXLIB_WEIGHTS, in facexlib's own weights folder (where
-    facexlib saves its downloads), then where bfr keeps weights ($BFR_WEIGHTS_DIR, its cache).
-    """
-    dirs: list[Path] = []
-    if weights_dir:
-        dirs.append(Path(weights_dir))
+def _facexlib_dirs(weights_dir: str | Path | None) -> list[Path]:
+    """`weights_dir`, $BFR_FACEXLIB_WEIGHTS, then facexlib's own weights folder (where facexlib saves its downloads)."""
+    dirs = [Path(weights_dir)] if weights_dir else []
     if os.environ.get("BFR_FACEXLIB_WEIGHTS"):
         dirs.append(Path(os.environ["BFR_FACEXLIB_WEIGHTS"]))
     spec = importlib.util.find_spec("facexlib")
     if spec is not None and spec.submodule_search_locations:
         dirs.extend(Path(p) / "weights" for p in spec.submodule_search_locations)
-    for folder in dirs:
-        if (folder / filename).is_file():
-            return folder / filename
-    return find_local(facexlib_entry(filename))
+    return dirs
 
 
 def facexlib_entry(filename: str) -> WeightSpec:
@@ -149,39 +139,25 @@ def facexlib_entry(filename: str) -> WeightSpec:
     raise InputError(f"{filename} is not one of facexlib's networks bfr uses ({', '.join(FACEXLIB_NETWORKS)})")
 
 
+def find_facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> Path | None:
+    """Where a facexlib weights file already is on this machine, or None. Never downloads.
+
+    Looks in `weights_dir`, in $BFR_FACEXLIB_WEIGHTS, in facexlib's own weights folder, then where
+    bfr keeps weights ($BFR_WEIGHTS_DIR, its cache).
+    """
+    return find_in(facexlib_entry(filename), _facexlib_dirs(weights_dir))
+
+
 def facexlib_status(filename: str, weights_dir: str | Path | None = None) -> tuple[bool, str]:
     """Whether facexlib's file can be used now, and how: (True, "found at …" or "downloads from … on first use")
     or (False, why not). Never downloads."""
-    found = find_facexlib_weights(filename, weights_dir)
-    if found is not None:
-        return True, f"found at {found}"
-    if filename in _failed and time.monotonic() - _failed[filename][0] < RETRY_AFTER_S:
-        return False, _failed[filename][1]
-    return available(facexlib_entry(filename))
-
-
-_failed: dict[str, tuple[float, str]] = {}  # file → (when, why) of its last failed fetch
-RETRY_AFTER_S = 300  # a failed fetch is not retried for this long (not on every photo)
+    return optional_status(facexlib_entry(filename), _facexlib_dirs(weights_dir))
 
 
 def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tuple[Path | None, str]:
     """facexlib's weights file: (path, "") when it is on this machine or was just fetched from facexlib's
-    release into bfr's cache (downloads on and the release reachable), else (None, a short why not).
-
-    Never raises for a missing file: callers fall back (Haar cascades, an ellipse paste, no metric) or
-    turn ``why`` into their own error.
-    """
-    ok, how = facexlib_status(filename, weights_dir)
-    if ok and how.startswith("found at "):
-        return Path(how.removeprefix("found at ")), ""
-    if not ok:
-        return None, how
-    try:
-        return resolve(facexlib_entry(filename), option=""), ""
-    except WeightsUnavailableError as e:
-        why = getattr(e, "why", str(e))
-        _failed[filename] = (time.monotonic(), why)
-        return None, why
+    release into bfr's cache (downloads on and the release reachable), else (None, a short why not)."""
+    return fetch_optional(facexlib_entry(filename), _facexlib_dirs(weights_dir))
 
 
 def how_to_get_facexlib(filename: str) -> str:

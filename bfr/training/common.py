@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bfr.errors import WeightsUnavailableError
 from bfr.weights.load import save_safetensors
 
 
@@ -124,29 +125,21 @@ class StopSignal:
         return self.requested or (self.deadline is not None and time.time() >= self.deadline)
 
 
-VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, which LPIPS-VGG builds on
-
-
 def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | None, str]:
-    """LPIPS-VGG as a loss when an implementation *with its weights* is here, else (None, why). Never downloads.
+    """LPIPS-VGG as a loss where its weights are here or can be fetched (``bfr.metrics.lpips_network``), else
+    (None, why): the term is dropped and the reason goes into the log and the model card.
 
-    The ``lpips`` package brings its linear heads but takes VGG16 from torchvision's cache
-    (``torch.hub.get_dir()/checkpoints``); without either, the term is dropped and the reason
-    goes into the log and the model card. The loss is the per-image mean: a recipe that sums
-    LPIPS over micro-batches (Kuai et al.'s code: 0.1 on sums over 4 images) sets 4× the weight.
+    The loss is the per-image mean: a recipe that sums LPIPS over micro-batches (Kuai et al.'s code: 0.1 on
+    sums over 4 images) sets 4× the weight.
     """
-    import importlib.util
+    from bfr.metrics import lpips_network
 
     if weight <= 0:
         return None, "LPIPS weight is 0: not used"
-    if importlib.util.find_spec("lpips") is None:
-        return None, "LPIPS not used: the `lpips` package is not installed"
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    if not (hub / VGG16_FILE).is_file():
-        return None, f"LPIPS not used: torchvision's VGG16 weights ({VGG16_FILE}) are not in {hub}"
-    import lpips
-
-    net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
+    try:
+        net = lpips_network("vgg", device)
+    except WeightsUnavailableError as e:
+        return None, f"LPIPS not used: {str(e).removeprefix('LPIPS-vgg is unavailable: ')}"
     return (lambda pred, target: net(pred, target, normalize=True).mean()), "LPIPS-VGG (lpips package), weight " \
         f"{weight}"
 

@@ -1,6 +1,6 @@
 """Model weights: the catalog of known files, finding or fetching them, and loading them safely."""
 
-from bfr.weights.catalog import CATALOG, FACEXLIB_NETWORKS, WeightSpec, get_spec
+from bfr.weights.catalog import CATALOG, FACEXLIB_NETWORKS, TORCHVISION_NETWORKS, WeightSpec, get_spec
 from bfr.weights.hub import ChecksumError, available, cache_dir, offline, resolve, resolve_all, sha256_of, verify_sha256
 from bfr.weights.load import (
     LoadReport,
@@ -16,6 +16,7 @@ from bfr.weights.load import (
 __all__ = [
     "CATALOG",
     "FACEXLIB_NETWORKS",
+    "TORCHVISION_NETWORKS",
     "ChecksumError",
     "LoadReport",
     "StateDictMismatchError",

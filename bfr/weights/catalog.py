@@ -38,6 +38,8 @@ class WeightSpec:
 
 _DIFFACE_RELEASE = "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/"
 _FACEXLIB_RELEASE = "https://github.com/xinntao/facexlib/releases/download/"
+_TORCHVISION = "https://download.pytorch.org/models/"
+_TORCHVISION_LICENSE = "BSD-3-Clause (torchvision); trained on ImageNet, research data"
 _DIFFACE_LICENSE = "NTU S-Lab License 1.0 (non-commercial)"
 
 CATALOG: dict[str, WeightSpec] = {
@@ -93,6 +95,29 @@ CATALOG: dict[str, WeightSpec] = {
             license="code MIT (TreB1eN/InsightFace_Pytorch, distributed by facexlib); weights trained on "
                     "InsightFace's MS1M, licensed for non-commercial research only: an evaluation tool",
             description="ArcFace IR-SE50 face embedding: `bfr eval`'s identity similarity (IDS).",
+        ),
+        # torchvision's ImageNet networks behind LPIPS and FID, under the names torchvision itself caches.
+        WeightSpec(
+            name="alexnet_imagenet",
+            filename="alexnet-owt-7be5be79.pth",
+            url=_TORCHVISION + "alexnet-owt-7be5be79.pth",
+            license=_TORCHVISION_LICENSE,
+            description="AlexNet trunk of LPIPS-AlexNet (233 MB): `bfr eval`'s LPIPS.",
+        ),
+        WeightSpec(
+            name="vgg16_imagenet",
+            filename="vgg16-397923af.pth",
+            url=_TORCHVISION + "vgg16-397923af.pth",
+            license=_TORCHVISION_LICENSE,
+            description="VGG16 trunk of LPIPS-VGG (528 MB): the perceptual loss of Kuai et al.'s fine-tuning and of "
+                        "FLIPNET's face embedding; training drops the term without it.",
+        ),
+        WeightSpec(
+            name="inception_v3_imagenet",
+            filename="inception_v3_google-0cc3c7bd.pth",
+            url=_TORCHVISION + "inception_v3_google-0cc3c7bd.pth",
+            license=_TORCHVISION_LICENSE,
+            description="Inception-v3 (104 MB) pool features: `bfr eval`'s FID.",
         ),
         WeightSpec(
             name="prior64",
@@ -181,6 +206,8 @@ CATALOG: dict[str, WeightSpec] = {
 
 # facexlib's networks (above), which bfr fetches where downloads are on and falls back without.
 FACEXLIB_NETWORKS = ("retinaface_resnet50", "parsenet", "arcface_ir_se50")
+# torchvision's networks (above), found in torch's hub cache too; fetched and done without likewise.
+TORCHVISION_NETWORKS = ("alexnet_imagenet", "vgg16_imagenet", "inception_v3_imagenet")
 
 
 def get_spec(name: str) -> WeightSpec:

@@ -308,6 +308,47 @@ def resolve_all(paths: dict[str, str | Path | None], options: dict[str, str] | N
     return found
 
 
+# Third-party networks bfr can do without (facexlib's, torchvision's): found in their own folders or bfr's,
+# else fetched where downloads are on; a failed fetch is remembered, not retried on every photo.
+_failed: dict[str, tuple[float, str]] = {}  # catalog name → (when, why) of its last failed fetch
+RETRY_AFTER_S = 300
+
+
+def find_in(spec: WeightSpec, dirs: list[Path]) -> Path | None:
+    """The file in one of ``dirs`` (the network's own folders), else where bfr keeps weights, else None."""
+    for folder in dirs:
+        if (Path(folder) / spec.filename).is_file():
+            return Path(folder) / spec.filename
+    return find_local(spec)
+
+
+def optional_status(spec: WeightSpec, dirs: list[Path]) -> tuple[bool, str]:
+    """(True, "found at …" or "downloads from … on first use") or (False, why not). Never downloads."""
+    found = find_in(spec, dirs)
+    if found is not None:
+        return True, f"found at {found}"
+    if spec.name in _failed and time.monotonic() - _failed[spec.name][0] < RETRY_AFTER_S:
+        return False, _failed[spec.name][1]
+    return available(spec)
+
+
+def fetch_optional(spec: WeightSpec, dirs: list[Path]) -> tuple[Path | None, str]:
+    """(path, "") when the file is here or was just fetched into bfr's cache, else (None, a short why not).
+
+    Never raises for a missing file: callers fall back or turn ``why`` into their own error."""
+    ok, how = optional_status(spec, dirs)
+    if not ok:
+        return None, how
+    if how.startswith("found at "):
+        return Path(how.removeprefix("found at ")), ""
+    try:
+        return resolve(spec, option=""), ""
+    except WeightsUnavailableError as e:
+        why = getattr(e, "why", str(e))
+        _failed[spec.name] = (time.monotonic(), why)
+        return None, why
+
+
 def available(weights: str | WeightSpec) -> tuple[bool, str]:
     """Whether the weights can be used now, and why, without downloading anything.
 
