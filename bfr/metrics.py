@@ -32,7 +32,7 @@ from scipy import special
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.detect import RETINAFACE_FILE
-from bfr.weights import CATALOG
+from bfr.weights import CATALOG, load_fetched
 from bfr.weights.hub import fetch_optional, optional_status
 
 # ------------------------------------------------------------------------ PSNR and SSIM
@@ -345,8 +345,8 @@ def lpips_network(kind: str, device: str | torch.device = "cpu") -> torch.nn.Mod
         raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: {why}")
     import lpips
 
+    trunk = load_fetched(path, f"LPIPS-{kind}")
     net = lpips.LPIPS(net=kind, pnet_rand=True, verbose=False)  # the trunk built empty, filled below
-    trunk = torch.load(str(path), map_location="cpu", weights_only=True)
     # lpips slices torchvision's `features` keeping each layer's index: sliceK.I.* is features.I.*
     net.net.load_state_dict({k: trunk["features." + k.split(".", 1)[1]].float() for k in net.net.state_dict()})
     return net.eval().requires_grad_(False).to(device)
@@ -459,10 +459,8 @@ class IdentitySimilarity:
             from facexlib.recognition.arcface_arch import Backbone
 
             net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
-            from bfr.faces.detect import load_facexlib_state
-
-            state = load_facexlib_state(_facexlib_file(ARCFACE_FILE, "identity similarity"), "identity similarity")
-            net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+            state = load_fetched(_facexlib_file(ARCFACE_FILE, "identity similarity"), "identity similarity")
+            net.load_state_dict(state, strict=True)
         self.net = net.eval().to(device)
         self.device = device
         self.framing = framing
@@ -652,8 +650,7 @@ class InceptionFeatures:
             from torchvision.models import inception_v3
 
             net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
+            net.load_state_dict(load_fetched(path, "FID"))
             net.fc = torch.nn.Identity()
         self.net = net.eval().to(device)
         self.device = device

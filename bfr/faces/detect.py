@@ -30,7 +30,7 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
-from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, cache_dir, offline
+from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, cache_dir, load_fetched, offline
 from bfr.weights.hub import fetch_optional, find_in, optional_status
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
@@ -167,18 +167,6 @@ def how_to_get_facexlib(filename: str) -> str:
     return where + (", or run where downloads are on." if offline()[0] else ".")
 
 
-def load_facexlib_state(path: Path, what: str) -> dict:
-    """torch.load of a facexlib file, a file that cannot be read (a broken download) named in a
-    WeightsUnavailableError, so that callers fall back as for a missing one."""
-    import torch
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and EOF errors of a truncated or foreign file
-        raise WeightsUnavailableError(f"{what} is unavailable: {path} could not be read ({type(e).__name__}); "
-                                      "delete it to fetch it again") from e
-
-
 class RetinaFaceDetector:
     """facexlib's RetinaFace-ResNet50 (the reference pipelines' detector); needs its weights file."""
 
@@ -201,9 +189,8 @@ class RetinaFaceDetector:
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
-        state = load_facexlib_state(path, "RetinaFace")
+        state = load_fetched(path, "RetinaFace")  # DataParallel's "module." prefix dropped
         net = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
-        state = {k.removeprefix("module."): v for k, v in state.items()}
         net.load_state_dict(state, strict=True)
         self.net = net.eval().to(device)
         self.path = path

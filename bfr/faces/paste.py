@@ -18,7 +18,8 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import affine_scale, compose, inverse_affine, transform_points
-from bfr.faces.detect import facexlib_weights, how_to_get_facexlib, load_facexlib_state
+from bfr.faces.detect import facexlib_weights, how_to_get_facexlib
+from bfr.weights import load_fetched
 
 PARSENET_FILE = "parsing_parsenet.pth"
 # ParseNet's 19 classes; the ones kept as "face" for the mask. Background (0), neck (14),
@@ -202,9 +203,9 @@ class FaceParser:
             )
         from facexlib.parsing.parsenet import ParseNet
 
-        state = load_facexlib_state(path, "ParseNet")
+        state = load_fetched(path, "ParseNet")  # released under "params"
         net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
-        net.load_state_dict(state.get("params", state) if isinstance(state, dict) else state, strict=True)
+        net.load_state_dict(state, strict=True)
         self.net = net.eval().to(device)
         self.device = device
         self.path = path

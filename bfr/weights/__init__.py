@@ -5,6 +5,7 @@ from bfr.weights.hub import ChecksumError, available, cache_dir, offline, resolv
 from bfr.weights.load import (
     LoadReport,
     StateDictMismatchError,
+    load_fetched,
     load_into,
     load_pretrained,
     load_state_dict,
@@ -24,6 +25,7 @@ __all__ = [
     "available",
     "cache_dir",
     "get_spec",
+    "load_fetched",
     "load_into",
     "load_pretrained",
     "load_state_dict",

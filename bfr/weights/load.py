@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bfr.errors import BfrError, InputError
+from bfr.errors import BfrError, InputError, WeightsUnavailableError
 from bfr.weights.catalog import WeightSpec
 from bfr.weights.hub import resolve
 
@@ -122,6 +122,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:  # a damaged or truncated checkpoint
         raise InputError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
     return unwrap_state_dict(obj, source=str(path))
+
+
+def load_fetched(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """``load_state_dict`` for an optional network bfr found or fetched: a file it cannot read (a broken or
+    foreign download) is a WeightsUnavailableError naming it, so that callers do without it as for a missing one."""
+    try:
+        return load_state_dict(path)
+    except (InputError, OSError) as e:
+        raise WeightsUnavailableError(f"{what} is unavailable: {path} could not be read ({e}); delete it to fetch "
+                                      "it again") from e
 
 
 @dataclass
