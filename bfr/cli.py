@@ -268,7 +268,7 @@ TRAIN_FLAGS = {
     "lr": ("flipnet",), "prior": ("flipnet",), "embed_steps": ("flipnet",), "degrade_steps": ("flipnet",),
     "restore_steps": ("flipnet",), "offline_faces": ("flipnet",), "offline_variants": ("flipnet",),
     "tier": ("flipnet",), "clean_dir": ("flipnet",), "unet": ("flipnet",), "vae": ("flipnet",),
-    "card_faces": ("flipnet",),
+    "card_faces": ("flipnet",), "lpips_weight": ("flipnet",),
 }
 INIT_KINDS = {"prior": ("prior",), "backbone": ("swinir",), "idm": ("idm", "prior"),
               "flipnet": ("flipnet",)}  # what --init-from may hold
@@ -288,6 +288,8 @@ def _check_train_flags(args: argparse.Namespace) -> None:
                                  "card_faces"),
                    positive=("minutes", "lr"))
     _check_numbers(args, counts=("degrade_steps", "offline_faces"), low=0)  # a FLIPNET stage may be skipped
+    if args.lpips_weight is not None and not args.lpips_weight >= 0:
+        raise BfrError(f"--lpips-weight must be 0 or more, got {args.lpips_weight}")
 
 
 def _seed_arg(text: str) -> int:
@@ -367,7 +369,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         given = dict(tier=args.tier, prior=args.prior, unet=args.unet, vae=args.vae, clean_dir=args.clean_dir,
                      embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
                      restore_steps=args.restore_steps, offline_faces=args.offline_faces,
-                     offline_variants=args.offline_variants, lr=args.lr, init_from=args.init_from, **common)
+                     offline_variants=args.offline_variants, lr=args.lr, init_from=args.init_from,
+                     lpips_weight=args.lpips_weight, **common)
         cfg, changed = run_config(args.output, {k: v for k, v in given.items() if v is not None},
                                   max_steps=args.steps, max_minutes=args.minutes)
         if cfg.tier == "compact" and (cfg.unet or cfg.vae or cfg.clean_dir):
@@ -410,8 +413,10 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     _check_numbers(args, counts=("start", "min_index"), low=0)
     if not 0 <= args.ema_decay < 1:
         raise BfrError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    if args.gan_weight is not None and not args.gan_weight >= 0:
-        raise BfrError(f"--gan-weight must be 0 or more, got {args.gan_weight}")
+    for flag in ("gan_weight", "lpips_weight"):
+        value = getattr(args, flag)
+        if value is not None and not value >= 0:
+            raise BfrError(f"--{flag.replace('_', '-')} must be 0 or more, got {value}")
     _output_dir(args.output)
 
     cfg = AdaptConfig(lq_dir=args.lq_dir, out_dir=args.output, tier=args.tier, restorer=args.restorer,
@@ -421,7 +426,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
                       factor=args.factor, start=args.start, min_index=args.min_index,
                       gen_batch_size=args.gen_batch_size, mixed_precision=args.precision,
                       ema_decay=args.ema_decay, seed=args.seed,
-                      **({} if args.gan_weight is None else {"gan_weight": args.gan_weight}))
+                      **{k: v for k, v in (("gan_weight", args.gan_weight), ("lpips_weight", args.lpips_weight))
+                         if v is not None})
     if adapt(cfg) is None:
         print("stopped while generating pseudo-targets (those made are cached); run the same command to continue")
     elif args.bundle:
@@ -570,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="flipnet: adapters' learning rate (default 1e-4)")
     p.add_argument("--prior", default=None, help="flipnet: the frozen prior's weights (default: the bundled prior64)")
     p.add_argument("--embed-steps", type=int, default=None, help="flipnet: face-embedding stage (default 2000)")
+    p.add_argument("--lpips-weight", type=float, default=None,
+                   help="flipnet: weight of the embedder's LPIPS-VGG loss (default 1; 0 = none, and VGG16 is not "
+                        "fetched)")
     p.add_argument("--degrade-steps", type=int, default=None, help="flipnet: degradation-mode stage (default 4000)")
     p.add_argument("--restore-steps", type=int, default=None, help="flipnet: restoration-mode stage (default 12000)")
     p.add_argument("--offline-faces", type=int, default=None,
@@ -614,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the exported restorer is an EMA with this decay (0: the fine-tuned weights, as the authors)")
     p.add_argument("--gan-weight", type=float, default=None,
                    help="weight of the adversarial loss (default 0.1, the recipe's; 0 = L1 only)")
+    p.add_argument("--lpips-weight", type=float, default=None,
+                   help="weight of the LPIPS-VGG loss (default 0.4, the recipe's; 0 = none, and VGG16 is not fetched)")
     p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also copy weights, card and samples into DIR (e.g. bfr/weights/compact)")

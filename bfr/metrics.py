@@ -33,7 +33,7 @@ from scipy import special
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.detect import RETINAFACE_FILE
 from bfr.weights import CATALOG, load_fetched
-from bfr.weights.hub import fetch_optional, optional_status
+from bfr.weights.hub import fetch_optional, how_to_get, optional_status
 
 # ------------------------------------------------------------------------ PSNR and SSIM
 
@@ -322,11 +322,22 @@ def torchvision_status(name: str) -> tuple[bool, str]:
     return optional_status(CATALOG[name], _torchvision_dirs())
 
 
-def _torchvision_status(name: str, what: str) -> tuple[bool, str]:
-    ok, how = torchvision_status(name)
+def _as_metric(status: tuple[bool, str], what: str) -> tuple[bool, str]:
+    """A network's status as a metric's: what it measures, and whether it downloads on first use."""
+    ok, how = status
     if not ok:
         return False, how
     return True, what if how.startswith("found") else f"{what} ({how})"
+
+
+def _torchvision_file(name: str, what: str) -> Path:
+    """torchvision's file ``name``, found or fetched, else WeightsUnavailableError saying why and where to put it."""
+    path, why = torchvision_weights(name)
+    if path is None:
+        err = WeightsUnavailableError(f"{what} is unavailable: {why}. {how_to_get(CATALOG[name], _torchvision_dirs())}")
+        err.why = why
+        raise err
+    return path
 
 
 ALEXNET_FILE = CATALOG["alexnet_imagenet"].filename
@@ -339,16 +350,18 @@ def lpips_network(kind: str, device: str | torch.device = "cpu") -> torch.nn.Mod
     Raises WeightsUnavailableError saying why when the trunk cannot be had."""
     if importlib.util.find_spec("lpips") is None:
         raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: the `lpips` package is not installed")
-    name = {"alex": "alexnet_imagenet", "vgg": "vgg16_imagenet"}[kind]
-    path, why = torchvision_weights(name)
-    if path is None:
-        raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: {why}")
+    path = _torchvision_file({"alex": "alexnet_imagenet", "vgg": "vgg16_imagenet"}[kind], f"LPIPS-{kind}")
     import lpips
 
     trunk = load_fetched(path, f"LPIPS-{kind}")
     net = lpips.LPIPS(net=kind, pnet_rand=True, verbose=False)  # the trunk built empty, filled below
     # lpips slices torchvision's `features` keeping each layer's index: sliceK.I.* is features.I.*
-    net.net.load_state_dict({k: trunk["features." + k.split(".", 1)[1]].float() for k in net.net.state_dict()})
+    wanted = {k: "features." + k.split(".", 1)[1] for k in net.net.state_dict()}
+    missing = sorted(v for v in wanted.values() if v not in trunk)
+    if missing:
+        raise WeightsUnavailableError(f"LPIPS-{kind} is unavailable: {path} is not torchvision's {kind} "
+                                      f"(no {', '.join(missing[:3])}…); delete the file to fetch it again")
+    net.net.load_state_dict({k: trunk[v].float() for k, v in wanted.items()})
     return net.eval().requires_grad_(False).to(device)
 
 
@@ -361,10 +374,7 @@ def _facexlib_status(filename: str, what: str) -> tuple[bool, str]:
         return False, "facexlib is not installed"
     from bfr.faces.detect import facexlib_status
 
-    ok, how = facexlib_status(filename)
-    if not ok:
-        return False, how
-    return True, what if how.startswith("found") else f"{what} ({how})"
+    return _as_metric(facexlib_status(filename), what)
 
 
 def _facexlib_file(filename: str, metric: str) -> Path:
@@ -382,7 +392,7 @@ def metric_status(name: str) -> tuple[bool, str]:
     if name == "lpips":
         if importlib.util.find_spec("lpips") is None:
             return False, "the `lpips` package is not installed (pip install lpips)"
-        return _torchvision_status("alexnet_imagenet", "lpips (AlexNet, v0.1)")
+        return _as_metric(torchvision_status("alexnet_imagenet"), "lpips (AlexNet, v0.1)")
     if name == "identity":
         return _facexlib_status(ARCFACE_FILE, "cosine similarity of facexlib ArcFace (IR-SE50) embeddings")
     if name == "landmarks":
@@ -395,7 +405,7 @@ def metric_status(name: str) -> tuple[bool, str]:
             return True, f"Euclidean distance of dlib ResNet face descriptors (128-d; dlib {dlib_version()})"
         return True, f"dlib 68-point shape predictor (dlib {dlib_version()})"
     if name == "fid":
-        return _torchvision_status("inception_v3_imagenet", "torchvision Inception-v3 pool features")
+        return _as_metric(torchvision_status("inception_v3_imagenet"), "torchvision Inception-v3 pool features")
     raise InputError(f"unknown optional metric {name!r}; choose one of {', '.join(OPTIONAL_METRICS)}")
 
 
@@ -644,9 +654,7 @@ class InceptionFeatures:
 
     def __init__(self, net: torch.nn.Module | None = None, device: str | torch.device = "cpu"):
         if net is None:
-            path, why = torchvision_weights("inception_v3_imagenet")
-            if path is None:
-                raise WeightsUnavailableError(f"FID is unavailable: {why}")
+            path = _torchvision_file("inception_v3_imagenet", "FID")
             from torchvision.models import inception_v3
 
             net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bfr.api import method_status
@@ -144,6 +145,36 @@ def test_output_path_that_is_a_file_fails_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error:") and ("is a file" in err or "cannot make" in err), err
     assert taken.read_text() == "keep me"
+
+
+def test_lpips_weight_reaches_adapt_and_flipnet_and_zero_turns_the_term_off(tmp_path, capsys, monkeypatch):
+    """--lpips-weight 0 is how a run on a networked machine keeps the recipe without fetching VGG16 (528 MB)."""
+    import bfr.training.adapt
+    import bfr.training.flipnet
+    from bfr.cli import build_parser
+    from bfr.training.adapt import AdaptConfig
+    from bfr.training.common import perceptual_loss
+    from bfr.training.flipnet import FlipNetTrainConfig
+
+    seen = {}
+    monkeypatch.setattr(bfr.training.adapt, "adapt", lambda cfg: seen.setdefault("adapt", cfg))
+    monkeypatch.setattr(bfr.training.flipnet, "train_flipnet", lambda cfg, **k: seen.setdefault("flipnet", cfg))
+    monkeypatch.setattr(bfr.training.flipnet, "write_flipnet_card", lambda *a, **k: tmp_path / "card.md")
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    main(["adapt", str(clean), "-o", str(tmp_path / "a"), "--lpips-weight", "0"])
+    main(["train", "flipnet", "-o", str(tmp_path / "f"), "--lpips-weight", "0", "--steps", "1"])
+    assert seen["adapt"].lpips_weight == 0 and seen["flipnet"].lpips_weight == 0
+    assert perceptual_loss(0, torch.device("cpu")) == (None, "LPIPS weight is 0: not used")
+    capsys.readouterr()
+    assert main(["train", "prior", "-o", str(tmp_path / "p"), "--lpips-weight", "1"]) == 2
+    assert "--lpips-weight is an option of `train flipnet`" in capsys.readouterr().err
+    assert main(["adapt", str(clean), "-o", str(tmp_path / "b"), "--lpips-weight", "-1"]) == 2
+    assert "--lpips-weight must be 0 or more" in capsys.readouterr().err
+    parser = build_parser()._subparsers._group_actions[0].choices
+    for command, default in (("adapt", AdaptConfig.lpips_weight), ("train", FlipNetTrainConfig.lpips_weight)):
+        text = next(a.help for a in parser[command]._actions if "--lpips-weight" in a.option_strings)
+        assert f"default {default:g}" in text
 
 
 @needs_adapted

@@ -265,27 +265,74 @@ def test_lpips_matches_the_formula_by_hand(hub_weights):
     assert (metric(x, (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)) > got).all()  # more noise, further
 
 
+def _serve_torchvision(monkeypatch, name: str, src: Path, named_for: str | None = None) -> str:
+    """Point catalog entry ``name`` at ``src`` (a file: URL), named as torchvision names files: with the first 8
+    hex digits of the sha256 of ``named_for`` (default: of the file itself, so that the name's promise holds)."""
+    import dataclasses
+    import shutil
+
+    from bfr.weights import CATALOG, sha256_of
+
+    prefix = sha256_of(named_for or src)[:8]
+    served = src.with_name(f"{name}-{prefix}.pth")
+    if served != src:
+        shutil.copyfile(src, served)
+    monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], url=served.as_uri(), filename=served.name))
+    return served.name
+
+
 def test_lpips_trunk_is_fetched_where_downloads_are_on(stand_in_hub, no_facexlib_here, monkeypatch, tmp_path):
     """With torch's cache empty, LPIPS's AlexNet trunk comes from its catalog source (here a file: URL to the
-    stand-in) into bfr's cache, and scores exactly as when torchvision's cache holds it."""
-    import dataclasses
+    stand-in) into bfr's cache, and scores exactly as when torchvision's cache holds it; a file whose name promises
+    another sha256 (torchvision's names carry its first digits) is not kept."""
+    from bfr.weights import CATALOG, hub
 
-    from bfr.weights import CATALOG
-
+    original = CATALOG["alexnet_imagenet"]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     ok, why = M.metric_status("lpips")
     assert not ok and "downloads are off (HF_HUB_OFFLINE=1)" in why
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    src = (stand_in_hub / M.ALEXNET_FILE).as_uri()
-    monkeypatch.setitem(CATALOG, "alexnet_imagenet", dataclasses.replace(CATALOG["alexnet_imagenet"], url=src))
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"another file")
+    _serve_torchvision(monkeypatch, "alexnet_imagenet", stand_in_hub / M.ALEXNET_FILE, named_for=other)
+    with pytest.raises(WeightsUnavailableError, match="does not start with the .* its name promises"):
+        M.LPIPS()
+    hub._failed.clear()
+    name = _serve_torchvision(monkeypatch, "alexnet_imagenet", stand_in_hub / M.ALEXNET_FILE)
     ok, why = M.metric_status("lpips")
-    assert ok and f"downloads from {src} on first use" in why
+    assert ok and "downloads from file:" in why and "on first use" in why
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
     fetched = M.LPIPS()(x, y)
-    assert (no_facexlib_here / M.ALEXNET_FILE).is_file()
-    monkeypatch.setenv("TORCH_HOME", str(stand_in_hub.parents[1]))
+    assert (no_facexlib_here / name).is_file()
+    monkeypatch.setenv("TORCH_HOME", str(stand_in_hub.parents[1]))  # the stand-in under torchvision's own name
+    monkeypatch.setitem(CATALOG, "alexnet_imagenet", original)
     np.testing.assert_allclose(fetched.numpy(), M.LPIPS()(x, y).numpy(), rtol=1e-6)
+
+
+def test_lpips_vgg_training_loss_from_a_fetched_trunk(no_facexlib_here, monkeypatch, tmp_path):
+    """Kuai et al.'s and FLIPNET's LPIPS-VGG loss, its VGG16 trunk fetched (a random features-only stand-in):
+    zero for identical images, positive otherwise, and its gradient reaches the prediction."""
+    pytest.importorskip("lpips")
+    from torchvision.models import vgg16
+
+    from bfr.training.common import perceptual_loss
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    torch.manual_seed(0)
+    src = tmp_path / "vgg_stand_in.pth"
+    torch.save({f"features.{k}": v.half() for k, v in vgg16().features.state_dict().items()}, src)
+    _serve_torchvision(monkeypatch, "vgg16_imagenet", src)
+    loss, note = perceptual_loss(0.4, torch.device("cpu"))
+    assert note == "LPIPS-VGG (lpips package), weight 0.4"
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 64, 64, generator=g)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    value = loss(pred, target)
+    value.backward()
+    assert value.item() > 0 and pred.grad is not None and pred.grad.abs().sum() > 0
+    assert loss(target, target).item() == 0
 
 
 def test_inception_features_and_fid_from_the_hub_cache(hub_weights):

@@ -348,7 +348,7 @@ def test_a_broken_facexlib_file_falls_back_naming_the_file(no_facexlib_here):
     broken = no_facexlib_here / RETINAFACE_FILE
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"<html>not a checkpoint</html>")
-    with pytest.raises(WeightsUnavailableError, match="could not be read .*delete it to fetch it again"):
+    with pytest.raises(WeightsUnavailableError, match="not a PyTorch checkpoint.*delete the file to fetch it again"):
         get_detector("retinaface")
     if HAVE_CASCADES:
         det = get_detector("auto")

@@ -139,7 +139,7 @@ def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | Non
     try:
         net = lpips_network("vgg", device)
     except WeightsUnavailableError as e:
-        return None, f"LPIPS not used: {str(e).removeprefix('LPIPS-vgg is unavailable: ')}"
+        return None, f"LPIPS not used: {getattr(e, 'why', e)}"
     return (lambda pred, target: net(pred, target, normalize=True).mean()), "LPIPS-VGG (lpips package), weight " \
         f"{weight}"
 

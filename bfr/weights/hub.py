@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sys
 import threading
@@ -170,9 +171,17 @@ _dest_locks_guard = threading.Lock()
 STALE_PART_S = 3600  # a .part file this old was left by a killed download
 
 
-def download_url(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
+def _name_hash(filename: str) -> str | None:
+    """The sha256 prefix that torchvision-style names carry (``vgg16-397923af.pth``), or None."""
+    m = re.search(r"-([0-9a-f]{8,64})\.pth$", filename)
+    return m.group(1) if m else None
+
+
+def download_url(url: str, dest: Path, sha256: str | None = None, progress: bool = True,
+                 sha256_prefix: str | None = None) -> Path:
     """Stream `url` to `dest` (atomically, via a .part file), checking the length the server announced and
-    sha256 when known. Threads asking for one file wait for the first download instead of repeating it."""
+    sha256 (or its prefix) when known. Threads asking for one file wait for the first download instead of
+    repeating it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _dest_locks_guard:
         lock = _dest_locks.setdefault(dest.resolve(), threading.Lock())
@@ -182,10 +191,10 @@ def download_url(url: str, dest: Path, sha256: str | None = None, progress: bool
         for old in dest.parent.glob(f"{dest.name}.*.part"):
             if time.time() - old.stat().st_mtime > STALE_PART_S:
                 old.unlink(missing_ok=True)
-        return _download(url, dest, sha256, progress)
+        return _download(url, dest, sha256, progress, sha256_prefix)
 
 
-def _download(url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
+def _download(url: str, dest: Path, sha256: str | None, progress: bool, sha256_prefix: str | None) -> Path:
     part = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
     h = hashlib.sha256()
     try:
@@ -207,6 +216,9 @@ def _download(url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
             raise ChecksumError(
                 f"{url}: downloaded file has sha256 {h.hexdigest()}, expected {sha256}; it was not kept."
             )
+        if sha256_prefix is not None and not h.hexdigest().startswith(sha256_prefix.lower()):
+            raise ChecksumError(f"{url}: downloaded file has sha256 {h.hexdigest()}, which does not start with the "
+                                f"{sha256_prefix} its name promises; it was not kept.")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
@@ -283,7 +295,8 @@ def resolve(
         host = urllib.parse.urlsplit(spec.url).hostname
         raise _unavailable(spec, f"{host} is unreachable (no network?)", option)
     try:
-        return download_url(spec.url, cache_dir() / "weights" / spec.filename, spec.sha256)
+        return download_url(spec.url, cache_dir() / "weights" / spec.filename, spec.sha256,
+                            sha256_prefix=_name_hash(spec.filename))
     except ChecksumError:
         raise
     except OSError as e:  # URLError, timeouts, HTTP errors, disk full
@@ -330,6 +343,13 @@ def optional_status(spec: WeightSpec, dirs: list[Path]) -> tuple[bool, str]:
     if spec.name in _failed and time.monotonic() - _failed[spec.name][0] < RETRY_AFTER_S:
         return False, _failed[spec.name][1]
     return available(spec)
+
+
+def how_to_get(spec: WeightSpec, dirs: list[Path]) -> str:
+    """One sentence: where to put an optional network's file by hand."""
+    places = [str(d) for d in dirs] + ["$BFR_WEIGHTS_DIR", str(cache_dir() / "weights")]
+    hint = ", or run where downloads are on." if offline()[0] else "."
+    return f"Put {spec.filename} ({spec.url}) in {', '.join(places[:-1])} or {places[-1]}{hint}"
 
 
 def fetch_optional(spec: WeightSpec, dirs: list[Path]) -> tuple[Path | None, str]:

@@ -129,9 +129,8 @@ def load_fetched(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     foreign download) is a WeightsUnavailableError naming it, so that callers do without it as for a missing one."""
     try:
         return load_state_dict(path)
-    except (InputError, OSError) as e:
-        raise WeightsUnavailableError(f"{what} is unavailable: {path} could not be read ({e}); delete it to fetch "
-                                      "it again") from e
+    except (InputError, OSError) as e:  # the error names the file
+        raise WeightsUnavailableError(f"{what} is unavailable: {e}; delete the file to fetch it again") from e
 
 
 @dataclass
