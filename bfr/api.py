@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bfr.errors import InputError, NoFaceError, WeightsUnavailableError, check_seed
-from bfr.faces.detect import FaceDetector, get_detector
+from bfr.faces.detect import FaceDetector, get_detector, stands_in
 from bfr.faces.paste import FaceParser
 from bfr.faces.pipeline import FacePipeline, FaceRestoreResult, check_aligned_shape, keep_gray
 from bfr.faces.templates import template as template_points
@@ -223,7 +223,8 @@ class Restorer:
                 self._parser = self._last_pipeline.loaded_parser
             detector: str | FaceDetector = self.detector
             if not aligned:  # aligned crops never need a detector: do not load one for them
-                if min_face_size not in self._detectors:
+                cached = self._detectors.get(min_face_size)
+                if cached is None or (self.detector == "auto" and stands_in(cached)):
                     self._detectors[min_face_size] = get_detector(self.detector, min_eye_distance=min_face_size)
                 detector = self._detectors[min_face_size]
             pipeline = FacePipeline(detector=detector, template=self.model.framing, crop_size=self.model.resolution,

@@ -330,6 +330,34 @@ def test_parsenet_is_fetched_for_the_ffhq_pipeline_where_downloads_are_on(downlo
     assert FaceParser().path == cached  # and found by the parser on its own from now on
 
 
+def test_an_auto_detector_that_fell_back_is_built_again_once_retinaface_can_be_had(downloads_from, monkeypatch):
+    """A long-lived pipeline (the demo's, a Restorer's) that started offline picks RetinaFace up once it can be
+    had, instead of keeping the Haar fallback for the life of the process."""
+    from facexlib.detection.retinaface import RetinaFace
+
+    from bfr.api import Restorer
+    from bfr.faces.pipeline import FacePipeline
+
+    if not HAVE_CASCADES:
+        pytest.skip(f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+    torch.manual_seed(0)
+    net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipeline = FacePipeline(detector="auto", template="lfw", crop_size=64)
+
+    class Model:
+        framing, resolution = "lfw", 64
+
+    restorer = Restorer(Model())
+    assert pipeline.detector.name == "haar" and restorer.face_pipeline().detector.name == "haar"
+    assert pipeline.detector is pipeline.detector  # offline, kept: nothing to build again
+    downloads_from("retinaface_resnet50", {f"module.{k}": v.half() if v.is_floating_point() else v
+                                           for k, v in net.state_dict().items()})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert pipeline.detector.name == "retinaface" and restorer.face_pipeline().detector.name == "retinaface"
+    assert FacePipeline(detector="haar").detector.reason == ""  # asked for by name: never replaced
+
+
 def test_a_fetched_file_that_is_not_the_published_one_is_not_kept(downloads_from):
     """A download whose sha256 is not the catalog's (a changed upstream file, a proxy's error page) is refused;
     "auto" falls back to Haar saying why, and the failure is not retried on every photo."""

@@ -437,6 +437,13 @@ class HaarDetector:
         return best
 
 
+def stands_in(detector: FaceDetector, weights_dir: str | Path | None = None) -> bool:
+    """Whether ``detector`` is the Haar fallback of an "auto" choice and RetinaFace can now be had (a fetch that
+    failed for a while, or a file put in place since): long-lived pipelines then build their detector again."""
+    return detector.name == "haar" and bool(getattr(detector, "reason", "")) and \
+        facexlib_status(RETINAFACE_FILE, weights_dir)[0]
+
+
 def get_detector(
     prefer: str = "auto",
     device: str = "cpu",

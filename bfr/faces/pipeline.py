@@ -17,7 +17,7 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, warp_face, warp_image
-from bfr.faces.detect import Face, FaceDetector, check_image, facexlib_weights, get_detector, select_faces
+from bfr.faces.detect import Face, FaceDetector, check_image, facexlib_weights, get_detector, select_faces, stands_in
 from bfr.faces.paste import PARSENET_FILE, FaceParser, output_to_crop_affine, paste_faces, upscale_image
 from bfr.faces.templates import FRAMING_NAMES, frame_inside, reframe_affine
 from bfr.faces.templates import template as template_points
@@ -150,8 +150,9 @@ class FacePipeline:
 
     @property
     def detector(self) -> FaceDetector:
-        """The detector, built on first use (aligned-only use never needs one)."""
-        if self._detector is None:
+        """The detector, built on first use (aligned-only use never needs one); an "auto" one that fell back to
+        Haar is built again once RetinaFace can be had."""
+        if self._detector is None or (self._detector_spec == "auto" and stands_in(self._detector, self._weights_dir)):
             self._detector = get_detector(
                 self._detector_spec,
                 device=self._device,
