@@ -30,8 +30,8 @@ import numpy as np
 
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
-from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, cache_dir, load_fetched, offline
-from bfr.weights.hub import fetch_optional, find_in, optional_status
+from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, load_fetched
+from bfr.weights.hub import fetch_optional, find_in, how_to_get, optional_status
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -162,9 +162,7 @@ def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tu
 
 def how_to_get_facexlib(filename: str) -> str:
     """One sentence: where to put facexlib's file by hand."""
-    where = f"Put facexlib's {filename} ({facexlib_entry(filename).url}) in $BFR_FACEXLIB_WEIGHTS, facexlib's " \
-            f"weights folder or {cache_dir() / 'weights'}"
-    return where + (", or run where downloads are on." if offline()[0] else ".")
+    return how_to_get(facexlib_entry(filename), ["$BFR_FACEXLIB_WEIGHTS", "facexlib's weights folder"])
 
 
 class RetinaFaceDetector:

@@ -345,9 +345,9 @@ def optional_status(spec: WeightSpec, dirs: list[Path]) -> tuple[bool, str]:
     return available(spec)
 
 
-def how_to_get(spec: WeightSpec, dirs: list[Path]) -> str:
-    """One sentence: where to put an optional network's file by hand."""
-    places = [str(d) for d in dirs] + ["$BFR_WEIGHTS_DIR", str(cache_dir() / "weights")]
+def how_to_get(spec: WeightSpec, places: list[str | Path]) -> str:
+    """One sentence: where to put an optional network's file by hand (its own ``places``, then bfr's)."""
+    places = [str(d) for d in places] + ["$BFR_WEIGHTS_DIR", str(cache_dir() / "weights")]
     hint = ", or run where downloads are on." if offline()[0] else "."
     return f"Put {spec.filename} ({spec.url}) in {', '.join(places[:-1])} or {places[-1]}{hint}"
 
