@@ -33,7 +33,7 @@ from scipy import special
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.detect import RETINAFACE_FILE
 from bfr.weights import CATALOG, load_fetched
-from bfr.weights.hub import fetch_optional, how_to_get, optional_status
+from bfr.weights.hub import fetch_optional, optional_status, unavailable_error
 
 # ------------------------------------------------------------------------ PSNR and SSIM
 
@@ -334,9 +334,7 @@ def _torchvision_file(name: str, what: str) -> Path:
     """torchvision's file ``name``, found or fetched, else WeightsUnavailableError saying why and where to put it."""
     path, why = torchvision_weights(name)
     if path is None:
-        err = WeightsUnavailableError(f"{what} is unavailable: {why}. {how_to_get(CATALOG[name], _torchvision_dirs())}")
-        err.why = why
-        raise err
+        raise unavailable_error(what, why, CATALOG[name], _torchvision_dirs())
     return path
 
 
@@ -379,11 +377,11 @@ def _facexlib_status(filename: str, what: str) -> tuple[bool, str]:
 
 def _facexlib_file(filename: str, metric: str) -> Path:
     """facexlib's file, fetched if need be (see ``bfr.faces.detect.facexlib_weights``)."""
-    from bfr.faces.detect import facexlib_weights
+    from bfr.faces.detect import facexlib_unavailable, facexlib_weights
 
     path, why = facexlib_weights(filename)
     if path is None:
-        raise WeightsUnavailableError(f"{metric} is unavailable: {why}")
+        raise facexlib_unavailable(metric, why, filename)
     return path
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from bfr.errors import InputError, WeightsUnavailableError
 from bfr.faces.align import inverse_affine, transform_points, umeyama, warp_image
 from bfr.weights import CATALOG, FACEXLIB_NETWORKS, WeightSpec, load_fetched
-from bfr.weights.hub import fetch_optional, find_in, how_to_get, optional_status
+from bfr.weights.hub import fetch_optional, find_in, optional_status, unavailable_error
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -160,9 +160,13 @@ def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tu
     return fetch_optional(facexlib_entry(filename), _facexlib_dirs(weights_dir))
 
 
-def how_to_get_facexlib(filename: str) -> str:
-    """One sentence: where to put facexlib's file by hand."""
-    return how_to_get(facexlib_entry(filename), ["$BFR_FACEXLIB_WEIGHTS", "facexlib's weights folder"])
+def facexlib_unavailable(what: str, why: str, filename: str, advice: str = "") -> WeightsUnavailableError:
+    """The error for a facexlib network that cannot be had (see ``bfr.weights.hub.unavailable_error``)."""
+    places = ["$BFR_FACEXLIB_WEIGHTS", "facexlib's weights folder"]
+    return unavailable_error(what, why, facexlib_entry(filename), places, advice)
+
+
+USE_HAAR = "Or use the Haar detector (`--detector haar`; detector='haar' in Python)."
 
 
 class RetinaFaceDetector:
@@ -180,10 +184,7 @@ class RetinaFaceDetector:
     ):
         path, why = (Path(weights), "") if weights else facexlib_weights(RETINAFACE_FILE)
         if path is None or not path.is_file():
-            raise WeightsUnavailableError(
-                f"RetinaFace is unavailable: {why or f'{path} does not exist'}. {how_to_get_facexlib(RETINAFACE_FILE)} "
-                "Or use the Haar detector (`--detector haar`; detector='haar' in Python)."
-            )
+            raise facexlib_unavailable("RetinaFace", why or f"{path} does not exist", RETINAFACE_FILE, USE_HAAR)
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
@@ -460,8 +461,7 @@ def get_detector(
     if prefer in ("auto", "retinaface"):
         weights, why = facexlib_weights(RETINAFACE_FILE, weights_dir)
         if weights is None and prefer == "retinaface":
-            raise WeightsUnavailableError(f"RetinaFace is unavailable: {why}. {how_to_get_facexlib(RETINAFACE_FILE)} "
-                                          "Or use the Haar detector (`--detector haar`; detector='haar' in Python).")
+            raise facexlib_unavailable("RetinaFace", why, RETINAFACE_FILE, USE_HAAR)
         if weights is not None:
             kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
             try:
@@ -469,7 +469,7 @@ def get_detector(
             except WeightsUnavailableError as e:
                 if prefer == "retinaface":
                     raise
-                why = str(e).removeprefix("RetinaFace is unavailable: ")
+                why = getattr(e, "why", str(e))
         reason = f"RetinaFace is unavailable: {why}; using OpenCV's Haar cascades (coarser landmarks)."
     kwargs = {} if min_eye_distance is None else {"min_eye_distance": min_eye_distance}
     return HaarDetector(reason=reason, **kwargs)

@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bfr.errors import InputError, WeightsUnavailableError
+from bfr.errors import InputError
 from bfr.faces.align import affine_scale, compose, inverse_affine, transform_points
-from bfr.faces.detect import facexlib_weights, how_to_get_facexlib
+from bfr.faces.detect import facexlib_unavailable, facexlib_weights
 from bfr.weights import load_fetched
 
 PARSENET_FILE = "parsing_parsenet.pth"
@@ -197,10 +197,8 @@ class FaceParser:
     def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
         path, why = (Path(weights), "") if weights else facexlib_weights(PARSENET_FILE)
         if path is None or not path.is_file():
-            raise WeightsUnavailableError(
-                f"ParseNet is unavailable: {why or f'{path} does not exist'}. {how_to_get_facexlib(PARSENET_FILE)} "
-                "Or paste without parsing (use_parse=False)."
-            )
+            raise facexlib_unavailable("ParseNet", why or f"{path} does not exist", PARSENET_FILE,
+                                       "Or paste without parsing (use_parse=False).")
         from facexlib.parsing.parsenet import ParseNet
 
         state = load_fetched(path, "ParseNet")  # released under "params"

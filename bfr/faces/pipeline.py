@@ -132,7 +132,7 @@ class FacePipeline:
                     self._parser = FaceParser(path, device=self._device)
                     self._parse_note = "face parsing on (ParseNet)"
                 except WeightsUnavailableError as e:
-                    why = str(e).removeprefix("ParseNet is unavailable: ")
+                    why = getattr(e, "why", str(e))
             if self._parser is None:
                 self._parse_note = f"no face parsing ({why}): faces pasted through a soft ellipse"
         return self._parser

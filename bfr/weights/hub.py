@@ -352,6 +352,16 @@ def how_to_get(spec: WeightSpec, places: list[str | Path]) -> str:
     return f"Put {spec.filename} ({spec.url}) in {', '.join(places[:-1])} or {places[-1]}{hint}"
 
 
+def unavailable_error(what: str, why: str, spec: WeightSpec, places: list[str | Path],
+                      advice: str = "") -> WeightsUnavailableError:
+    """The error of an optional network that cannot be had: why, where to put its file by hand, what else to do
+    (``advice``); ``.why`` keeps the reason alone, for callers that fall back and say why."""
+    err = WeightsUnavailableError(f"{what} is unavailable: {why}. {how_to_get(spec, places)}" +
+                                  (f" {advice}" if advice else ""))
+    err.why = why
+    return err
+
+
 def fetch_optional(spec: WeightSpec, dirs: list[Path]) -> tuple[Path | None, str]:
     """(path, "") when the file is here or was just fetched into bfr's cache, else (None, a short why not).
 

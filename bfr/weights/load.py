@@ -130,7 +130,9 @@ def load_fetched(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     try:
         return load_state_dict(path)
     except (InputError, OSError) as e:  # the error names the file
-        raise WeightsUnavailableError(f"{what} is unavailable: {e}; delete the file to fetch it again") from e
+        err = WeightsUnavailableError(f"{what} is unavailable: {e}; delete the file to fetch it again")
+        err.why = f"{e}; delete the file to fetch it again"
+        raise err from e
 
 
 @dataclass
