@@ -49,7 +49,7 @@ from bfr.faces import FacePipeline
 from bfr.faces.detect import facexlib_weights
 from bfr.faces.paste import PARSENET_FILE
 from bfr.faces.pipeline import check_aligned_shape
-from bfr.imageio import MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
+from bfr.imageio import MAX_OUTPUT_PIXELS, MAX_PIXELS, check_image_file, load_image, resize, save_image, to_uint8
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIERS = tuple(dict.fromkeys(tier for info in METHODS.values() for tier in info.tiers))  # compact, paper
@@ -60,7 +60,7 @@ ON_GPU = ZERO_GPU or torch.cuda.is_available()
 # method with these knobs needs no change here; a new knob needs one line here (and a
 # parameter of restore / restore_for_ui, which name the API's inputs).
 KNOBS = {
-    "steps": dict(label="Steps", minimum=1, maximum=1000, step=1,
+    "steps": dict(label="Steps", minimum=2, maximum=1000, step=1,
                   info="length of the DDIM chain the sampler runs on"),
     "start_step": dict(label="Started step N", minimum=1, maximum=999, step=1,
                        info="where sampling starts on that chain (N < steps): higher = more realism, less fidelity"),
@@ -83,11 +83,14 @@ OUTPUT_DIR = Path(tempfile.gettempdir()) / "bfr-app"
 CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #flipnet-variants .fixed-height "
        "{ min-height: 0; }"
        # the faces gallery holds one wide strip per face: cells as tall as their strip, not square
-       "#faces .thumbnail-item { aspect-ratio: auto; height: auto; }"
-       "#faces .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }"
-       # its captions name every method: under the strip, whole, not over the faces and cut off
-       "#faces .caption-label { position: static; display: block; max-width: 100%; white-space: normal; }"
-       "#gallery .caption-label { max-width: 100%; white-space: normal; }"
+       # (and the side-by-side gallery: wide photos are not shown in square cells)
+       "#faces .thumbnail-item, #gallery .thumbnail-item { aspect-ratio: auto; height: auto; }"
+       "#faces .thumbnail-item img, #gallery .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }"
+       # captions name methods and times: under the picture, whole, not over the faces and cut off
+       "#faces .caption-label, #gallery .caption-label { position: static; display: block; max-width: 100%; "
+       "white-space: normal; }"
+       # download names differ at their end (the method): let them wrap on a phone rather than be cut off
+       "#files .file-name { white-space: normal; word-break: break-all; }"
        # the galleries' labels sit above their first row, not over it
        "#faces .grid-wrap, #gallery .grid-wrap { padding-top: 2.5em; }"
        # method names with "(unavailable)" are long: wrap them rather than cut them off
@@ -113,6 +116,9 @@ def _check_payload(component, payload, preprocess):
         raise gr.Error(f"{component.label} must be a list of names, e.g. [{payload!r}], not a string.")
     if isinstance(component, (gr.Slider, gr.Number)) and payload is None:
         raise gr.Error(f"{component.label} needs a number, got None.")
+    if isinstance(component, gr.Number) and component.precision == 0 and isinstance(payload, float) \
+            and not payload.is_integer():  # Gradio would round it (2.5 → 2) and run with another seed than asked
+        raise gr.Error(f"{component.label} must be a whole number, got {payload:g}.")
     if not isinstance(component, gr.Image):
         try:
             return preprocess(component, payload)
@@ -213,12 +219,27 @@ def read_photo(path: str | None, what: str = "a photo") -> np.ndarray:
         return load_image(path)
 
 
-def check_upload(path: str | None) -> None:
-    """On upload: a file that cannot be restored (not an image, too large or small) is said now, not at Restore;
-    from its header, so a large photo is not decoded twice."""
-    if path:
+def check_upload(payload):
+    """On upload, from the raw upload (before Gradio opens it): a file that cannot be restored (not an image, too
+    large or small) is said now, from its header, and taken out of the box, which then invites another upload
+    instead of failing again at Restore."""
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    if not path:
+        return gr.skip()
+    shown = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
+    try:
         with user_errors(path):
             check_image_file(path)
+    except gr.Error as e:
+        gr.Warning(e.message.replace(Path(path).name, shown))
+        return None
+    return gr.skip()
+
+
+def why_not(name: str, tier: str) -> str:
+    """Why a method cannot run on a tier, without the command that trains its weights (a visitor cannot run it;
+    “Methods on this machine” keeps the whole reason)."""
+    return method_status(name, tier)[1].split("; make it with")[0]
 
 
 def check_methods(methods: list[str] | None, tier: str) -> list[str]:
@@ -229,17 +250,16 @@ def check_methods(methods: list[str] | None, tier: str) -> list[str]:
     if not methods:
         if not any(method_status(name, tier)[0] for name in METHODS):
             raise gr.Error(f"No method can run on the {tier} tier here: "
-                           + " · ".join(f"{METHODS[name].title}: {method_status(name, tier)[1]}" for name in METHODS)
+                           + " · ".join(f"{METHODS[name].title}: {why_not(name, tier)}" for name in METHODS)
                            + ". Choose the compact tier, or see “Methods on this machine”.")
         raise gr.Error("Choose at least one method.")
     for name in methods:
         if name not in METHODS:
             raise gr.Error(f"Unknown method {name!r}; choose from: {', '.join(METHODS)}.")
-        ok, why = method_status(name, tier)
-        if not ok:
+        if not method_status(name, tier)[0]:
             advice = (" Choose the compact tier, or run the demo where the weights can be downloaded (or are in "
                       "$BFR_WEIGHTS_DIR)." if tier == "paper" else "")
-            raise gr.Error(f"{METHODS[name].title} cannot run on the {tier} tier here: {why}.{advice}")
+            raise gr.Error(f"{METHODS[name].title} cannot run on the {tier} tier here: {why_not(name, tier)}.{advice}")
     return list(dict.fromkeys(methods))
 
 
@@ -278,19 +298,29 @@ def check_knobs(methods: list[str], values: dict, own_defaults: bool = False) ->
 
 
 _restorers: OrderedDict[tuple[str, str], Restorer] = OrderedDict()
-_restorers_lock = threading.Lock()
+_restorers_lock = threading.Lock()  # held only to read or change the cache, never while a model loads
+_loading: dict[tuple[str, str], threading.Lock] = {}  # one per (method, tier): a model loads once at a time
 
 
 def get_restorer(method: str, tier: str) -> Restorer:
-    """Each (method, tier) is loaded once and reused; the least recently used is dropped beyond the cache size."""
+    """Each (method, tier) is loaded once and reused; the least recently used is dropped beyond the cache size.
+    A load (seconds, or a download for the paper tier) holds up only the requests for that same model."""
+    key = (method, tier)
     with _restorers_lock:
-        key = (method, tier)
-        if key not in _restorers:
-            _restorers[key] = bfr.load(method, tier)
+        if key in _restorers:
+            _restorers.move_to_end(key)
+            return _restorers[key]
+        gate = _loading.setdefault(key, threading.Lock())
+    with gate:
+        with _restorers_lock:
+            if key in _restorers:  # loaded by the request this one waited for
+                return _restorers[key]
+        restorer = bfr.load(method, tier)
+        with _restorers_lock:
+            _restorers[key] = restorer
             while len(_restorers) > RESTORER_CACHE_SIZE:
                 _restorers.popitem(last=False)
-        _restorers.move_to_end(key)
-        return _restorers[key]
+            return restorer
 
 
 def load_restorers(methods: list[str], tier: str, progress=None) -> tuple[list[str], list[str]]:
@@ -312,10 +342,12 @@ def load_restorers(methods: list[str], tier: str, progress=None) -> tuple[list[s
     return ready, failures
 
 
-# Stop, per browser session: a run is armed when its button is clicked (before it waits in the queue) and
-# disarmed when it ends; Stop marks an armed session, and its run ends at the next check (before it starts,
-# or at the next sampling step), keeping the methods already done.
-_armed: set[str] = set()
+# Stop, per browser session and per button (restore, FLIPNET's degradation mode): a run is armed when its
+# button is clicked (before it waits in the queue) and disarmed when it ends; a Stop marks its own button's
+# armed runs, which end at their next check (before they start, or at the next sampling step), keeping what is
+# done. Keys are "SESSION/BUTTON"; a second click queued behind a run is counted, so the first run's end leaves
+# it armed.
+_armed: dict[str, int] = {}
 _stop_requested: set[str] = set()
 _stop_lock = threading.Lock()
 
@@ -324,47 +356,60 @@ class StopRequested(Exception):
     """Raised from a progress report once the user pressed Stop."""
 
 
-def _session(request: gr.Request | None) -> str | None:
-    return request.session_hash if request is not None and request.session_hash else None
+def stop_key(request: gr.Request | None, button: str) -> str | None:
+    """Which Stop ends a run: the one of ``button`` ("restore" or "flipnet") in the request's browser session."""
+    return f"{request.session_hash}/{button}" if request is not None and request.session_hash else None
 
 
-def arm_stop(request: gr.Request) -> None:
-    """Runs unqueued as a button is clicked: from now on, Stop ends the run that click starts."""
-    if (session := _session(request)) is not None:
+def _arm(key: str | None) -> None:
+    if key is not None:
         with _stop_lock:
-            _stop_requested.discard(session)
-            _armed.add(session)
+            if not _armed.get(key):
+                _stop_requested.discard(key)  # a Stop pressed when nothing ran does not end the next run
+            _armed[key] = _armed.get(key, 0) + 1
 
 
-def disarm_stop(session: str | None) -> None:
-    if session is not None:
+def arm_restore(request: gr.Request) -> None:
+    """Runs unqueued as Restore is clicked: from now on, the restoration's Stop ends the run that click starts."""
+    _arm(stop_key(request, "restore"))
+
+
+def arm_flipnet(request: gr.Request) -> None:
+    """The same for "Degrade with FLIPNET" and its own Stop."""
+    _arm(stop_key(request, "flipnet"))
+
+
+def disarm_stop(key: str | None) -> None:
+    if key is not None:
         with _stop_lock:
-            _armed.discard(session)
-            _stop_requested.discard(session)
+            _armed[key] = _armed.get(key, 1) - 1
+            if _armed[key] <= 0:
+                del _armed[key]
+                _stop_requested.discard(key)
 
 
-def check_stop(session: str | None) -> None:
-    if session is not None and session in _stop_requested:
+def check_stop(key: str | None) -> None:
+    if key is not None and key in _stop_requested:
         raise StopRequested
 
 
 def request_stop(request: gr.Request) -> None:
-    """The restoration's Stop button: the session's run (queued or running) ends at its next check."""
-    _request_stop(request, " Methods already done are kept.")
+    """The restoration's Stop button: its run (queued or running) ends at its next check."""
+    _request_stop(stop_key(request, "restore"), " Methods already done are kept.")
 
 
 def request_stop_variants(request: gr.Request) -> None:
     """The Stop button of FLIPNET's degradation mode."""
-    _request_stop(request, "")
+    _request_stop(stop_key(request, "flipnet"), " Variants shown before are kept.")
 
 
-def _request_stop(request: gr.Request | None, kept: str) -> None:
-    if (session := _session(request)) is None:
+def _request_stop(key: str | None, kept: str) -> None:
+    if key is None:
         return
     with _stop_lock:
-        running = session in _armed
+        running = bool(_armed.get(key))
         if running:
-            _stop_requested.add(session)
+            _stop_requested.add(key)
     gr.Info("Stopping: the run ends at its next sampling step, or before it starts if it is still waiting." + kept
             if running else "Nothing is running.")
 
@@ -379,8 +424,8 @@ def count_faces(img: np.ndarray, aligned: bool, only_center_face: bool) -> tuple
         check_aligned_shape(*img.shape[:2])  # one sentence now, not one per method later
         return 1, "none (aligned input)"
     with _counter_lock:
-        faces = _counter.detect(img)
-    return (min(len(faces), 1) if only_center_face else len(faces)), _counter.detector.name
+        faces, detector = _counter.detect(img), _counter.detector.name
+    return (min(len(faces), 1) if only_center_face else len(faces)), detector
 
 
 def gpu_estimate(methods, tier, knobs, n_faces) -> float:
@@ -471,13 +516,15 @@ def _run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, up
         raise gr.Error(f"Upscale must lie in [1, 4], got {upscale:g}.")
     if round(w * upscale) * round(h * upscale) > MAX_PIXELS:
         raise gr.Error(f"Upscaling this {w}×{h} photo ×{upscale:g} would exceed the {MAX_PIXELS / 1e6:.1f} MP "
-                       "output limit; choose a smaller upscale.")
+                       f"output limit of this demo; choose a smaller upscale (`python -m bfr restore` goes to "
+                       f"{MAX_OUTPUT_PIXELS / 1e6:.0f} MP).")
     name = _safe_stem(image)
     with user_errors(image), readable_errors():
         n_faces, detector = count_faces(img, bool(aligned), bool(only_center_face))
     if n_faces == 0:
         message = (f"No face found by the {detector} detector, so nothing was restored. If the photo is a single "
-                   "face crop filling the frame, open “Faces” and tick “Input is an aligned face crop”."
+                   "face crop filling the frame, open “Faces” and tick “Input is an aligned face crop” (aligned=True "
+                   "in the API)."
                    + (f" The photo is only {w}×{h} px: a face needs more pixels to be found." if min(h, w) < 48
                       else ""))
         gr.Warning(message)
@@ -600,7 +647,7 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
 
     Plain values only (no gr.update): Gradio 6.31's lazy example caching fails on property updates.
     """
-    session = request.session_hash if request is not None else None
+    session = stop_key(request, "restore")
     if isinstance(methods, list) and set(methods) <= set(METHODS):  # the sliders' order, in gallery and strips too
         methods = sorted(methods, key=list(METHODS).index)
     run = run_restore(image, methods, tier, steps, start_step, eta, seed, aligned, upscale, only_center_face,
@@ -612,9 +659,10 @@ def restore_for_ui(image, methods, tier, steps, start_step, eta, seed, aligned, 
         before = run.image if r is None or r.image.shape == run.image.shape else resize(run.image, r.image.shape[:2])
         sliders.append(None if r is None else (_preview(before), _preview(r.image)))
     gallery = [(_preview(run.image), "Input")] + [(_preview(r.image), _caption(r)) for r in run.results]
-    faces = [_face_strip(run, i) for i in range(run.n_faces)]
+    faces = [_face_strip(run, i) for i in range(run.n_faces)] if run.results else []
     lines = [run.message] + [f"- {_caption(r)}" for r in run.results]
-    return "\n".join(lines), *sliders, gallery, faces or None, run.files or None, summary(run)
+    return ("\n".join(lines), *sliders, gallery if run.results else None, faces or None, run.files or None,
+            summary(run))
 
 
 def _face_strip(run: Run, i: int) -> tuple[np.ndarray, str]:
@@ -704,12 +752,12 @@ def degrade_flipnet(image: str, variants: int, seed: int, aligned: bool,
     Returns:
         A gallery of the degraded variants (PNG, at the crop's size) and a one-line note.
     """
-    session = _session(request)
+    session = stop_key(request, "flipnet")
     try:
         return _degrade_flipnet(image, variants, seed, aligned, progress, session)
-    except StopRequested:
-        gr.Info("Stopped by you: no variants were made.")
-        return None, "Stopped by you: no variants were made."
+    except StopRequested:  # the variants of an earlier run stay on show
+        gr.Info("Stopped by you: no new variants were made.")
+        return gr.skip(), "Stopped by you: no new variants were made."
     finally:
         disarm_stop(session)
 
@@ -728,7 +776,9 @@ def _degrade_flipnet(image, variants, seed, aligned, progress, session):
     note = (f"{len(outs)} variant{'s' if len(outs) > 1 else ''} from FLIPNET's degradation mode (seed {seed}, "
             f"{FLIPNET_STEPS} DDIM steps, {time.perf_counter() - t0:.1f} s). Compact tier: see its model card for how "
             "little it was trained.")
-    return [(to_uint8(o), f"variant {k + 1}") for k, o in enumerate(outs)], note
+    out_dir, stem = _new_output_dir(), _safe_stem(image)  # files named after the input, as /degrade's
+    return [(str(save_image(o, out_dir / f"{stem}_flipnet_{k}.png")), f"variant {k + 1}")
+            for k, o in enumerate(outs)], note
 
 
 def compare_presets(image, seed, blur, downsample, noise, jpeg_quality):
@@ -785,8 +835,7 @@ def methods_info(tier: str, dropped: list[str] = ()) -> str:
 
     In the page, not a toast: these events run unqueued (a full queue must not stop a tick), and Gradio shows
     toasts of queued events only."""
-    reasons = [f"{METHODS[name].title} cannot run on the {tier} tier here: {method_status(name, tier)[1]}."
-               for name in dropped]
+    reasons = [f"{METHODS[name].title} cannot run on the {tier} tier here: {why_not(name, tier)}." for name in dropped]
     if not any(method_status(name, tier)[0] for name in METHODS):
         reasons.insert(0, f"No method can run on the {tier} tier here.")
     if reasons:
@@ -882,13 +931,13 @@ def _examples() -> dict:
 
 
 METHODS_INFO = ("one or several; unavailable ones are explained under “Methods on this machine”"
-                + ("" if ON_GPU else " · on a CPU, FLIPNET takes about a minute per face"))
+                + ("" if ON_GPU else " · on a CPU, FLIPNET takes tens of seconds per face"))
 INTRO = """# bfr — blind face restoration with diffusion priors
 Upload a photo with faces (or pick an example), choose one or more methods and press **Restore**. Each face
 is detected, aligned, restored and pasted back. The **compact** tier runs small 64-px models trained by this
 project (a demonstration, fast on a CPU); the **paper** tier runs the authors' 512-px weights where they are
 available. Results are PNG (lossless). Programs can call the `/restore`, `/degrade` and `/degrade_flipnet`
-endpoints (“Use via API” at the bottom of the page).
+endpoints (“Use via API” at the bottom of the page on a wide screen; the README's “The demo and its API”).
 """
 
 
@@ -910,7 +959,7 @@ def build_demo() -> gr.Blocks:
                         tier = gr.Radio(list(TIERS), value="compact", label="Tier", elem_id="tier",
                                         elem_classes=[CHECKED],
                                         info="compact: bundled 64-px models · paper: the authors' 512-px weights")
-                        with gr.Accordion("Sampling", open=True):
+                        with gr.Accordion("Sampling", open=False):  # each method's own defaults until unticked
                             own_defaults = gr.Checkbox(True, label="Each method's own defaults",
                                                        info=defaults_note(), elem_id="knob-own-defaults")
                             knobs = [_knob_widget(name, own_defaults.value) for name in KNOBS]
@@ -979,11 +1028,11 @@ def build_demo() -> gr.Blocks:
                         presets = gr.Gallery(label="Every preset at this seed", format="png", columns=4,
                                              object_fit="contain", rows=2, height="auto", elem_id="presets")
                         presets_table = gr.Markdown(elem_id="presets-table")
-                        with gr.Group():
+                        with gr.Column(variant="panel"):
                             gr.Markdown("**FLIPNET degradation mode**: the FLIPNET network with its roles flipped "
                                         "(the clean face is the condition) generates realistic degraded versions, "
                                         "a different one per noise seed. "
-                                        + ("" if ON_GPU else "On a CPU it takes about a minute. ")
+                                        + ("" if ON_GPU else "On a CPU it takes tens of seconds. ")
                                         + ("" if flipnet_ok else f"Unavailable here: {flipnet_why}."))
                             with gr.Row():
                                 flip_variants = gr.Slider(1, VARIANTS_PER_REQUEST, value=4, step=1, label="Variants",
@@ -1006,9 +1055,9 @@ def build_demo() -> gr.Blocks:
         # The UI's own events are private: programs use /restore and /degrade.
         # Stop is armed by the click itself (unqueued), so it also ends a run still waiting in the queue.
         run.click(None, js=SCROLL_TO_RESULTS)
-        run.click(arm_stop, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
+        run.click(arm_restore, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
             restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
-            concurrency_id="gpu")
+            concurrency_id="gpu", show_progress_on=[message])  # one progress bar, where the run's message goes
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
         # Unqueued, so a full queue never stops a tick; they say why in the methods' help line, not in a toast.
@@ -1017,7 +1066,8 @@ def build_demo() -> gr.Blocks:
         tier.input(change_tier, [tier, methods], methods, api_name="change_tier", api_visibility="private",
                    queue=False, trigger_mode="always_last")
         for photo in (image, clean):
-            photo.upload(check_upload, photo, None, api_name="check_upload", api_visibility="private")
+            photo.upload(check_upload, photo, photo, api_name="check_upload", api_visibility="private",
+                         preprocess=False, show_progress="hidden")
         methods.change(show_sliders, methods, sliders, api_name="show_sliders", api_visibility="private", queue=False)
 
         custom_inputs = [blur, downsample, noise, quality]
@@ -1025,9 +1075,9 @@ def build_demo() -> gr.Blocks:
                       concurrency_limit=4).success(
             compare_presets, [clean, deg_seed, *custom_inputs], [presets, presets_table], api_name="compare_presets",
             api_visibility="private", concurrency_limit=4)
-        flip_run.click(arm_stop, None, None, api_name="arm_flipnet", api_visibility="private", queue=False).then(
+        flip_run.click(arm_flipnet, None, None, api_name="arm_flipnet", api_visibility="private", queue=False).then(
             degrade_flipnet, [clean, flip_variants, deg_seed, flip_aligned], [flip_gallery, flip_note],
-            api_name="degrade_flipnet", concurrency_id="gpu")
+            api_name="degrade_flipnet", concurrency_id="gpu", show_progress_on=[flip_gallery])
         flip_stop.click(request_stop_variants, None, None, api_name="stop_flipnet", api_visibility="private")
         for slider in custom_inputs:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)

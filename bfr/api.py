@@ -125,8 +125,11 @@ def load(method: str = "difface", tier: str = "compact", device: str | None = No
     info = _info(method)
     if tier not in info.tiers:
         raise InputError(_no_tier(info, tier))
+    weights = dict(weights or {})
+    if unused := sorted(set(weights) - set(info.tiers[tier])):  # a misspelt name would load the default silently
+        raise InputError(f"weights {', '.join(map(repr, unused))}: {info.title} on the {tier} tier uses "
+                         f"{', '.join(info.tiers[tier])}")
     dev = pick_device(device)
-    weights = weights or {}
     # Every missing file named at once, before any network is built (a 512-px one takes seconds). FLIPNET's and
     # IDM's paper tiers look for their unpublished weights themselves, with their own advice.
     files = resolve_all({name: weights.get(name) for name in info.tiers[tier]
@@ -242,10 +245,20 @@ class Restorer:
         """How the model's face crops are framed: "lfw" (compact tier) or "ffhq" (paper tier)."""
         return self.model.framing
 
+    def check_options(self, options: dict) -> None:
+        """A misspelt keyword is named with the ones this method takes, before any photo is read."""
+        known = [*self.model.defaults, *(() if "seed" in self.model.defaults else ("seed",))]
+        if unknown := sorted(set(options) - set(known)):
+            takes = ", ".join(known) if self.model.defaults else "seed (unused: one forward pass)"
+            raise InputError(f"{self.model.title} has no option {', '.join(map(repr, unknown))}: its sampling options "
+                             f"are {takes}; restore also takes aligned, framing, upscale, only_center_face, "
+                             "min_face_size, progress")
+
     def restore_crops(self, crops: list[np.ndarray], progress: Progress | None = None, **options) -> list[np.ndarray]:
         """Restore aligned crops (the model's framing) in batches of at most ``BATCH_PIXELS`` pixels (4 faces at
         512 px, 256 at 64 px): a group photo must not take all the memory at once. Batch k samples with seed
         + k; progress counts the steps of all batches."""
+        self.check_options(options)
         size = max(1, BATCH_PIXELS // self.model.resolution ** 2)
         chunks = [crops[i:i + size] for i in range(0, len(crops), size)]
         seed = options.pop("seed", self.model.defaults.get("seed", 0))
@@ -275,7 +288,8 @@ class Restorer:
         if options.get("seed") is not None:
             options["seed"] = check_seed(options["seed"])
         if aligned:
-            check_aligned_shape(*img.shape[:2])
+            check_aligned_shape(*img.shape[:2], otherwise="pass aligned=False (command line: --photo) to degrade "
+                                                          "its largest face")
         with self._lock:
             if not aligned:
                 pipeline = self.face_pipeline()
@@ -299,6 +313,7 @@ class Restorer:
         if framing != "ffhq" and not aligned:
             raise InputError(f"framing={framing!r} says how an aligned crop is framed: pass aligned=True with it "
                              "(photos are aligned by the face pipeline)")
+        self.check_options(options)
         img = load_image(image)
         with self._lock:
             pipeline = self.face_pipeline(aligned=aligned, upscale=upscale, only_center_face=only_center_face,

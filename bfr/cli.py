@@ -31,7 +31,7 @@ def _inputs(paths: list[str]) -> list[Path]:
                 seen.add(q.resolve())
                 out.append(q)
     if not out:
-        raise BfrError("no input images found")
+        raise BfrError(f"no input images in {', '.join(paths)} (images end in {', '.join(sorted(IMAGE_SUFFIXES))})")
     return out
 
 
@@ -79,7 +79,7 @@ def _remove_made() -> None:
 
 
 def _weights(items: list[str] | None, method: str, tier: str) -> dict[str, str]:
-    """--weights NAME=PATH items, each naming a file the method uses on this tier."""
+    """--weights NAME=PATH items (bfr.load refuses a name the method does not use on this tier)."""
     from bfr.api import METHODS
 
     info = METHODS.get(method)
@@ -90,8 +90,6 @@ def _weights(items: list[str] | None, method: str, tier: str) -> dict[str, str]:
         if not (sep and name and path):
             example = f"{used[0]}=/path/to/file" if used else "NAME=/path/to/file"
             raise BfrError(f"--weights takes NAME=PATH (e.g. {example}), got {item!r}")
-        if info and name not in used:
-            raise BfrError(f"--weights {name}: {info.title} on the {tier} tier uses {', '.join(used)}")
         out[name] = path
     return out
 
@@ -150,7 +148,7 @@ def cmd_degrade(args: argparse.Namespace) -> None:
     # options of the other method are refused, not ignored
     given = {"--preset": args.preset, "--resolution": args.resolution} if args.method == "flipnet" else {
         "--tier": args.tier, "--device": args.device, "--weights": args.weights,
-        "--no-color-fix": args.no_color_fix or None, "--fp32": args.fp32 or None}
+        "--no-color-fix": args.no_color_fix or None, "--fp32": args.fp32 or None, "--photo": args.photo or None}
     for flag, value in given.items():
         if value is not None:
             other = "synthetic" if args.method == "flipnet" else "flipnet"
@@ -168,7 +166,8 @@ def cmd_degrade(args: argparse.Namespace) -> None:
                             weights=_weights(args.weights, "flipnet", args.tier), half_precision=not args.fp32)
 
         def work(path: Path, stem: str) -> None:
-            variants = restorer.degrade(path, variants=args.variants, seed=args.seed, color_fix=not args.no_color_fix)
+            variants = restorer.degrade(path, variants=args.variants, seed=args.seed, aligned=not args.photo,
+                                        color_fix=not args.no_color_fix)
             for k, lq in enumerate(variants):
                 name = f"{stem}_flipnet" + (f"_{k}" if args.variants > 1 else "") + ".png"
                 save_image(lq, out_dir / name)
@@ -370,7 +369,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                      embed_steps=args.embed_steps, degrade_steps=args.degrade_steps,
                      restore_steps=args.restore_steps, offline_faces=args.offline_faces,
                      offline_variants=args.offline_variants, lr=args.lr, init_from=args.init_from,
-                     lpips_weight=args.lpips_weight, **common)
+                     lpips_weight=args.lpips_weight, card_faces=args.card_faces, **common)
         cfg, changed = run_config(args.output, {k: v for k, v in given.items() if v is not None},
                                   max_steps=args.steps, max_minutes=args.minutes)
         if cfg.tier == "compact" and (cfg.unet or cfg.vae or cfg.clean_dir):
@@ -382,7 +381,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                   + (f"; changed here: {', '.join(changed)}" if changed else ""))
         path = train_flipnet(cfg)
         if json.loads(read_metadata(path)["steps"]) > cfg.embed_steps:  # the card measures restoration mode
-            card = write_flipnet_card(cfg.out_dir, **({"n_test": args.card_faces} if args.card_faces else {}))
+            card = write_flipnet_card(cfg.out_dir, n_test=cfg.card_faces)
             print(f"adapters: {path}; card: {card}")
         else:
             print(f"stopped in the embedding stage; run the same command again to resume ({path})")
@@ -497,7 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="flipnet: cpu | cuda (default: cuda when present)")
     p.add_argument("--fp32", action="store_true",
                    help="flipnet: on CUDA, run in float32 (default there: bf16 autocast; CPU always float32)")
-    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="flipnet: local weights for a catalog entry")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH",
+                   help="flipnet: local weights for a catalog entry (repeat the option for each file)")
+    p.add_argument("--photo", action="store_true",
+                   help="flipnet: the inputs are photos: each one's largest face is detected and aligned first "
+                        "(default: aligned face crops in the model's framing)")
     p.add_argument("--no-color-fix", action="store_true",
                    help="flipnet: keep the samples' own colours (default: each takes the clean face's "
                         "channel statistics)")
@@ -538,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): RetinaFace when its weights are here or can be fetched, else OpenCV's "
                         "Haar cascade")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
-                   help="use a local weights file for a catalog entry, e.g. difface_unet_512=/data/x.pth")
+                   help="use a local weights file for a catalog entry, e.g. difface_unet_512=/data/x.pth; "
+                        "repeat the option for each file (your own trained or adapted weights too: "
+                        "prior64=RUN/prior64.safetensors)")
     p.add_argument("--save-faces", action="store_true",
                    help="also write each face's input and restored crops: faces/STEM_METHOD_NN_input.png and "
                         "_restored.png")

@@ -22,6 +22,7 @@ def no_facexlib_here(monkeypatch, tmp_path):
     for var in ("BFR_WEIGHTS_DIR", "BFR_FACEXLIB_WEIGHTS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hub, "_failed", {})
+    monkeypatch.setattr(hub, "_unreadable", {})
     from bfr.weights import CATALOG, FACEXLIB_NETWORKS
 
     for name in FACEXLIB_NETWORKS:

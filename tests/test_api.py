@@ -131,3 +131,27 @@ def test_half_precision_is_a_switch_every_method_obeys(monkeypatch):
             assert model.half_precision is half
             model.restore(face, **options)
             assert asked and set(asked) == {half}, (name, half, asked)
+
+
+def test_a_weights_name_the_method_does_not_use_is_refused_not_ignored(tmp_path):
+    """A misspelt name would otherwise load the bundled default and say nothing."""
+    import bfr
+
+    stray = tmp_path / "mine.safetensors"
+    stray.write_bytes(b"not read")
+    for method, tier, name, uses in (("difface", "compact", "prior_64", "prior64, swinir64"),
+                                     ("idm", "paper", "prior64", "idm_unet_512"),
+                                     ("flipnet", "compact", "swinir64", "prior64, flipnet64")):
+        with pytest.raises(InputError, match=f"'{name}': .* on the {tier} tier uses {uses}"):
+            bfr.load(method, tier=tier, device="cpu", weights={name: str(stray)})
+
+
+def test_a_misspelt_option_is_named_with_the_ones_the_method_takes():
+    restorer = Restorer(StubModel(64))
+    photo = np.zeros((64, 64, 3), np.float32)
+    with pytest.raises(InputError, match=r"Stub has no option 'upscal': its sampling options are seed; restore "
+                                         r"also takes aligned, framing, upscale"):
+        restorer.restore(photo, upscal=2)
+    with pytest.raises(InputError, match="has no option 'start_stp'"):
+        restorer.restore_crops([photo], start_stp=5)
+    assert restorer.restore(photo, aligned=True, seed=3).faces  # the options it takes still pass

@@ -187,6 +187,8 @@ def test_flipnet_degradation_mode_endpoint(client, clean_face):
     gallery, note = client.predict(gradio_client.handle_file(str(clean_face)), 3, 7, True,
                                    api_name="/degrade_flipnet")
     images = [load_image(item["image"]) for item in gallery]
+    assert [Path(item["image"]).name for item in gallery] == [f"{Path(clean_face).stem}_flipnet_{k}.png"
+                                                              for k in range(3)]  # named after the input
     assert len(images) == 3 and "3 variants" in note and f"{app.FLIPNET_STEPS} DDIM steps" in note
     assert f"(1–{app.VARIANTS_PER_REQUEST})" in app.degrade_flipnet.__doc__  # the API page states the demo's limit
     hq = load_image(clean_face)
@@ -209,11 +211,49 @@ def test_stop_ends_flipnet_degradation_mode(monkeypatch, clean_face):
     monkeypatch.setattr(app, "get_restorer", lambda name, tier: Stepping())
     monkeypatch.setattr(app, "method_status", lambda name, tier: (True, ""))
     monkeypatch.setattr(app.gr, "Info", lambda message: None)
-    app.arm_stop(_Request("flip-session"))
-    app.request_stop(_Request("flip-session"))
+    said = []
+    monkeypatch.setattr(app.gr, "Info", said.append)
+    app.arm_flipnet(_Request("flip-session"))
+    app.request_stop(_Request("flip-session"))  # the Restore tab's Stop: not this run's
+    assert said == ["Nothing is running."] and not app._stop_requested
+    app.request_stop_variants(_Request("flip-session"))
     gallery, note = app.degrade_flipnet(str(clean_face), 2, 0, True, progress=None, request=_Request("flip-session"))
-    assert gallery is None and note == "Stopped by you: no variants were made."
-    assert "flip-session" not in app._armed
+    assert gallery == app.gr.skip() and note == "Stopped by you: no new variants were made."  # earlier ones stay
+    assert not app._armed and not app._stop_requested
+
+
+def test_each_stop_button_ends_its_own_runs_queued_or_running(monkeypatch):
+    """Restore and FLIPNET's degradation mode share a queue: a run that ends must not disarm the other button's
+    queued run, nor a second click of its own button queued behind it."""
+    monkeypatch.setattr(app.gr, "Info", lambda message: None)
+    request = _Request("both-session")
+    app.arm_restore(request)
+    app.arm_flipnet(request)  # queued behind the restore
+    app.arm_restore(request)  # a second restore click, queued too
+    app.disarm_stop(app.stop_key(request, "restore"))  # the first restore ends
+    app.request_stop_variants(request)
+    with pytest.raises(app.StopRequested):
+        app.check_stop(app.stop_key(request, "flipnet"))
+    app.check_stop(app.stop_key(request, "restore"))  # not asked to stop
+    app.request_stop(request)  # the second restore is still armed: its Stop reaches it
+    with pytest.raises(app.StopRequested):
+        app.check_stop(app.stop_key(request, "restore"))
+    for button in ("restore", "flipnet"):
+        app.disarm_stop(app.stop_key(request, button))
+    assert not app._armed and not app._stop_requested
+    app.arm_restore(request)  # a new click after the ends: runs to the end
+    app.check_stop(app.stop_key(request, "restore"))
+    app.disarm_stop(app.stop_key(request, "restore"))
+
+
+def test_a_fractional_seed_is_refused_not_rounded(client, clean_face):
+    """gr.Number(precision=0) would run 2.5 as seed 2 (and 1.5 as 2 too): the API caller is told instead."""
+    message = app_error(lambda: client.predict(gradio_client.handle_file(str(clean_face)), "difface", 2.5, 0, 1, 0, 0,
+                                               api_name="/degrade"))
+    assert "Seed must be a whole number, got 2.5" in message
+    out, params = client.predict(gradio_client.handle_file(str(clean_face)), "difface", 2.0, 0, 1, 0, 0,
+                                 api_name="/degrade")
+    assert params["seed"] == 2
 
 
 def test_degrade_custom_settings(client, clean_face):
@@ -280,7 +320,7 @@ def test_a_string_for_methods_and_a_missing_number_are_sentences(client, clean_f
 
 def test_out_of_range_values_and_unknown_choices_name_their_input(client, clean_face):
     """Gradio's own checks run before the app's: their errors must say which of the 11 inputs is wrong."""
-    assert "Steps: value 0 is less than minimum value 1" in app_error(lambda: restore(client, clean_face, steps=0))
+    assert "Steps: value 0 is less than minimum value 2" in app_error(lambda: restore(client, clean_face, steps=0))
     assert "Seed: value -1 is less than minimum value 0" in app_error(lambda: restore(client, clean_face, seed=-1))
     message = app_error(lambda: restore(client, clean_face, methods=["difface", "codeformer"]))
     assert "Methods: 'codeformer' is not a choice here; choose from: difface" in message
@@ -311,6 +351,10 @@ def test_unticked_methods_say_why_in_the_page_and_ticks_skip_the_queue():
         assert update["value"] == [] and update["info"].startswith("No method can run on the paper tier here.")
         assert f"DifFace cannot run on the paper tier here: {paper['difface'][1]}." in update["info"]
         assert "IDM cannot run on the paper tier here" in update["info"]
+        # a visitor is not shown the command that trains the weights; “Methods on this machine” keeps it
+        unsupervised = app.change_tier("paper", ["unsupervised"])["info"]
+        assert "make it with" in paper["unsupervised"][1] and "make it with" in app.status_list()
+        assert "swinir512_adapted.safetensors is not in this install" in unsupervised and "make it" not in unsupervised
         back = app.change_tier("compact", [])
         assert back["value"] == app.compact_methods()[:1] and back["info"] == app.METHODS_INFO
 
@@ -536,6 +580,38 @@ def test_restorers_are_loaded_once():
     assert app.get_restorer("difface", "compact") is app.get_restorer("difface", "compact")
 
 
+def test_a_slow_load_holds_up_only_the_requests_for_that_model(monkeypatch):
+    """A paper-tier download must not stall a request for a model already loaded; two requests for the model
+    being loaded get the one load."""
+    import threading
+    from collections import OrderedDict
+
+    release, loads = threading.Event(), []
+
+    def slow_load(method, tier):
+        loads.append((method, tier))
+        assert release.wait(10)
+        return object()
+
+    monkeypatch.setattr(app, "_restorers", OrderedDict({("unsupervised", "compact"): "cached"}))
+    monkeypatch.setattr(app, "_loading", {})
+    monkeypatch.setattr(app.bfr, "load", slow_load)
+    got = []
+    first, second = (threading.Thread(target=lambda: got.append(app.get_restorer("idm", "paper"))) for _ in range(2))
+    first.start()
+    while not loads:
+        threading.Event().wait(0.01)
+    second.start()
+    cached = threading.Thread(target=lambda: got.append(app.get_restorer("unsupervised", "compact")))
+    cached.start()
+    cached.join(2)
+    assert not cached.is_alive() and got == ["cached"]  # answered while the paper model is still loading
+    got.clear()
+    release.set()
+    first.join(10), second.join(10)
+    assert loads == [("idm", "paper")] and len(got) == 2 and got[0] is got[1] is app._restorers[("idm", "paper")]
+
+
 @needs_weights
 def test_method_ticks_are_left_alone_unless_a_tier_rules_one_out():
     """pick_methods writes the boxes back only to untick an unavailable method (a quick second tick is
@@ -730,13 +806,13 @@ class _Stepping:
 def test_stop_ends_the_run_at_the_next_step_and_says_what_was_skipped(monkeypatch, clean_face):
     monkeypatch.setattr(app, "get_restorer", lambda name, tier: _Stepping())
     monkeypatch.setattr(app.gr, "Info", lambda message: None)
-    app.arm_stop(_Request("session-1"))
+    app.arm_restore(_Request("session-1"))
     app.request_stop(_Request("session-1"))
     try:
         results, failures, stopped = app.run_methods(np.zeros((64, 64, 3), np.float32), ["difface", "idm"],
-                                                     "compact", {}, True, 1, False, 1, None, "session-1")
+                                                     "compact", {}, True, 1, False, 1, None, "session-1/restore")
     finally:
-        app.disarm_stop("session-1")
+        app.disarm_stop("session-1/restore")
     assert results == [] and stopped and failures == ["Stopped by you during DifFace (skipped: IDM)"]
     deps = app.build_demo().config["dependencies"]
     assert any(d.get("api_name") == "stop" for d in deps) and any(d.get("api_name") == "stop_flipnet" for d in deps)
@@ -749,16 +825,16 @@ def test_stop_reaches_a_queued_run_and_is_not_an_error(monkeypatch, clean_face):
     said = []
     monkeypatch.setattr(app.gr, "Info", said.append)
     app.request_stop(_Request("session-2"))  # nothing running: nothing to stop
-    assert said == ["Nothing is running."] and "session-2" not in app._stop_requested
+    assert said == ["Nothing is running."] and "session-2/restore" not in app._stop_requested
     with pytest.raises(gr.Error, match="must end the run"):  # so the next run samples all its steps
         app.run_restore(str(clean_face), ["difface"], "compact", 20, 8, 0.5, 0, True, 1, False, False, None,
-                        "session-2")
-    app.arm_stop(_Request("session-3"))  # the click
+                        "session-2/restore")
+    app.arm_restore(_Request("session-3"))  # the click
     app.request_stop(_Request("session-3"))  # Stop while the run is queued
     run = app.run_restore(str(clean_face), ["difface"], "compact", 20, 8, 0.5, 0, True, 1, False, False, None,
-                          "session-3")
+                          "session-3/restore")
     assert run.results == [] and run.files == [] and run.message.startswith("Stopped by you before any method")
-    assert "session-3" not in app._armed and "session-3" not in app._stop_requested  # disarmed at the end
+    assert not app._armed and not app._stop_requested  # disarmed at the end
     deps = {d.get("api_name"): d for d in app.build_demo().config["dependencies"]}
     arm = deps["arm_restore"]
     assert not arm["queue"] and deps["restore_ui"]["trigger_after"] is not None

@@ -216,7 +216,8 @@ def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys):
             (["degrade", str(img), "-o", str(tmp_path / "o"), "--tier", "paper"], "--tier applies to --method flipnet"),
             (["degrade", str(img), "-o", str(tmp_path / "o"), "--no-color-fix"], "--no-color-fix applies to --method "
                                                                                  "flipnet"),
-            (["degrade", str(img), "-o", str(tmp_path / "o"), "--fp32"], "--fp32 applies to --method flipnet")):
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--fp32"], "--fp32 applies to --method flipnet"),
+            (["degrade", str(img), "-o", str(tmp_path / "o"), "--photo"], "--photo applies to --method flipnet")):
         assert main(cmd) == 2, cmd
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, (cmd, err)
@@ -242,6 +243,7 @@ def test_paper_training_names_every_missing_file_with_its_own_option(tmp_path, c
     monkeypatch.setenv("BFR_CACHE", str(tmp_path / "cache"))  # not a cache that holds paper weights
     clean = tmp_path / "clean"
     clean.mkdir()
+    _face(clean / "face.png")  # a folder of faces: its check comes first
     assert main(["train", "flipnet", "--tier", "paper", "--clean-dir", str(clean), "-o", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert "2 weights files are missing" in err and "pass --unet PATH" in err and "pass --vae PATH" in err, err
@@ -443,3 +445,45 @@ def test_fp32_and_the_adapted_bundle_name_reach_the_library(tmp_path, monkeypatc
     from bfr.training.adapt import AdaptConfig
 
     assert AdaptConfig(lq_dir=str(tmp_path)).lpips_weight == 0.4  # the authors' 0.1 on sums over 4 images
+
+
+def test_a_folder_without_images_is_named_with_what_counts_as_one(tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no photos here")
+    assert main(["restore", str(folder), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no input images in {folder}" in err and ".png" in err and ".jpg" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bfr_data_without_the_lfw_lists_says_the_variable_is_set(tmp_path, monkeypatch):
+    from bfr.errors import InputError
+    from bfr.training.data import split_files
+
+    monkeypatch.setenv("BFR_DATA", str(tmp_path))
+    with pytest.raises(InputError, match=f"BFR_DATA={tmp_path} is set, but that folder holds no lfw150-splits/"):
+        split_files("train")
+    monkeypatch.delenv("BFR_DATA")
+    monkeypatch.setattr("bfr.training.data.data_dir", lambda: tmp_path)
+    with pytest.raises(InputError, match="or set BFR_DATA to its path"):
+        split_files("train")
+
+
+def test_degrade_flipnet_photo_detects_the_face_first(tmp_path, monkeypatch):
+    import bfr
+
+    img = _face(tmp_path / "face.png")
+    asked = []
+
+    class Recording:
+        framing = "lfw"
+
+        def degrade(self, path, *, aligned, **options):
+            asked.append(aligned)
+            return [np.zeros((8, 8, 3), np.float32)]
+
+    monkeypatch.setattr(bfr, "load", lambda *a, **k: Recording())
+    for extra, aligned in (([], True), (["--photo"], False)):
+        assert main(["degrade", str(img), "-o", str(tmp_path / "o"), "--method", "flipnet", *extra]) == 0
+        assert asked.pop() is aligned

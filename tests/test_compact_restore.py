@@ -125,6 +125,15 @@ def test_idm_follows_its_own_lq(idm_case):
     assert torch.equal(distance.argmin(1), torch.arange(4))
 
 
+@needs_idm
+def test_idm_shortest_chain_restores_the_face_not_the_starting_noise(idm_case):
+    """Two steps (the fewest allowed; one would sample at t = 0 only) still end near the face."""
+    model, hq, lq = idm_case
+    out, hq, lq = model.restore(lq[:4], steps=2, seed=0), hq[:4], lq[:4]
+    assert psnr(out, hq).min() > 20
+    assert psnr(out, hq).mean() > psnr(lq, hq).mean() - 3
+
+
 # ------------------------------------------------------------------------------ FLIPNET
 
 

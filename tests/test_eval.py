@@ -765,7 +765,7 @@ class _FromNoise:
 
 
 class _Started:
-    title = "Started"
+    title, defaults = "Started", {"steps": 250, "start_step": 100, "eta": 0.5}
 
     def estimate(self, lq):
         return lq
@@ -774,7 +774,7 @@ class _Started:
         return lq * 0 + start_step / 1000
 
 
-def test_rows_and_step_knobs_follow_each_method_signature():
+def test_rows_and_step_knobs_follow_the_knobs_each_method_declares():
     from bfr.evaluation.bench import _time_one
     from bfr.evaluation.eval import _model_rows, step_knob
 

@@ -383,6 +383,32 @@ def test_a_broken_facexlib_file_falls_back_naming_the_file(no_facexlib_here):
         assert det.name == "haar" and str(broken) in det.reason
 
 
+def test_a_broken_file_is_read_once_not_for_every_photo(no_facexlib_here, monkeypatch):
+    """A long-lived "auto" pipeline (the demo's face counter, a Restorer) asks for its detector on every photo;
+    a file found unreadable is not read again until it changes."""
+    from bfr.weights import load as load_mod
+
+    if not HAVE_CASCADES:
+        pytest.skip(f"no Haar cascade files: {HOW_TO_GET_CASCADES}")
+    broken = no_facexlib_here / RETINAFACE_FILE
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"<html>not a checkpoint</html>")
+    reads = []
+    real = load_mod.load_state_dict
+    monkeypatch.setattr(load_mod, "load_state_dict", lambda path: reads.append(path) or real(path))
+    pipeline = FacePipeline(detector="auto", template="lfw", crop_size=64)
+    photo = np.full((96, 96, 3), 0.5, np.float32)
+    for _ in range(3):
+        pipeline.crops(photo)
+        assert pipeline.detector.name == "haar" and str(broken) in pipeline.detector.reason
+    assert reads == [broken]
+    with pytest.raises(WeightsUnavailableError, match="not a PyTorch checkpoint.*delete the file"):
+        get_detector("retinaface")  # asked for by name: the same reason, still without reading it again
+    assert reads == [broken]
+    broken.write_bytes(b"<html>another page</html>")  # a changed file is read again
+    assert get_detector("auto").name == "haar" and reads == [broken, broken]
+
+
 def test_one_download_when_threads_ask_for_the_same_file(monkeypatch, tmp_path):
     import threading
     import urllib.request

@@ -250,7 +250,8 @@ def test_degradation_mode_refuses_an_aligned_crop_it_would_squash():
     from bfr.api import Restorer
 
     restorer = Restorer(method())
-    with pytest.raises(InputError, match="an aligned face crop is square"):
+    with pytest.raises(InputError, match="an aligned face crop is square.*pass aligned=False .command line: --photo. "
+                                         "to degrade its largest face"):
         restorer.degrade(np.full((64, 80, 3), 0.5, np.float32), variants=1, steps=2)
     assert restorer.degrade(np.full((16, 16, 3), 0.5, np.float32), variants=1, steps=2)[0].shape == (16, 16, 3)
 
@@ -275,7 +276,7 @@ def test_progress_reports_every_step():
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(phi=-1.0), dict(eta=2.0)])
+@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(steps=1), dict(phi=-1.0), dict(eta=2.0)])
 def test_rejects_bad_knobs(kwargs):
     with pytest.raises(InputError):
         method().restore(torch.rand(1, 3, 16, 16), **kwargs)
@@ -592,6 +593,10 @@ def test_paper_tier_training_runs_every_stage_in_latents(tmp_path):
     with pytest.raises(InputError, match="clean_dir"):
         FlipNetTrainConfig(tier="paper")
     assert FlipNetTrainConfig(tier="paper", clean_dir=str(clean)).out_dir == "runs/flipnet_sd21"
+    gone = tmp_path / "no_such_run"
+    with pytest.raises(InputError, match="is not a folder of images"):  # said first, and no run folder is left
+        train_flipnet(FlipNetTrainConfig(tier="paper", clean_dir=str(tmp_path / "nowhere"), out_dir=str(gone)))
+    assert not gone.exists()
 
 
 def test_a_resumed_run_keeps_its_recorded_settings(tmp_path):
@@ -600,7 +605,7 @@ def test_a_resumed_run_keeps_its_recorded_settings(tmp_path):
     from bfr.training.flipnet import run_config
 
     run = tmp_path / "run"
-    cfg, changed = run_config(str(run), {"lr": 1e-3, "offline_faces": 256, "restore_steps": 2700})
+    cfg, changed = run_config(str(run), {"lr": 1e-3, "offline_faces": 256, "restore_steps": 2700, "card_faces": 4})
     assert changed is None and cfg.lr == 1e-3 and cfg.out_dir == str(run)
     run.mkdir()
     (run / "config.json").write_text(json.dumps(asdict(cfg)))
@@ -608,6 +613,7 @@ def test_a_resumed_run_keeps_its_recorded_settings(tmp_path):
     (run / "state.safetensors").write_bytes(b"")  # a state to resume (its contents are not read here)
     again, changed = run_config(str(run), {"restore_steps": 3200, "batch_size": 16}, max_minutes=5)
     assert (again.lr, again.offline_faces, again.restore_steps, again.max_minutes) == (1e-3, 256, 3200, 5)
+    assert again.card_faces == 4  # a quick run's resume measures its card as quickly
     assert changed == ["restore_steps 2700 → 3200"]  # the batch size was the run's own
     with pytest.raises(InputError, match="compact-tier FLIPNET run"):
         run_config(str(run), {"tier": "paper", "clean_dir": str(tmp_path)})

@@ -134,7 +134,8 @@ def test_lq_is_resized_to_the_model_size_and_back():
 
 def test_rejects_bad_inputs_and_knobs():
     model = make()
-    for kwargs in (dict(steps=0), dict(steps=1001), dict(sampler="euler"), dict(eta=1.5)):
+    for kwargs in (dict(steps=0), dict(steps=1), dict(steps=2.5), dict(steps=1001), dict(sampler="euler"),
+                   dict(eta=1.5)):
         with pytest.raises(InputError):
             model.restore(torch.rand(1, 3, 16, 16), **kwargs)
     with pytest.raises(InputError):

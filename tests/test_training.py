@@ -286,6 +286,29 @@ def test_a_second_stop_signal_acts_at_once():
     assert stop and signal.getsignal(signal.SIGINT) == before  # the next one reaches Python as usual
 
 
+def test_trainers_give_the_signal_handlers_back_when_they_end():
+    """A trainer's StopSignal must not swallow the next Ctrl-C of what runs after it (a card's measurement)."""
+    import signal
+
+    from bfr.training import adapt, backbone, flipnet, idm, prior
+    from bfr.training.common import StopSignal, gives_back_signals
+
+    @gives_back_signals
+    def trainer(fail: bool):
+        StopSignal()
+        if fail:
+            raise RuntimeError("stopped by a bug")
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    trainer(False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(RuntimeError):
+        trainer(True)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    for run in (adapt.adapt, backbone.train_backbone, flipnet.train_flipnet, idm.train_idm, prior.train_prior):
+        assert run.__wrapped__ and run.__code__ is trainer.__code__, run.__name__  # each one is wrapped
+
+
 def test_settings_changed_on_resume_are_kept_per_resume(tmp_path):
     from bfr.training.cards import changes_line, settings_changes
 

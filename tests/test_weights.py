@@ -158,6 +158,7 @@ def test_offline_absent_remote_file_fails_fast_with_directions():
     spec = get_spec("difface_unet_512")
     assert spec.filename in msg and spec.url in msg
     assert "HF_HUB_OFFLINE" in msg and "BFR_WEIGHTS_DIR" in msg and "--weights difface_unet_512=PATH" in msg
+    assert "weights={'difface_unet_512': PATH} to bfr.load" in msg  # the Python form too
     ok, why = available("difface_unet_512")
     assert not ok and "HF_HUB_OFFLINE" in why
 

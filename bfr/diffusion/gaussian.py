@@ -83,8 +83,9 @@ def _ddim_stride(num_timesteps: int, steps: int) -> int | None:
 
 
 def _extract(arr: np.ndarray, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """arr[idx] as a float32 tensor broadcastable to ``shape`` (the schedule lives in float64)."""
-    out = torch.from_numpy(arr).to(idx.device)[idx].float()
+    """arr[idx] as a float32 tensor broadcastable to ``shape``. The schedule lives in float64 and is indexed
+    on the CPU: only the picked values travel, and in float32 (MPS has no float64)."""
+    out = torch.from_numpy(arr)[idx.cpu()].float().to(idx.device)
     return out.reshape(-1, *([1] * (len(shape) - 1)))
 
 
@@ -151,6 +152,7 @@ class GaussianDiffusion:
         # log of the posterior variance, with the t=0 entry (zero) replaced by the t=1 value.
         pv1 = self.posterior_variance[1] if len(betas) > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(np.append(pv1, self.posterior_variance[1:]))
+        self.log_betas = np.log(self.betas)
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
@@ -256,7 +258,7 @@ class GaussianDiffusion:
                 raise ValueError(f"learned-variance model must output {2 * c} channels, got {out.shape[1]}")
             pred, v = out[:, :c], out[:, c:]
             min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
-            max_log = _extract(np.log(self.betas), t, x.shape)
+            max_log = _extract(self.log_betas, t, x.shape)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
         else:

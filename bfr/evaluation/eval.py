@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
 import json
 import platform
 import subprocess
@@ -218,8 +217,8 @@ def _batched(fn, lq: torch.Tensor, batch_size: int, desc: str, progress: bool) -
 def step_knob(model) -> str | None:
     """How a method's network calls per face are set: "start_step" (DifFace's N on a fixed chain),
     "steps" (a sampler from noise, e.g. IDM: the chain length), or None (one forward pass)."""
-    params = inspect.signature(model.restore).parameters
-    return "start_step" if "start_step" in params else "steps" if "steps" in params else None
+    knobs = getattr(model, "defaults", {})  # the sampling knobs a method declares (bfr.api.METHODS[name].knobs)
+    return "start_step" if "start_step" in knobs else "steps" if "steps" in knobs else None
 
 
 def _model_rows(model, steps: int, eta: float, start_steps: tuple[int, ...], seed: int):

@@ -162,7 +162,8 @@ def facexlib_weights(filename: str, weights_dir: str | Path | None = None) -> tu
 
 def facexlib_unavailable(what: str, why: str, filename: str, advice: str = "") -> WeightsUnavailableError:
     """The error for a facexlib network that cannot be had (see ``bfr.weights.hub.unavailable_error``)."""
-    places = ["$BFR_FACEXLIB_WEIGHTS", "facexlib's weights folder"]
+    own = [str(d) for d in _facexlib_dirs(None)[1 if os.environ.get("BFR_FACEXLIB_WEIGHTS") else 0:]]
+    places = ["$BFR_FACEXLIB_WEIGHTS", *(own or ["facexlib's weights folder"])]  # the folder, where facexlib is
     return unavailable_error(what, why, facexlib_entry(filename), places, advice)
 
 

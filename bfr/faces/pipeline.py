@@ -278,12 +278,12 @@ class FacePipeline:
         return FaceRestoreResult(output, [RestoredFace(crop, restored, None)], "none (aligned input)", 1, msg)
 
 
-def check_aligned_shape(height: int, width: int) -> None:
+def check_aligned_shape(height: int, width: int, otherwise: str = "restore it as a photo") -> None:
     """An aligned face crop is square (a few pixels off is fine); resizing another shape to the crop would squash
-    the face."""
+    the face. ``otherwise``: what to do with a photo instead (restore it, or degrade its largest face)."""
     if abs(height - width) > max(2, 0.02 * max(height, width)):
         raise InputError(f"an aligned face crop is square (e.g. 512×512), but this image is {width}×{height}: crop "
-                         "it square around the face, or restore it as a photo (faces detected and aligned)")
+                         f"it square around the face, or {otherwise} (faces detected and aligned)")
 
 
 def keep_gray(img: np.ndarray, restored: list[np.ndarray]) -> list[np.ndarray]:

@@ -25,6 +25,14 @@ def check_batch(x: torch.Tensor) -> None:
         raise InputError(f"expected values in [0, 1], got [{x.min().item():.3f}, {x.max().item():.3f}]")
 
 
+def check_steps(steps: int) -> int:
+    """A sampling chain has 2 to 1000 steps: a one-step re-spacing keeps only t = 0, where the
+    network takes its input for an almost clean image, so it would hand back the noise it started from."""
+    if isinstance(steps, bool) or not isinstance(steps, int | float) or steps != int(steps) or not 2 <= steps <= 1000:
+        raise InputError(f"steps must lie in [2, 1000] (a whole number), got {steps!r}")
+    return int(steps)
+
+
 def resize(x: torch.Tensor, size: int | tuple[int, int], clamp: bool = True) -> torch.Tensor:
     """Antialiased bicubic resize (the authors' preprocessing); a no-op at the same size. ``clamp=False``
     keeps the cubic kernel's overshoot past [0, 1], as DifFace feeds its backbone."""

@@ -15,7 +15,7 @@ import torch
 
 from bfr.diffusion import GaussianDiffusion, ddim_respacing, sample
 from bfr.errors import InputError
-from bfr.methods.base import Progress, autocast, check_batch, generator, resize
+from bfr.methods.base import Progress, autocast, check_batch, check_steps, generator, resize
 
 # [choice] The compact tier's started step. Noise of one level wipes out more of a 64-px face than
 # of a 512-px one: the authors' N = 100 at 512 px leaves the face-level SNR that N = 19 leaves at
@@ -63,8 +63,7 @@ class DifFace:
         realism, less fidelity), None = this tier's default
         (``self.defaults["start_step"]``); eta: DDIM stochasticity in [0, 1].
         """
-        if not 2 <= steps <= 1000:
-            raise InputError(f"steps must lie in [2, 1000], got {steps}")
+        steps = check_steps(steps)
         if start_step is None and self.defaults["start_step"] >= steps:
             raise InputError(f"steps={steps} is too short for this tier's started step N={self.defaults['start_step']}:"
                              f" give a start_step < {steps} too (--start-step)")

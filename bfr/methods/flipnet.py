@@ -5,7 +5,8 @@ degradation mode generates realistic LQ versions of a clean face (one per seed).
 the shared sampler: 50 DDIM steps, no classifier-free guidance, φ = 1 [choice, METHODS.md
 §2], with η = 1 [choice; the paper names no η]: fresh noise at every step lets the sampler
 correct what the adapters got wrong at the steps before. On the 32 LFW test faces kept for
-choosing defaults (``eval --offset 24``), the compact adapters of 2,819 steps gave PSNR 19.14 /
+choosing defaults (``eval --offset 24``), the compact adapters of 2,819 steps (before the bundled
+3,700-step ones; the choice was not measured again) gave PSNR 19.14 /
 SSIM 0.541 / NIQE 4.18 at η = 0, 20.39 / 0.630 / 2.29 at η = 0.5 and 20.95 / 0.661 / 2.23 at
 η = 1 (input 24.38 / 0.744 / 5.10): deterministic DDIM left speckled, noisy faces. The
 degradation mode likewise: on 16 clean test faces its variants' high-frequency energy (mean
@@ -34,16 +35,17 @@ import torch
 
 from bfr.diffusion import GaussianDiffusion, ddim_respacing, noise_like, sample
 from bfr.errors import InputError, WeightsUnavailableError
-from bfr.methods.base import Progress, autocast, check_batch, generator, match_color, resize
+from bfr.methods.base import Progress, autocast, check_batch, check_steps, generator, match_color, resize
 from bfr.nets.flipnet import Condition, FlipNet
 
 COMPACT_WEIGHTS = "flipnet64"
 PAPER_WEIGHTS = "flipnet_sd21"
 MAX_VARIANTS = 16
 # [choice] DDIM steps take ε re-derived from the clipped x̂0 (guided-diffusion). On the compact card's 64 test
-# faces the network's own ε (DifFace's current step) gave 21.46 dB / SSIM 0.704 at η = 1 (this: 21.10 / 0.691)
-# but 10.19 / 0.296 at η = 0 (this: 19.57 / 0.596): from pure noise the undertrained adapters' x̂0 is clipped
-# hard, and the deterministic chain never washes out the mismatch. A default that collapses at one η is kept off.
+# faces, with the bundled adapters, the network's own ε (DifFace's current step) gave 21.46 dB / SSIM 0.704 at
+# η = 1 (this: 21.10 / 0.691) but 10.19 / 0.296 at η = 0 (this: 19.57 / 0.596): from pure noise the undertrained
+# adapters' x̂0 is clipped hard, and the deterministic chain never washes out the mismatch. A default that
+# collapses at one η is kept off.
 DDIM_EPS = "clipped"
 
 
@@ -89,8 +91,7 @@ class FLIPNET:
                  progress: Progress | None = None) -> torch.Tensor:
         """``variants`` samples per condition face (B, 3, R, R) in [0, 1] → (B·variants, 3, R, R) in [0, 1];
         ``color_fix``: each sample takes its condition face's per-channel mean and spread."""
-        if not 1 <= int(steps) <= 1000:
-            raise InputError(f"steps must lie in [1, 1000], got {steps}")
+        steps = check_steps(steps)
         if not 0.0 <= float(phi) <= 4.0:
             raise InputError(f"phi (BoostHub scale) must lie in [0, 4], got {phi}")
         face = cond.to(self.device) * 2 - 1

@@ -10,7 +10,7 @@ mean colour (``color_fix``, on by default [choice]: sampled from pure noise, the
 shifted a real photo's face by up to 19/255 in a channel; the degradations keep the mean colour,
 LFW faces' within 0.75/255 on average, and on 32 LFW test faces kept apart from every reported
 test the fix raised PSNR from 24.18 to 24.38 dB, the AdaIN mean-and-spread fix FLIPNET uses to
-24.30). The training side ("extrinsic iterative
+24.30, with the 8,500-step weights that preceded the bundled ones). The training side ("extrinsic iterative
 enhancement": the model cleans its own training set, then is retrained) is in
 ``bfr/training/idm.py``.
 
@@ -27,7 +27,7 @@ import torch
 from bfr.diffusion import GaussianDiffusion, noise_like, sample
 from bfr.diffusion.gaussian import PREDICTIONS
 from bfr.errors import InputError, WeightsUnavailableError
-from bfr.methods.base import Progress, autocast, check_batch, generator, match_color, resize
+from bfr.methods.base import Progress, autocast, check_batch, check_steps, generator, match_color, resize
 from bfr.nets.configs import IDM_UNET_512
 from bfr.nets.unet import UNetModel
 
@@ -86,8 +86,7 @@ class IDM:
         """
         check_batch(lq)
         steps = self.defaults["steps"] if steps is None else steps
-        if not 1 <= int(steps) <= 1000:
-            raise InputError(f"steps must lie in [1, 1000], got {steps}")
+        steps = check_steps(steps)
         if sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
         if not 0.0 <= eta <= 1.0:
@@ -140,8 +139,9 @@ def paper_net(path: str | Path | None = None) -> tuple[UNetModel, str]:
         if file is None:
             raise WeightsUnavailableError(
                 f"IDM's paper tier has no weights: Zhao et al. released neither code nor weights, and bfr ships "
-                f"IDM_UNET_512 (DifFace's 512-px UNet with 6 input channels) untrained. Train one and pass it as "
-                f"weights={{'{PAPER_WEIGHTS}': PATH}} (command line: --weights {PAPER_WEIGHTS}=PATH), or put it at "
+                f"IDM_UNET_512 (DifFace's 512-px UNet with 6 input channels) untrained (`python -m bfr train idm` "
+                f"trains the compact tier only). With weights of your own for it, trained elsewhere, pass them as "
+                f"weights={{'{PAPER_WEIGHTS}': PATH}} (command line: --weights {PAPER_WEIGHTS}=PATH), or put them at "
                 f"$BFR_WEIGHTS_DIR/{PAPER_WEIGHTS}.safetensors; or use the compact tier ({COMPACT_WEIGHTS})."
             )
     net = UNetModel(**IDM_UNET_512)

@@ -202,7 +202,8 @@ class AttentionBlock(nn.Module):
 
 
 class UNetModel(nn.Module):
-    """The ADM UNet. Returns ε (and the variance interpolation v when out_channels = 2×3)."""
+    """The ADM UNet. Returns what it was trained to predict (ε for the priors, v for bfr's IDM; the diffusion
+    reads it), followed by the variance interpolation when out_channels = 2×3."""
 
     def __init__(
         self,

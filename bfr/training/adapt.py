@@ -50,6 +50,7 @@ from bfr.training.common import (
     JsonlLog,
     StopSignal,
     export_weights,
+    gives_back_signals,
     hardware,
     perceptual_loss,
     save_grid,
@@ -321,6 +322,7 @@ def resolve_indices(cfg: AdaptConfig, resolution: int) -> AdaptConfig:
     return replace(cfg, start=start, min_index=min_index)
 
 
+@gives_back_signals
 def adapt(cfg: AdaptConfig) -> Path | None:
     """Run (or resume) an adaptation; returns the exported weights (None if stopped while generating targets)."""
     from accelerate import Accelerator

@@ -26,6 +26,7 @@ from bfr.training.common import (
     JsonlLog,
     StopSignal,
     export_weights,
+    gives_back_signals,
     hardware,
     reseed,
     rewarm,
@@ -85,6 +86,7 @@ def evaluate(model: torch.nn.Module, hq: torch.Tensor, lq: torch.Tensor) -> dict
     return {"psnr": psnr(out, hq).mean().item(), "psnr_input": psnr(lq, hq).mean().item()}
 
 
+@gives_back_signals
 def train_backbone(cfg: BackboneConfig) -> Path:
     """Run (or resume) training; returns the path of the exported EMA weights."""
     from accelerate import Accelerator

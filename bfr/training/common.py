@@ -104,7 +104,8 @@ def reseed(seed: int, step: int, *generators: torch.Generator) -> None:
 
 class StopSignal:
     """Stop a loop cleanly on SIGINT/SIGTERM or after ``max_minutes`` (so the last state is saved); a
-    second signal acts at once, as before (the handlers are given back at the first)."""
+    second signal acts at once, as before (the handlers are given back at the first). A trainer that makes
+    one is wrapped in ``gives_back_signals``, so the handlers do not outlive it."""
 
     def __init__(self, max_minutes: float | None = None):
         import signal
@@ -123,6 +124,24 @@ class StopSignal:
 
     def __bool__(self) -> bool:
         return self.requested or (self.deadline is not None and time.time() >= self.deadline)
+
+
+def gives_back_signals(trainer: Callable) -> Callable:
+    """Put back the SIGINT/SIGTERM handlers a trainer found when it returns or fails: its StopSignal would
+    otherwise swallow the next Ctrl-C of whatever runs after it (a model card's measurement, a test)."""
+    import functools
+    import signal
+
+    @functools.wraps(trainer)
+    def run(*args, **kwargs):
+        found = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return trainer(*args, **kwargs)
+        finally:
+            for sig, handler in found.items():
+                signal.signal(sig, handler)
+
+    return run
 
 
 def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | None, str]:
@@ -145,10 +164,12 @@ def perceptual_loss(weight: float, device: torch.device) -> tuple[Callable | Non
 
 
 def held_out_loss(diffusion, model: torch.nn.Module, x0: torch.Tensor, lq: torch.Tensor | None = None,
-                  seed: int = 1234, batch: int = 32) -> float:
+                  seed: int = 1234, batch: int = 32, precision: str = "bf16") -> float:
     """Mean diffusion training loss on fixed images (x0 in [-1, 1]), fixed timesteps and fixed noise:
     comparable across steps and between train and test faces (the memorisation check).
-    ``lq``: a conditional model's LQ faces in [-1, 1] (IDM), passed to it as ``lq``."""
+    ``lq``: a conditional model's LQ faces in [-1, 1] (IDM), passed to it as ``lq``. ``precision``: the run's
+    (bf16, fp16 or no), used on CUDA as in its training steps."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     g = torch.Generator().manual_seed(seed)
     t = torch.linspace(0, diffusion.num_timesteps - 1, len(x0)).round().long()
     noise = torch.randn(x0.shape, generator=g)
@@ -157,7 +178,7 @@ def held_out_loss(diffusion, model: torch.nn.Module, x0: torch.Tensor, lq: torch
     with torch.no_grad():
         for i in range(0, len(x0), batch):
             kwargs = None if lq is None else {"lq": lq[i:i + batch].to(device)}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype is not None):
                 losses = diffusion.training_losses(model, x0[i:i + batch].to(device), t[i:i + batch].to(device),
                                                    noise[i:i + batch].to(device), model_kwargs=kwargs)
             total += losses["loss"].sum().item()

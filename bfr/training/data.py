@@ -7,6 +7,7 @@ already the compact template (the LFW 5-point template scaled by size/150).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -24,10 +25,10 @@ def split_files(split: str) -> list[Path]:
     root = data_dir()
     listing = root / "lfw150-splits" / f"{split}.txt"
     if not listing.is_file():
-        raise InputError(
-            f"LFW split list not found at {listing}. The training data lives in ../shared/data beside the "
-            "repository (or set BFR_DATA to its path)."
-        )
+        where = (f"BFR_DATA={os.environ['BFR_DATA']} is set, but that folder holds no lfw150-splits/{split}.txt"
+                 if os.environ.get("BFR_DATA") else "The training data lives in ../shared/data beside the repository "
+                 "(or set BFR_DATA to its path)")
+        raise InputError(f"LFW split list not found at {listing}. {where}.")
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     return [root / "lfw150" / n for n in names]
 

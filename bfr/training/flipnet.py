@@ -63,6 +63,7 @@ from bfr.training.common import (
     JsonlLog,
     StopSignal,
     export_weights,
+    gives_back_signals,
     hardware,
     perceptual_loss,
     reseed,
@@ -118,6 +119,7 @@ class FlipNetTrainConfig:
     mixed_precision: str = "bf16"
     seed: int = 0
     train_images: int | None = None
+    card_faces: int = 64  # test faces the model card measures at the end (kept by a resumed run, as the rest)
     # Adapters (e.g. the bundled flipnet64) to start from around this run's prior: a re-fit after the prior
     # changed, far cheaper than training anew. Their encoders stand in for the embedding stage (embed_steps 0).
     init_from: str | None = None
@@ -370,6 +372,7 @@ def _trainable(name: str) -> bool:
     return not name.startswith("embedder.")
 
 
+@gives_back_signals
 def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     """Run (or resume) all stages; returns the exported adapters file."""
     from accelerate import Accelerator
@@ -377,7 +380,8 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     from bfr.weights import load_state_dict, resolve_all
     from bfr.weights.hub import sha256_of
 
-    if cfg.tier == "paper":  # both of Stable Diffusion's files named at once, before any stage starts
+    if cfg.tier == "paper":  # the faces' folder, then both of Stable Diffusion's files, before a run folder is made
+        list_images(cfg.clean_dir)
         resolve_all({"sd21_unet": cfg.unet, "sd21_vae": cfg.vae}, options={"sd21_unet": "--unet", "sd21_vae": "--vae"})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,6 +414,7 @@ def train_flipnet(cfg: FlipNetTrainConfig) -> Path:
     else:
         perceptual = None
         perceptual_note = "none in latents (no clean-latent MSE or LPIPS term: see bfr/training/flipnet.py)"
+    print(f"perceptual term: {perceptual_note}", flush=True)  # also in the model card
 
     net, vae = build(cfg)
     if refit is not None and not has_state(out):

@@ -47,7 +47,16 @@ from bfr.nets.unet import UNetModel
 from bfr.training.backbone import gray_where, validation_set
 from bfr.training.cards import data_note, format_duration, write_run_config
 from bfr.training.checkpoint import recorded_progress, resume_or_init, save_state
-from bfr.training.common import JsonlLog, StopSignal, export_weights, hardware, held_out_loss, save_grid, warmup_cosine
+from bfr.training.common import (
+    JsonlLog,
+    StopSignal,
+    export_weights,
+    gives_back_signals,
+    hardware,
+    held_out_loss,
+    save_grid,
+    warmup_cosine,
+)
 from bfr.training.data import FaceBatches, load_faces, split_files
 from bfr.training.ema import EMA, MAX_DECAY
 from bfr.weights import read_metadata, save_safetensors
@@ -95,6 +104,7 @@ class IDMConfig:
         return self.steps_per_round if k == 0 else (self.refine_steps or max(1, self.steps_per_round // 4))
 
 
+@gives_back_signals
 def train_idm(cfg: IDMConfig) -> Path | None:
     """Run (or resume) every round; returns the final weights, or None when stopped before the end."""
     from accelerate import Accelerator
@@ -218,7 +228,8 @@ def train_round(cfg: IDMConfig, k: int, targets: torch.Tensor, init_from: str | 
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.eval_every == 0:
             log.write(step=step, seconds=seconds, train_loss=running, lr=optimizer.param_groups[0]["lr"],
-                      heldout_loss=held_out_loss(diffusion, ema.model, val_hq * 2 - 1, val_lq * 2 - 1),
+                      heldout_loss=held_out_loss(diffusion, ema.model, val_hq * 2 - 1, val_lq * 2 - 1,
+                                                 precision=cfg.mixed_precision),
                       ema_decay=ema.decay(step))
         if step % cfg.sample_every == 0:
             n = min(8, len(val_hq))

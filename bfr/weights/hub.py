@@ -150,7 +150,10 @@ def _how_to_place(spec: WeightSpec, option: str | None = None) -> str:
     cached = cache_dir() / "weights" / spec.filename
     if option == "":  # no command-line option gives this file
         return f"put it at {target} or {cached}"
-    return f"put it at {target} or {cached}, or pass " + (f"{option} PATH" if option else f"--weights {spec.name}=PATH")
+    if option:
+        return f"put it at {target} or {cached}, or pass {option} PATH"
+    return (f"put it at {target} or {cached}, or pass weights={{'{spec.name}': PATH}} to bfr.load (command line: "
+            f"--weights {spec.name}=PATH)")
 
 
 def _unavailable(spec: WeightSpec, why: str, option: str | None = None) -> WeightsUnavailableError:
@@ -325,6 +328,21 @@ def resolve_all(paths: dict[str, str | Path | None], options: dict[str, str] | N
 # else fetched where downloads are on; a failed fetch is remembered, not retried on every photo.
 _failed: dict[str, tuple[float, str]] = {}  # catalog name → (when, why) of its last failed fetch
 RETRY_AFTER_S = 300
+_unreadable: dict[Path, tuple[tuple[int, int], str]] = {}  # file → ((size, mtime), why) of a failed read
+
+
+def mark_unreadable(path: str | Path, why: str) -> None:
+    """Remember that a found file could not be read, so it is not read again (on every photo) until it changes."""
+    st = Path(path).stat()
+    _unreadable[Path(path)] = ((st.st_size, st.st_mtime_ns), why)
+
+
+def _unreadable_why(path: Path) -> str | None:
+    known = _unreadable.get(path)
+    try:
+        return known[1] if known and known[0] == (path.stat().st_size, path.stat().st_mtime_ns) else None
+    except OSError:
+        return None
 
 
 def find_in(spec: WeightSpec, dirs: list[Path]) -> Path | None:
@@ -339,7 +357,8 @@ def optional_status(spec: WeightSpec, dirs: list[Path]) -> tuple[bool, str]:
     """(True, "found at …" or "downloads from … on first use") or (False, why not). Never downloads."""
     found = find_in(spec, dirs)
     if found is not None:
-        return True, f"found at {found}"
+        why = _unreadable_why(found)
+        return (False, why) if why else (True, f"found at {found}")
     if spec.name in _failed and time.monotonic() - _failed[spec.name][0] < RETRY_AFTER_S:
         return False, _failed[spec.name][1]
     return available(spec)

@@ -18,7 +18,7 @@ from torch import nn
 
 from bfr.errors import BfrError, InputError, WeightsUnavailableError
 from bfr.weights.catalog import WeightSpec
-from bfr.weights.hub import resolve
+from bfr.weights.hub import mark_unreadable, resolve
 
 # Containers trainers wrap a state dict in, most specific first (BasicSR keeps EMA in "params_ema").
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
@@ -132,6 +132,8 @@ def load_fetched(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     except (InputError, OSError) as e:  # the error names the file
         err = WeightsUnavailableError(f"{what} is unavailable: {e}; delete the file to fetch it again")
         err.why = f"{e}; delete the file to fetch it again"
+        if Path(path).is_file():
+            mark_unreadable(path, err.why)
         raise err from e
 
 
