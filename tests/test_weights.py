@@ -244,7 +244,7 @@ def test_bundled_file_without_source_says_so(monkeypatch, tmp_path):
     spec = get_spec("swinir64")
     ok, why = available(spec)
     assert not ok and "not bundled in this version" in why and "`python -m bfr train backbone`" in why
-    with pytest.raises(WeightsUnavailableError, match="swinir64.safetensors.*make it with `python -m bfr train backb"):
+    with pytest.raises(WeightsUnavailableError, match="swinir64.safetensors.*[Mm]ake it with `python -m bfr train"):
         resolve(spec)
     ok, why = available(get_spec("flipnet_sd21"))  # published by no one: bfr's own command is named
     assert not ok and "no public source; make it with `python -m bfr train flipnet --tier paper" in why

@@ -238,7 +238,8 @@ def run_bench(out_dir: str | Path, methods: tuple[str, ...] = ("difface",), tier
                                 rec["max_abs_err_vs_fp32"] = float((out - fp32_out[(b, n)]).abs().max())
                             records.append(rec)
                             if progress:
-                                print(f"{method}/{tier} {dev_name} {prec} batch {b} calls={n}: "
+                                calls = "1 pass" if n is None else f"calls={n}"
+                                print(f"{method}/{tier} {dev_name} {prec} batch {b} {calls}: "
                                       f"{rec['seconds_per_face']:.4f} s/face", flush=True)
                 for size in photo_sizes if photo_img is not None else ():
                     rec = _time_photo(restorer, photo_img, size, dev, repeats, warmup, seed)

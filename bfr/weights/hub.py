@@ -162,8 +162,8 @@ def _unavailable(spec: WeightSpec, why: str, option: str | None = None) -> Weigh
     if src:
         where = f"Download it from {src} and {_how_to_place(spec, option)}."
     else:
-        make = f"make it with `{spec.made_by}`, then " if spec.made_by else ""
-        where = f"It has no public download; {make}{_how_to_place(spec, option)}."
+        steps = (f"make it with `{spec.made_by}`, then " if spec.made_by else "") + _how_to_place(spec, option)
+        where = steps[:1].upper() + steps[1:] + "."  # the why says already that it has no public source
     err = WeightsUnavailableError(f"Weights {spec.name!r} ({spec.filename}) are not on this machine: {why}. {where}")
     err.why = why
     return err
