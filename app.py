@@ -857,6 +857,13 @@ def show_sliders(methods: list[str]):
     return [gr.update(visible=name in methods) for name in METHODS]
 
 
+def sliders_of_results(summary_json: dict | None):
+    """After a run: a before/after slider for each method with a result, so a method that failed or was stopped
+    leaves no empty frame (nor do all of them when no face was found); ticking methods shows theirs again."""
+    done = {r["method"] for r in (summary_json or {}).get("results", [])}
+    return [gr.update(visible=name in done) for name in METHODS]
+
+
 def change_tier(tier: str, methods: list[str]):
     """New labels for the tier; methods that cannot run there are unticked, and a tier left with none
     ticked gets its first available one (coming back from a tier where nothing could run)."""
@@ -1057,7 +1064,9 @@ def build_demo() -> gr.Blocks:
         run.click(None, js=SCROLL_TO_RESULTS)
         run.click(arm_restore, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
             restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
-            concurrency_id="gpu", show_progress_on=[message])  # one progress bar, where the run's message goes
+            concurrency_id="gpu", show_progress_on=[message]).success(  # one progress bar, where the message goes
+            sliders_of_results, summary_box, sliders, api_name="sliders_of_results", api_visibility="private",
+            queue=False)
         api_only.click(restore, restore_inputs, [files, summary_box], api_name="restore", concurrency_id="gpu")
         stop.click(request_stop, None, None, api_name="stop", api_visibility="private")
         # Unqueued, so a full queue never stops a tick; they say why in the methods' help line, not in a toast.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import inspect
 import json
 import math
 import os
@@ -213,9 +212,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     weights = _weights(args.weights, args.method, args.tier)
     paths = _inputs(args.inputs)
     out_dir = _output_dir(args.output)
+    # An earlier run's results in the folder it restores are not restored again (unless they are all there is).
+    own = [p for p in paths if p.parent.resolve() == out_dir.resolve() and p.stem.endswith(f"_{args.method}")]
+    if own and len(own) < len(paths):
+        paths = [p for p in paths if p not in own]
+        print(f"skipping {len(own)} earlier result(s) of this command in {out_dir} (*_{args.method}.png)")
     restorer = bfr.load(args.method, tier=args.tier, device=args.device, weights=weights, detector=args.detector,
                         half_precision=not args.fp32)
-    accepted = inspect.signature(restorer.model.restore).parameters
+    accepted = {*restorer.model.defaults, "seed"}  # the sampling knobs the method declares
     for name in options:
         if name not in accepted:
             flag = "--no-color-fix" if name == "color_fix" else f"--{name.replace('_', '-')}"
@@ -437,8 +441,11 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_demo_set(args: argparse.Namespace) -> None:
     from bfr.training.adapt import make_demo_set
 
+    if args.n_images is not None and args.n_images < 2:
+        raise BfrError(f"--n-images must be 2 or more (some to adapt on, some held out), got {args.n_images}")
     _output_dir(args.output)
-    m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed)
+    m = make_demo_set(args.output, resolution=args.resolution, preset=args.preset, seed=args.seed,
+                      limit=args.n_images)
     print(f"{args.output}: {m['counts']['adapt']} degraded faces in adapt/, {m['counts']['holdout']} held out in "
           "holdout/ (ground truth in holdout_gt/, for evaluation only)")
 
@@ -645,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="degradation preset (default camera-lowres: a small-sensor photo of a small face, "
                         "unseen in training)")
     p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument("--n-images", type=int, default=None,
+                   help="only the first N LFW test faces (default all 756): a quick try of adapt")
     p.set_defaults(func=cmd_demo_set)
     p = sub.add_parser("eval", help="PSNR/SSIM/NIQE (+ identity, landmarks, LPIPS, FID where they can run) on a "
                                     "fixed synthetic LFW test set")

@@ -788,6 +788,16 @@ def test_seed_range_and_method_list_are_checked(clean_face, monkeypatch):
         app.check_methods("difface", "compact")
 
 
+def test_after_a_run_only_the_methods_with_a_result_keep_a_slider():
+    """A method that failed or was stopped leaves no empty before/after frame; a run without a face, none."""
+    shown = app.sliders_of_results({"results": [{"method": "idm"}, {"method": "difface"}]})
+    assert [u["visible"] for u in shown] == [name in ("difface", "idm") for name in app.METHODS]
+    assert not any(u["visible"] for u in app.sliders_of_results({"faces": 0, "results": []}))
+    deps = app.build_demo().config["dependencies"]
+    after = next(d for d in deps if d.get("api_name") == "sliders_of_results")
+    assert after["trigger_only_on_success"] and deps[after["trigger_after"]]["api_name"] == "restore_ui"
+
+
 def test_preset_comparison_runs_only_after_a_successful_degradation():
     deps = app.build_demo().config["dependencies"]
     compare = next(d for d in deps if d.get("api_name") == "compare_presets")

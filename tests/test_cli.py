@@ -370,7 +370,16 @@ def test_bench_and_demo_set_refuse_sizes_no_run_can_use(tmp_path, capsys):
     assert "batch sizes are faces per call, each at least 1; got [0]" in capsys.readouterr().err
     assert main(["demo-set", str(tmp_path / "d"), "--resolution", "8"]) == 2  # refused by make_demo_set itself
     assert "at least 16; got 8" in capsys.readouterr().err
+    assert main(["demo-set", str(tmp_path / "d"), "--n-images", "1"]) == 2
+    assert "--n-images must be 2 or more" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(not (data_dir() / "lfw150-splits").is_dir(), reason="../shared/data is not here")
+def test_demo_set_n_images_makes_a_quick_set(tmp_path, capsys):
+    assert main(["demo-set", str(tmp_path / "d"), "--n-images", "20", "--resolution", "16"]) == 0
+    made = len(list((tmp_path / "d" / "adapt").iterdir())) + len(list((tmp_path / "d" / "holdout").iterdir()))
+    assert made == 20 and "degraded faces in adapt/" in capsys.readouterr().out
 
 
 def test_a_folder_input_takes_every_readable_image_and_nothing_else(tmp_path):
@@ -487,3 +496,19 @@ def test_degrade_flipnet_photo_detects_the_face_first(tmp_path, monkeypatch):
     for extra, aligned in (([], True), (["--photo"], False)):
         assert main(["degrade", str(img), "-o", str(tmp_path / "o"), "--method", "flipnet", *extra]) == 0
         assert asked.pop() is aligned
+
+
+@pytest.mark.skipif(not method_status("unsupervised", "compact")[0], reason="swinir64_adapted is not bundled")
+def test_restoring_a_folder_into_itself_twice_does_not_restore_the_results(tmp_path, capsys):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    _face(folder / "face.png")
+    run = ["restore", str(folder), "-o", str(folder), "--method", "unsupervised", "--aligned"]
+    assert main(run) == 0 and main(run) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["face.png", "face_unsupervised.png"]
+    assert "skipping 1 earlier result(s) of this command" in capsys.readouterr().out
+    only_results = tmp_path / "only"
+    only_results.mkdir()
+    _face(only_results / "x_unsupervised.png")  # all there is: restored as asked
+    assert main(["restore", str(only_results), "-o", str(only_results), "--method", "unsupervised", "--aligned"]) == 0
+    assert (only_results / "x_unsupervised_unsupervised.png").is_file()
