@@ -97,9 +97,15 @@ CSS = ("#gallery .fixed-height, #faces .fixed-height, #presets .fixed-height, #f
        "#methods label { max-width: 100%; } #methods label span { white-space: normal; overflow: visible; }"
        # a phone: one face strip per row, at the full width
        "@media (max-width: 640px) { #faces .grid-container { grid-template-columns: 1fr !important; } }")
-# On a narrow screen the results are below the inputs and examples: show where the run's progress appears.
-SCROLL_TO_RESULTS = ("() => { if (window.innerWidth <= 640) "
-                     "document.getElementById('message')?.scrollIntoView({behavior: 'smooth'}); }")
+
+
+def scroll_on_phone(elem_id: str) -> str:
+    """JS for a button: on a narrow screen the results are below the inputs and examples, so show where they (and
+    the run's progress) appear."""
+    return ("() => { if (window.innerWidth <= 640) "
+            f"document.getElementById('{elem_id}')?.scrollIntoView({{behavior: 'smooth'}}); }}")
+
+
 LAUNCH = dict(max_file_size="64mb", css=CSS)  # uploads beyond this stop at the server; MAX_PIXELS per image
 CUSTOM = "custom"
 
@@ -1061,7 +1067,7 @@ def build_demo() -> gr.Blocks:
                             api_name="own_defaults", api_visibility="private")
         # The UI's own events are private: programs use /restore and /degrade.
         # Stop is armed by the click itself (unqueued), so it also ends a run still waiting in the queue.
-        run.click(None, js=SCROLL_TO_RESULTS)
+        run.click(None, js=scroll_on_phone("message"))
         run.click(arm_restore, None, None, api_name="arm_restore", api_visibility="private", queue=False).then(
             restore_for_ui, restore_inputs, ui_outputs, api_name="restore_ui", api_visibility="private",
             concurrency_id="gpu", show_progress_on=[message]).success(  # one progress bar, where the message goes
@@ -1092,6 +1098,9 @@ def build_demo() -> gr.Blocks:
             slider.input(lambda: CUSTOM, None, preset, api_name="use_custom", api_visibility="private", queue=False)
         degraded.change(lambda path: gr.update(interactive=bool(path)), degraded, send, api_name="can_send",
                         api_visibility="private", queue=False)  # nothing to send before a degradation
+        deg_run.click(None, js=scroll_on_phone("degraded"))
+        flip_run.click(None, js=scroll_on_phone("flipnet-variants"))
+        send.click(None, js="() => window.scrollTo({top: 0, behavior: 'smooth'})")  # the photo, on the Restore tab
         send.click(send_to_restore, degraded, [image, aligned, tabs], api_name="send_to_restore",
                    api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=16)

@@ -197,6 +197,8 @@ def test_degradation_preview_and_restore_this(page):
         tile = page.locator("#flipnet-variants img").first.bounding_box()
         assert box["height"] < tile["height"] + 120, (box, tile)
 
+    page.evaluate("window.scrollTo(0, 400)")  # where the variants are
     page.locator("#send-to-restore").click()
     page.locator("#restore-button").wait_for(state="visible", timeout=30_000)
     page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
+    page.wait_for_function("window.scrollY === 0", timeout=10_000)  # back at the top, where the photo now is
