@@ -144,6 +144,17 @@ def test_rejects_bad_inputs_and_knobs():
         make(UNetModel(**{**TINY, "in_channels": 3}))
 
 
+def test_chain_lengths_are_whole_numbers_from_2_to_1000():
+    import numpy as np
+
+    from bfr.methods.base import check_steps
+
+    assert check_steps(np.int64(10)) == check_steps(10.0) == 10  # numpy and float whole numbers pass
+    for bad in (1, 1001, 2.5, float("nan"), float("inf"), True, "10"):
+        with pytest.raises(InputError, match=r"steps must lie in \[2, 1000\]"):
+            check_steps(bad)
+
+
 def test_progress_reports_every_step():
     calls = []
     make().restore(torch.rand(1, 3, 16, 16), steps=4, progress=lambda d, t: calls.append((d, t)))

@@ -82,13 +82,6 @@ def _ddim_stride(num_timesteps: int, steps: int) -> int | None:
     return next((s for s in range(1, num_timesteps) if len(range(0, num_timesteps, s)) == steps), None)
 
 
-def _extract(arr: np.ndarray, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """arr[idx] as a float32 tensor broadcastable to ``shape``. The schedule lives in float64 and is indexed
-    on the CPU: only the picked values travel, and in float32 (MPS has no float64)."""
-    out = torch.from_numpy(arr)[idx.cpu()].float().to(idx.device)
-    return out.reshape(-1, *([1] * (len(shape) - 1)))
-
-
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N1 || N2) elementwise, in nats."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -153,6 +146,7 @@ class GaussianDiffusion:
         pv1 = self.posterior_variance[1] if len(betas) > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(np.append(pv1, self.posterior_variance[1:]))
         self.log_betas = np.log(self.betas)
+        self._on_device: dict[tuple[int, torch.device], torch.Tensor] = {}  # float32 copies of the arrays above
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
@@ -205,29 +199,38 @@ class GaussianDiffusion:
         return int(np.argmin(np.abs(log_snr - target)))
 
     # -- forward process ----------------------------------------------------------------------
+    def _at(self, arr: np.ndarray, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """arr[t] as float32, broadcastable to ``shape``. The schedule lives in float64 (as the authors'); each
+        array is copied to a device once, in float32 (MPS has no float64), and indexed there: no host round trip
+        per sampling step."""
+        key = (id(arr), t.device)
+        if key not in self._on_device:
+            self._on_device[key] = torch.from_numpy(arr).float().to(t.device)
+        return self._on_device[key][t].reshape(-1, *([1] * (len(shape) - 1)))
+
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Diffuse x_start to index t: sqrt(ab)·x0 + sqrt(1−ab)·ε."""
         t = self._as_index(t, x_start)
         if noise is None:
             noise = randn_like(x_start, generator)
-        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return (self._at(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + self._at(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
 
     def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = (_extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
-                + _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
-        return (mean, _extract(self.posterior_variance, t, x_t.shape),
-                _extract(self.posterior_log_variance_clipped, t, x_t.shape))
+        mean = (self._at(self.posterior_mean_coef1, t, x_t.shape) * x_start
+                + self._at(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        return (mean, self._at(self.posterior_variance, t, x_t.shape),
+                self._at(self.posterior_log_variance_clipped, t, x_t.shape))
 
     def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-                - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+        return (self._at(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+                - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
 
     def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
-        return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
-                / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+        return ((self._at(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
+                / self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ/(1-ᾱ) at (respaced) timesteps ``t``, one value per sample."""
@@ -235,16 +238,16 @@ class GaussianDiffusion:
         return snr[t.cpu()].to(t.device)
 
     def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
-                - _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
+        return (self._at(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+                - self._at(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
 
     def eps_and_xstart(self, x_t: torch.Tensor, t: torch.Tensor,
                        pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε, x0) implied by the network's prediction (``self.prediction``) at index t."""
         if self.prediction == "eps":
             return pred, self.predict_xstart_from_eps(x_t, t, pred)
-        a = _extract(self.sqrt_alphas_cumprod, t, x_t.shape)
-        s = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        a = self._at(self.sqrt_alphas_cumprod, t, x_t.shape)
+        s = self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
         return s * x_t + a * pred, a * x_t - s * pred
 
     # -- reverse process ----------------------------------------------------------------------
@@ -257,13 +260,13 @@ class GaussianDiffusion:
             if out.shape[1] != 2 * c:
                 raise ValueError(f"learned-variance model must output {2 * c} channels, got {out.shape[1]}")
             pred, v = out[:, :c], out[:, c:]
-            min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
-            max_log = _extract(self.log_betas, t, x.shape)
+            min_log = self._at(self.posterior_log_variance_clipped, t, x.shape)
+            max_log = self._at(self.log_betas, t, x.shape)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
         else:
             pred = out[:, :c]
-            log_variance = _extract(self.posterior_log_variance_clipped, t, x.shape).expand_as(x)
+            log_variance = self._at(self.posterior_log_variance_clipped, t, x.shape).expand_as(x)
         eps, pred_xstart = self.eps_and_xstart(x, t, pred)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
@@ -281,8 +284,8 @@ class GaussianDiffusion:
         if eps not in DDIM_EPS:
             raise ValueError(f"eps must be one of {DDIM_EPS}, got {eps!r}")
         eps = out["eps"] if eps == "model" else self.predict_eps_from_xstart(x, t, out["pred_xstart"])
-        ab = _extract(self.alphas_cumprod, t, x.shape)
-        ab_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
+        ab = self._at(self.alphas_cumprod, t, x.shape)
+        ab_prev = self._at(self.alphas_cumprod_prev, t, x.shape)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
         mean = out["pred_xstart"] * torch.sqrt(ab_prev) + torch.sqrt((1 - ab_prev - sigma ** 2).clamp(min=0)) * eps
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.dim() - 1)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -28,7 +29,7 @@ def check_batch(x: torch.Tensor) -> None:
 def check_steps(steps: int) -> int:
     """A sampling chain has 2 to 1000 steps: a one-step re-spacing keeps only t = 0, where the
     network takes its input for an almost clean image, so it would hand back the noise it started from."""
-    if isinstance(steps, bool) or not isinstance(steps, int | float) or steps != int(steps) or not 2 <= steps <= 1000:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not 2 <= steps <= 1000 or steps != int(steps):
         raise InputError(f"steps must lie in [2, 1000] (a whole number), got {steps!r}")
     return int(steps)
 

@@ -338,11 +338,13 @@ def mark_unreadable(path: str | Path, why: str) -> None:
 
 
 def _unreadable_why(path: Path) -> str | None:
-    known = _unreadable.get(path)
+    if (known := _unreadable.get(path)) is None:
+        return None
     try:
-        return known[1] if known and known[0] == (path.stat().st_size, path.stat().st_mtime_ns) else None
+        st = path.stat()
     except OSError:
         return None
+    return known[1] if known[0] == (st.st_size, st.st_mtime_ns) else None
 
 
 def find_in(spec: WeightSpec, dirs: list[Path]) -> Path | None:
